@@ -1,0 +1,198 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/spf13/cobra"
+)
+
+// targetFlags name the container to act in.
+type targetFlags struct {
+	pid   int
+	netns string
+	mntns string
+}
+
+func (f *targetFlags) register(cmd *cobra.Command) {
+	cmd.Flags().IntVar(&f.pid, "pid", 0, "target: a process in the container (held by a pidfd)")
+	cmd.Flags().StringVar(&f.netns, "netns", "", "target: network namespace path (with --mntns)")
+	cmd.Flags().StringVar(&f.mntns, "mntns", "", "target: mount namespace path (with --netns)")
+}
+
+// open opens the target that the flags name.
+func (f *targetFlags) open() (*nsmount.Target, error) {
+	switch {
+	case f.pid != 0 && (f.netns != "" || f.mntns != ""):
+		return nil, usageError{fmt.Errorf("--pid and --netns/--mntns are mutually exclusive")}
+	case f.pid != 0:
+		return nsmount.OpenPID(f.pid)
+	case f.netns != "" && f.mntns != "":
+		return nsmount.OpenPaths(f.netns, f.mntns)
+	case f.netns != "" || f.mntns != "":
+		return nil, usageError{fmt.Errorf("--netns and --mntns must be given together")}
+	}
+	return nil, usageError{fmt.Errorf("no target: give --pid PID, or --netns PATH --mntns PATH")}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "nsmount",
+		Short:         "Mount NFS into a container from the container's own network",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand())
+	return root
+}
+
+func exactArgs(n int, names string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("want %s, got %d argument(s)", names, len(args))}
+		}
+		return nil
+	}
+}
+
+func newMountCommand() *cobra.Command {
+	var (
+		tf            targetFlags
+		fstype, opts  string
+		mkdir, asJSON bool
+		probeTimeout  time.Duration
+		mountTimeout  time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "mount [flags] SERVER:/EXPORT TARGET",
+		Short: "Mount an NFS export at TARGET inside the container",
+		Example: `  nsmount mount --pid 4242 198.51.100.1:/export /data
+  nsmount mount --pid 4242 -t nfs -o vers=3,nolock 198.51.100.1:/export /data
+  nsmount mount --netns /run/netns/c1 --mntns /proc/4242/ns/mnt '[2001:db8::1]:/export' /data`,
+		Args: exactArgs(2, "SERVER:/EXPORT TARGET"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := nsmount.ParseSource(args[0])
+			if err != nil {
+				return err
+			}
+			options, err := nsmount.ParseOptions(opts)
+			if err != nil {
+				return err
+			}
+			t, err := tf.open()
+			if err != nil {
+				return err
+			}
+			defer t.Close()
+			m, err := nsmount.Mount(cmd.Context(), t, nsmount.Request{
+				Source: src, FSType: fstype, Options: options, Target: args[1], Mkdir: mkdir,
+				ProbeTimeout: probeTimeout, MountTimeout: mountTimeout,
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), m)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s on %s in %s (nfs %s, dev %s, route %s)\n", m.Source, m.Target, t, m.Version, m.Dev, m.Route)
+			return nil
+		},
+	}
+	tf.register(cmd)
+	cmd.Flags().StringVarP(&fstype, "type", "t", "nfs", "filesystem type: nfs or nfs4")
+	cmd.Flags().StringVarP(&opts, "options", "o", "", "mount options, comma-separated (as mount.nfs; nosuid,nodev by default)")
+	cmd.Flags().BoolVar(&mkdir, "mkdir", false, "create a missing TARGET directory inside the container")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().DurationVar(&probeTimeout, "timeout", nsmount.DefaultProbeTimeout, "bound for the server reachability check")
+	cmd.Flags().DurationVar(&mountTimeout, "mount-timeout", nsmount.DefaultMountTimeout, "bound for the mount itself")
+	return cmd
+}
+
+func newUmountCommand() *cobra.Command {
+	var (
+		tf          targetFlags
+		lazy, force bool
+		asJSON      bool
+		timeout     time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:     "umount [flags] TARGET",
+		Aliases: []string{"unmount"},
+		Short:   "Unmount the NFS mount at TARGET inside the container",
+		Args:    exactArgs(1, "TARGET"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := tf.open()
+			if err != nil {
+				return err
+			}
+			defer t.Close()
+			if err := nsmount.Unmount(cmd.Context(), t, args[0], nsmount.UnmountOptions{Lazy: lazy, Force: force, Timeout: timeout}); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), map[string]string{"unmounted": args[0]})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s in %s\n", args[0], t)
+			return nil
+		},
+	}
+	tf.register(cmd)
+	cmd.Flags().BoolVarP(&lazy, "lazy", "l", false, "detach now, clean up when no longer busy (MNT_DETACH)")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "abort pending requests to an unresponsive server (MNT_FORCE)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultMountTimeout, "bound for the unmount")
+	return cmd
+}
+
+func newListCommand() *cobra.Command {
+	var (
+		tf     targetFlags
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "list [flags]",
+		Short: "List the NFS mounts in the container's mount namespace",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, err := tf.open()
+			if err != nil {
+				return err
+			}
+			defer t.Close()
+			mounts, err := nsmount.List(t)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), mounts)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "TARGET\tSOURCE\tTYPE\tDEV\tADDR\tCLIENTADDR\tIN-NETNS")
+			for _, m := range mounts {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", m.Target, m.Source, m.FSType, m.Dev, dash(m.Address), dash(m.ClientAddr), m.InNetNS)
+			}
+			return w.Flush()
+		},
+	}
+	tf.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the mounts as JSON")
+	return cmd
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

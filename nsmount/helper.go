@@ -1,0 +1,328 @@
+package nsmount
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The work that can block on an NFS server (creating a superblock, unmounting)
+// runs in a helper process: this same binary, re-executed with argv[0] set to
+// helperName. The parent passes it the target's namespace descriptors and a
+// JSON request, and kills it when the deadline passes. A thread stuck in the
+// kernel cannot be cancelled from Go, but a process can be killed, so a hung
+// server never hangs nsmount or whoever embeds it, and nothing is left
+// attached: a superblock whose creation is interrupted is never mounted.
+
+// helperName is argv[0] of the helper process.
+const helperName = "nsmount-helper"
+
+// Descriptor numbers in the helper (ExtraFiles start at 3).
+const (
+	helperNetNS = 3
+	helperMntNS = 4
+	helperRoot  = 5 // present only when helperRequest.HasRoot
+)
+
+// killGrace bounds the wait for a killed helper to be reaped.
+const killGrace = 3 * time.Second
+
+type helperRequest struct {
+	Op      string    `json:"op"` // "mount" or "umount"
+	Spec    mountSpec `json:"spec,omitzero"`
+	Target  string    `json:"target"`
+	Mkdir   bool      `json:"mkdir,omitempty"`
+	HasRoot bool      `json:"has_root,omitempty"`
+	Umount  int       `json:"umount_flags,omitempty"`
+}
+
+type helperResponse struct {
+	Dev     string `json:"dev,omitempty"`
+	Vers    string `json:"vers,omitempty"`
+	Params  string `json:"params,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Class   string `json:"class,omitempty"`
+	Elapsed string `json:"elapsed,omitempty"`
+}
+
+// RunHelper turns the process into nsmount's namespace helper when it was
+// started as one, and never returns in that case. Every program that mounts
+// through this package must call it first thing in main (and tests in
+// TestMain); it returns at once otherwise.
+func RunHelper() {
+	if filepath.Base(os.Args[0]) != helperName {
+		return
+	}
+	os.Exit(helperMain(os.Stdin, os.Stdout))
+}
+
+func helperMain(in io.Reader, out io.Writer) int {
+	var req helperRequest
+	resp := helperResponse{}
+	start := time.Now()
+	err := json.NewDecoder(io.LimitReader(in, 1<<20)).Decode(&req)
+	if err == nil {
+		err = helperRun(&req, &resp)
+	}
+	if err != nil {
+		resp.Error = err.Error()
+		for _, c := range classes {
+			if errors.Is(err, c.err) {
+				resp.Class = c.err.Error()
+				break
+			}
+		}
+	}
+	resp.Elapsed = time.Since(start).String()
+	if err := json.NewEncoder(out).Encode(resp); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func helperRun(req *helperRequest, resp *helperResponse) error {
+	t := &Target{
+		netns: os.NewFile(helperNetNS, "netns"),
+		mntns: os.NewFile(helperMntNS, "mntns"),
+		desc:  "target",
+	}
+	defer t.Close()
+	// The host's /proc, opened before entering: the container may have none.
+	proc, err := openPath("/proc")
+	if err != nil {
+		return err
+	}
+	defer proc.Close()
+	return t.Do(NetNS|MountNS, func() error {
+		root := t.root
+		if req.HasRoot {
+			root = os.NewFile(helperRoot, "root")
+		} else if root, err = openPath("/"); err != nil {
+			return err
+		}
+		defer root.Close()
+		switch req.Op {
+		case "mount":
+			return mountInside(req, root, proc, resp)
+		case "umount":
+			return umountInside(req, root, proc)
+		}
+		return fmt.Errorf("unknown helper op %q", req.Op)
+	})
+}
+
+// mountInside runs on the helper's thread in the target's namespaces. The
+// order matters: the target directory is resolved first (bad targets fail
+// before any network traffic), then the superblock is created (fsconfig,
+// talks to the server), mounted detached (fsmount), verified against this
+// netns's NFS client list, and only then attached (move_mount).
+func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) error {
+	target, err := openInRoot(root, req.Target, req.Mkdir)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+
+	var fsc *fsContext
+	for i, v := range req.Spec.Vers {
+		params := req.Spec.withVers(v)
+		if fsc, err = openFSContext(req.Spec.FSType); err != nil {
+			if errors.Is(err, errNoNewMountAPI) {
+				return legacyMount(req, v, target, proc, resp)
+			}
+			return err
+		}
+		err = fsc.configure(params)
+		if err == nil {
+			resp.Vers, resp.Params = v, params.String()
+			break
+		}
+		fsc.Close()
+		// Like mount.nfs: fall back to an older version only when the
+		// version was not chosen and the server does not speak this one.
+		if i+1 < len(req.Spec.Vers) && errors.Is(err, unix.EPROTONOSUPPORT) {
+			continue
+		}
+		return fmt.Errorf("mount %s: %w", sourceOf(params), err)
+	}
+	defer fsc.Close()
+	mfd, err := unix.Fsmount(fsc.fd, unix.FSMOUNT_CLOEXEC, int(req.Spec.Attrs))
+	if err != nil {
+		return withClass(ErrMountFailed, fsc.kernelError("fsmount", err))
+	}
+	defer unix.Close(mfd) // a detached mount vanishes with its last fd
+	if resp.Dev, err = mountDev(mfd); err != nil {
+		return err
+	}
+	ok, err := inNetNS(proc, resp.Dev)
+	if err != nil {
+		return withClass(ErrNotVerified, fmt.Errorf("verify mount: %w", err))
+	}
+	if !ok {
+		return withClass(ErrNotVerified, fmt.Errorf("new NFS superblock %s is not in the target netns's nfsfs/volumes: the connection was made from another network namespace; mount undone", resp.Dev))
+	}
+	if err := unix.MoveMount(mfd, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return withClass(ErrMountFailed, fmt.Errorf("attach mount at %s: %w", req.Target, err))
+	}
+	return nil
+}
+
+// legacyMount is the mount(2) path for kernels without fsopen(2). The mount
+// point is named through the host /proc's magic link of the O_PATH fd, so it
+// is still the directory resolved inside the container's root.
+func legacyMount(req *helperRequest, vers string, target, proc *os.File, resp *helperResponse) error {
+	params := req.Spec.withVers(vers)
+	var data []string
+	var source string
+	for _, o := range params {
+		if o.Key == "source" {
+			source = o.Value
+			continue
+		}
+		data = append(data, o.String())
+	}
+	flags := uintptr(0)
+	for attr, flag := range map[uint64]uintptr{unix.MOUNT_ATTR_RDONLY: unix.MS_RDONLY, unix.MOUNT_ATTR_NOSUID: unix.MS_NOSUID, unix.MOUNT_ATTR_NODEV: unix.MS_NODEV, unix.MOUNT_ATTR_NOEXEC: unix.MS_NOEXEC, unix.MOUNT_ATTR_NOATIME: unix.MS_NOATIME} {
+		if req.Spec.Attrs&attr != 0 {
+			flags |= flag
+		}
+	}
+	if err := unix.Fchdir(int(proc.Fd())); err != nil {
+		return fmt.Errorf("chdir to host /proc: %w", err)
+	}
+	where := fmt.Sprintf("thread-self/fd/%d", target.Fd())
+	if err := unix.Mount(source, where, req.Spec.FSType, flags, strings.Join(data, ",")); err != nil {
+		return withClass(ErrMountFailed, fmt.Errorf("mount %s: %w", source, err))
+	}
+	resp.Vers, resp.Params = vers, params.String()
+	fd, err := unix.Openat(unix.AT_FDCWD, where, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err == nil {
+		resp.Dev, err = mountDev(fd)
+		unix.Close(fd)
+	}
+	ok := false
+	if err == nil {
+		ok, err = inNetNS(proc, resp.Dev)
+	}
+	if err != nil || !ok {
+		unix.Unmount(where, unix.MNT_DETACH)
+		return withClass(ErrNotVerified, fmt.Errorf("new NFS superblock %s is not in the target netns's nfsfs/volumes; mount undone (%v)", resp.Dev, err))
+	}
+	return nil
+}
+
+func sourceOf(params Options) string {
+	s, _ := params.Get("source")
+	return s
+}
+
+// umountInside unmounts the NFS mount at req.Target, resolved inside root.
+// There is no umount-by-descriptor syscall, so after identifying the mount
+// by ID the thread chroots into the container's root and unmounts the path
+// without following a final symlink: whatever the path resolves to then, it
+// is inside the container.
+func umountInside(req *helperRequest, root, proc *os.File) error {
+	f, err := openInRoot(root, req.Target, false)
+	if err != nil {
+		return err
+	}
+	var stx unix.Statx_t
+	err = unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &stx)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("statx %s: %w", req.Target, err)
+	}
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return withClass(ErrNotMounted, fmt.Errorf("%s is not a mount point", req.Target))
+	}
+	m, err := nfsMountAt(proc, stx.Mnt_id)
+	if err != nil {
+		return err
+	}
+	if m == nil {
+		return withClass(ErrNotMounted, fmt.Errorf("no NFS mount at %s", req.Target))
+	}
+	if err := unix.Fchdir(int(root.Fd())); err != nil {
+		return fmt.Errorf("chdir to container root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot to container root: %w", err)
+	}
+	if err := unix.Unmount(req.Target, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
+		return withClass(ErrMountFailed, fmt.Errorf("umount %s (%s): %w", req.Target, m.Source, err))
+	}
+	return nil
+}
+
+// callHelper runs req in a helper process inside t's namespaces and waits for
+// it until ctx is done; then it kills the helper and returns ErrTimeout.
+func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperResponse, error) {
+	if t.netns == nil || t.mntns == nil {
+		return nil, errors.New("target is closed")
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	cmd := &exec.Cmd{
+		Path:        "/proc/self/exe",
+		Args:        []string{helperName},
+		Stdin:       bytes.NewReader(body),
+		ExtraFiles:  []*os.File{t.netns, t.mntns},
+		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+	}
+	if t.root != nil {
+		req.HasRoot = true
+		body, _ = json.Marshal(req)
+		cmd.Stdin = bytes.NewReader(body)
+		cmd.ExtraFiles = append(cmd.ExtraFiles, t.root)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start helper: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(killGrace):
+			// Unkillable (uninterruptible sleep): give up waiting; the
+			// goroutine reaps it if it ever exits.
+		}
+		return nil, withClass(ErrTimeout, fmt.Errorf("%s in %s did not finish in time, stopped: %w", req.Op, t, context.Cause(ctx)))
+	}
+	var resp helperResponse
+	if jerr := json.Unmarshal(stdout.Bytes(), &resp); jerr != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if err == nil {
+			err = jerr
+		}
+		return nil, fmt.Errorf("helper failed: %v: %s", err, msg)
+	}
+	if resp.Error != "" {
+		herr := errors.New(resp.Error)
+		for _, c := range classes {
+			if c.err.Error() == resp.Class {
+				return &resp, withClass(c.err, herr)
+			}
+		}
+		return &resp, herr
+	}
+	return &resp, nil
+}

@@ -1,0 +1,267 @@
+package nsmount
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"github.com/nsmount/nsmount/routing"
+)
+
+// Default bounds for the waits of a mount.
+const (
+	// DefaultProbeTimeout bounds the reachability check of the server.
+	DefaultProbeTimeout = 5 * time.Second
+	// DefaultMountTimeout bounds the mount itself (superblock creation).
+	DefaultMountTimeout = 30 * time.Second
+)
+
+// Request describes one NFS mount into a target.
+type Request struct {
+	// Source is the server and export.
+	Source Source
+	// FSType is "nfs" (any version; NFSv4.2 down to v3 are tried unless
+	// vers= is given) or "nfs4".
+	FSType string
+	// Options are mount options as for mount.nfs(8). addr= is chosen by
+	// nsmount; clientaddr= defaults to the source address of the route.
+	Options Options
+	// Target is the mount point, an absolute path inside the container's
+	// root. Symlinks in it are resolved inside that root.
+	Target string
+	// Mkdir creates a missing target directory (inside the container root).
+	Mkdir bool
+	// ProbeTimeout and MountTimeout bound the reachability check and the
+	// mount; zero means the defaults.
+	ProbeTimeout, MountTimeout time.Duration
+}
+
+// Mounted describes a mount that nsmount made and verified.
+type Mounted struct {
+	// Target is the mount point inside the container.
+	Target string `json:"target"`
+	// Source is SERVER:/EXPORT as mounted.
+	Source string `json:"source"`
+	// Address is the server address the container's network was asked for.
+	Address netip.Addr `json:"address"`
+	// Route is the route the container's network namespace uses to Address.
+	Route routing.Route `json:"route"`
+	// Version is the NFS version that was mounted.
+	Version string `json:"version"`
+	// Params are the filesystem parameters given to the kernel.
+	Params string `json:"params"`
+	// Dev is the new superblock's device number, "major:minor"; it is listed
+	// in the container netns's /proc/net/nfsfs/volumes.
+	Dev string `json:"dev"`
+	// PID, NetNS and MountNS identify the target.
+	PID     int    `json:"pid,omitempty"`
+	NetNS   uint64 `json:"netns"`
+	MountNS uint64 `json:"mntns"`
+}
+
+// Mount mounts req.Source at req.Target inside t: the server address is
+// routed by t's network namespace, its reachability checked from there
+// (bounded by ProbeTimeout), and the mount made by a helper process inside
+// t's network and mount namespaces (bounded by MountTimeout, killed after).
+// The new superblock must show up in t's netns's NFS client list before it
+// is attached; otherwise nothing is mounted and ErrNotVerified is returned.
+func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
+	opts := req.Options
+	if req.FSType == "" {
+		req.FSType = "nfs"
+	}
+	addr, err := netip.ParseAddr(req.Source.Server)
+	if err != nil {
+		return nil, withClass(ErrInvalidArgument, fmt.Errorf("server %q: only IP addresses are supported; name resolution inside the container is not implemented yet", req.Source.Server))
+	}
+	addr = addr.Unmap()
+	// Validate everything the user gave before touching the network.
+	if _, err := buildSpec(req.FSType, req.Source, opts, addr, netip.Addr{}); err != nil {
+		return nil, err
+	}
+	router, err := routing.NewRouter(func(fn func() error) error { return t.Do(NetNS, fn) })
+	if err != nil {
+		return nil, err
+	}
+	defer router.Close()
+	route, err := router.Lookup(addr)
+	if err != nil {
+		return nil, withClass(ErrUnreachable, fmt.Errorf("server %s from %s: %w", addr, t, err))
+	}
+	spec, err := buildSpec(req.FSType, req.Source, opts, addr, route.Source)
+	if err != nil {
+		return nil, err
+	}
+	probeTimeout := orDefault(req.ProbeTimeout, DefaultProbeTimeout)
+	for _, port := range probePorts(spec) {
+		if err := router.Probe(ctx, netip.AddrPortFrom(addr, port), probeTimeout); err != nil {
+			return nil, withClass(ErrUnreachable, fmt.Errorf("server %s from %s (route %s): %w", addr, t, route, err))
+		}
+	}
+	mctx, cancel := context.WithTimeout(ctx, orDefault(req.MountTimeout, DefaultMountTimeout))
+	defer cancel()
+	resp, err := callHelper(mctx, t, helperRequest{Op: "mount", Spec: spec, Target: req.Target, Mkdir: req.Mkdir})
+	if err != nil {
+		return nil, err
+	}
+	return &Mounted{
+		Target:  req.Target,
+		Source:  req.Source.String(),
+		Address: addr,
+		Route:   route,
+		Version: resp.Vers,
+		Params:  resp.Params,
+		Dev:     resp.Dev,
+		PID:     t.PID(),
+		NetNS:   t.NetNSInode(),
+		MountNS: t.MountNSInode(),
+	}, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// probePorts returns the TCP ports that must answer before a mount is tried:
+// the NFS port (port= or 2049) and, for NFSv3 without fixed ports, the
+// portmapper.
+func probePorts(spec mountSpec) []uint16 {
+	port := uint16(2049)
+	if v, ok := spec.Params.Get("port"); ok {
+		if p, err := strconv.ParseUint(v, 10, 16); err == nil && p != 0 {
+			port = uint16(p)
+		}
+	}
+	ports := []uint16{port}
+	_, fixedMount := spec.Params.Get("mountport")
+	if spec.Vers[0] == "3" && (port == 2049 || !fixedMount) {
+		ports = append(ports, 111)
+	}
+	return ports
+}
+
+// UnmountOptions modify Unmount.
+type UnmountOptions struct {
+	// Lazy detaches the mount now and cleans up when it is no longer busy
+	// (MNT_DETACH). A lazily unmounted NFS superblock that is still held
+	// keeps its client and connection alive.
+	Lazy bool
+	// Force aborts pending requests to an unresponsive server (MNT_FORCE).
+	Force bool
+	// Timeout bounds the unmount; zero means DefaultMountTimeout.
+	Timeout time.Duration
+}
+
+// Unmount removes the NFS mount at target (a path inside the container's
+// root) from t's mount namespace. It returns ErrNotMounted when there is no
+// NFS mount there.
+func Unmount(ctx context.Context, t *Target, target string, o UnmountOptions) error {
+	flags := 0
+	if o.Lazy {
+		flags |= 2 // MNT_DETACH
+	}
+	if o.Force {
+		flags |= 1 // MNT_FORCE
+	}
+	ctx, cancel := context.WithTimeout(ctx, orDefault(o.Timeout, DefaultMountTimeout))
+	defer cancel()
+	_, err := callHelper(ctx, t, helperRequest{Op: "umount", Target: target, Umount: flags})
+	return err
+}
+
+// MountEntry is one NFS mount in a target's mount table.
+type MountEntry struct {
+	// Target is the mount point as the target sees it.
+	Target string `json:"target"`
+	// Source is SERVER:/EXPORT.
+	Source string `json:"source"`
+	// FSType is nfs or nfs4.
+	FSType string `json:"fstype"`
+	// Dev is the superblock's device number, "major:minor".
+	Dev string `json:"dev"`
+	// Options are the per-mount options; SuperOptions the NFS options the
+	// kernel reports (vers, addr, clientaddr, ...).
+	Options      string `json:"options"`
+	SuperOptions string `json:"super_options"`
+	// Address and ClientAddr are addr= and clientaddr= from SuperOptions.
+	Address    string `json:"address,omitempty"`
+	ClientAddr string `json:"clientaddr,omitempty"`
+	// InNetNS reports whether the superblock's NFS client lives in the
+	// target's network namespace (listed in its nfsfs/volumes). A mount made
+	// from another namespace looks the same in mountinfo but is false here.
+	InNetNS bool `json:"in_netns"`
+}
+
+// List returns the NFS mounts in t's mount namespace, as its mountinfo
+// shows them (paths relative to the target's root).
+func List(t *Target) ([]MountEntry, error) {
+	var info, volumes []byte
+	if t.PID() != 0 {
+		var err error
+		if info, err = readFileLimited(fmt.Sprintf("/proc/%d/mountinfo", t.PID())); err != nil {
+			return nil, withClass(ErrTargetNotFound, err)
+		}
+		volumes, _ = readFileLimited(fmt.Sprintf("/proc/%d/net/nfsfs/volumes", t.PID()))
+	} else {
+		proc, err := openPath("/proc")
+		if err != nil {
+			return nil, err
+		}
+		defer proc.Close()
+		err = t.Do(NetNS|MountNS, func() error {
+			var err error
+			info, err = readProc(proc, "thread-self/mountinfo")
+			volumes, _ = readProc(proc, "thread-self/net/nfsfs/volumes")
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	mounts, err := mountinfo.GetMountsFromReader(bytes.NewReader(info), mountinfo.FSTypeFilter("nfs", "nfs4"))
+	if err != nil {
+		return nil, fmt.Errorf("parse mountinfo of %s: %w", t, err)
+	}
+	devs := volumeDevs(volumes)
+	out := make([]MountEntry, 0, len(mounts))
+	for _, m := range mounts {
+		e := MountEntry{
+			Target: m.Mountpoint, Source: m.Source, FSType: m.FSType,
+			Dev:     fmt.Sprintf("%d:%d", m.Major, m.Minor),
+			Options: m.Options, SuperOptions: m.VFSOptions,
+		}
+		e.InNetNS = devs[e.Dev]
+		for _, o := range strings.Split(m.VFSOptions, ",") {
+			if v, ok := strings.CutPrefix(o, "addr="); ok {
+				e.Address = v
+			} else if v, ok := strings.CutPrefix(o, "clientaddr="); ok {
+				e.ClientAddr = v
+			}
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func readFileLimited(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxProcRead))
+}

@@ -1,0 +1,209 @@
+package nsmount
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Namespaces selects which of a target's namespaces Target.Do enters.
+type Namespaces int
+
+const (
+	// NetNS is the target's network namespace.
+	NetNS Namespaces = 1 << iota
+	// MountNS is the target's mount namespace.
+	MountNS
+)
+
+// A Target is a container's network and mount namespaces, pinned by file
+// descriptors when it is opened: once open, a Target keeps meaning the same
+// namespaces even if the process that named them exits or its PID is reused.
+//
+// Only code inside Do runs in the target's namespaces. Close releases the
+// descriptors.
+type Target struct {
+	pid   int      // 0 when opened by paths
+	pidfd *os.File // nil when opened by paths
+	netns *os.File
+	mntns *os.File
+	root  *os.File // O_PATH fd of the container's root; nil: the mount ns root
+	desc  string
+}
+
+// OpenPID opens the namespaces and root of process pid. The process is held
+// through a pidfd while its /proc entries are opened, and checked to still be
+// alive afterwards, so a PID that is reused in between is detected rather than
+// silently redirecting the mount.
+func OpenPID(pid int) (_ *Target, retErr error) {
+	if pid <= 0 {
+		return nil, withClass(ErrInvalidArgument, fmt.Errorf("invalid pid %d", pid))
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil, withClass(ErrTargetNotFound, fmt.Errorf("process %d does not exist", pid))
+		}
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	t := &Target{pid: pid, pidfd: os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid)), desc: fmt.Sprintf("pid %d", pid)}
+	defer func() {
+		if retErr != nil {
+			t.Close()
+		}
+	}()
+	proc := fmt.Sprintf("/proc/%d", pid)
+	if t.netns, err = openNS(proc+"/ns/net", unix.CLONE_NEWNET); err != nil {
+		return nil, fmt.Errorf("open netns of pid %d: %w", pid, err)
+	}
+	if t.mntns, err = openNS(proc+"/ns/mnt", unix.CLONE_NEWNS); err != nil {
+		return nil, fmt.Errorf("open mntns of pid %d: %w", pid, err)
+	}
+	if t.root, err = openPath(proc + "/root"); err != nil {
+		return nil, withClass(ErrTargetNotFound, fmt.Errorf("open root of pid %d: %w", pid, err))
+	}
+	// The pidfd pins the process identity: if it is still alive now, the
+	// /proc entries above were this process's and not a successor's.
+	if err := unix.PidfdSendSignal(int(t.pidfd.Fd()), 0, nil, 0); err != nil {
+		return nil, withClass(ErrTargetNotFound, fmt.Errorf("process %d exited while opening its namespaces: %w", pid, err))
+	}
+	return t, nil
+}
+
+// OpenPaths opens a network namespace and a mount namespace by path (for
+// example /run/netns/NAME and a bind-mounted mount namespace file) for
+// namespaces that have no process. Mount targets are resolved inside the
+// mount namespace's root.
+func OpenPaths(netnsPath, mntnsPath string) (_ *Target, retErr error) {
+	if netnsPath == "" || mntnsPath == "" {
+		return nil, withClass(ErrInvalidArgument, errors.New("both a network and a mount namespace path are needed"))
+	}
+	t := &Target{desc: fmt.Sprintf("netns %s, mntns %s", netnsPath, mntnsPath)}
+	defer func() {
+		if retErr != nil {
+			t.Close()
+		}
+	}()
+	var err error
+	if t.netns, err = openNS(netnsPath, unix.CLONE_NEWNET); err != nil {
+		return nil, fmt.Errorf("open netns: %w", err)
+	}
+	if t.mntns, err = openNS(mntnsPath, unix.CLONE_NEWNS); err != nil {
+		return nil, fmt.Errorf("open mntns: %w", err)
+	}
+	return t, nil
+}
+
+// openNS opens path and checks that it is a namespace of the given type.
+func openNS(path string, nstype int) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			return nil, withClass(ErrTargetNotFound, err)
+		}
+		return nil, err
+	}
+	got, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE)
+	if err != nil || got != nstype {
+		f.Close()
+		return nil, withClass(ErrInvalidArgument, &os.PathError{Op: "check namespace type", Path: path, Err: unix.EINVAL})
+	}
+	return f, nil
+}
+
+// openPath opens path as an O_PATH directory descriptor.
+func openPath(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// String describes the target for messages.
+func (t *Target) String() string { return t.desc }
+
+// PID returns the target's process ID, or 0 for a target opened by paths.
+func (t *Target) PID() int { return t.pid }
+
+// NetNSInode returns the inode number that identifies the target's network
+// namespace (as shown by `ls -L -i /proc/PID/ns/net`).
+func (t *Target) NetNSInode() uint64 { return inode(t.netns) }
+
+// MountNSInode returns the inode number of the target's mount namespace.
+func (t *Target) MountNSInode() uint64 { return inode(t.mntns) }
+
+func inode(f *os.File) uint64 {
+	var st unix.Stat_t
+	if f == nil || unix.Fstat(int(f.Fd()), &st) != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+// Close releases the target's descriptors. It is safe to call more than once.
+func (t *Target) Close() error {
+	for _, f := range []**os.File{&t.pidfd, &t.netns, &t.mntns, &t.root} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
+	}
+	return nil
+}
+
+// Do runs fn on a new OS thread that has entered the selected namespaces of
+// the target, and returns fn's error. Only fn runs there: the thread is locked
+// for its whole life and never unlocked, so when fn returns the Go runtime
+// ends the thread instead of returning it, still inside the container's
+// namespaces, to the pool. Goroutines that fn starts do NOT run in the
+// target's namespaces.
+//
+// Entering a mount namespace first detaches the thread's filesystem state
+// (unshare(CLONE_FS)), which setns requires in a multi-threaded process; the
+// thread's root and working directory become the mount namespace's root.
+func (t *Target) Do(which Namespaces, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Deliberately no UnlockOSThread: see the doc comment.
+		defer func() {
+			if r := recover(); r != nil {
+				errc <- fmt.Errorf("panic in namespace of %s: %v", t, r)
+			}
+		}()
+		if err := t.enter(which); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// enter switches the calling (locked) thread into the selected namespaces.
+func (t *Target) enter(which Namespaces) error {
+	if which&MountNS != 0 {
+		if t.mntns == nil {
+			return errors.New("target is closed")
+		}
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			return fmt.Errorf("unshare fs state: %w", err)
+		}
+		if err := unix.Setns(int(t.mntns.Fd()), unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("enter mntns of %s: %w", t, err)
+		}
+	}
+	if which&NetNS != 0 {
+		if t.netns == nil {
+			return errors.New("target is closed")
+		}
+		if err := unix.Setns(int(t.netns.Fd()), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("enter netns of %s: %w", t, err)
+		}
+	}
+	return nil
+}
