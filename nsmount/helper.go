@@ -228,10 +228,11 @@ func sourceOf(params Options) string {
 }
 
 // umountInside unmounts the NFS mount at req.Target, resolved inside root.
-// There is no umount-by-descriptor syscall, so after identifying the mount
-// by ID the thread chroots into the container's root and unmounts the path
-// without following a final symlink: whatever the path resolves to then, it
-// is inside the container.
+// There is no umount-by-descriptor syscall (and an open descriptor would keep
+// the mount busy), so the mount is identified by its mount ID, the thread
+// chroots into the container's root, and the mount point path that mountinfo
+// then shows (canonical, relative to that root) is unmounted without
+// following symlinks: whatever happens meanwhile, it is inside the container.
 func umountInside(req *helperRequest, root, proc *os.File) error {
 	f, err := openInRoot(root, req.Target, false)
 	if err != nil {
@@ -246,6 +247,12 @@ func umountInside(req *helperRequest, root, proc *os.File) error {
 	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
 		return withClass(ErrNotMounted, fmt.Errorf("%s is not a mount point", req.Target))
 	}
+	if err := unix.Fchdir(int(root.Fd())); err != nil {
+		return fmt.Errorf("chdir to container root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot to container root: %w", err)
+	}
 	m, err := nfsMountAt(proc, stx.Mnt_id)
 	if err != nil {
 		return err
@@ -253,13 +260,7 @@ func umountInside(req *helperRequest, root, proc *os.File) error {
 	if m == nil {
 		return withClass(ErrNotMounted, fmt.Errorf("no NFS mount at %s", req.Target))
 	}
-	if err := unix.Fchdir(int(root.Fd())); err != nil {
-		return fmt.Errorf("chdir to container root: %w", err)
-	}
-	if err := unix.Chroot("."); err != nil {
-		return fmt.Errorf("chroot to container root: %w", err)
-	}
-	if err := unix.Unmount(req.Target, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
+	if err := unix.Unmount(m.Mountpoint, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
 		return withClass(ErrMountFailed, fmt.Errorf("umount %s (%s): %w", req.Target, m.Source, err))
 	}
 	return nil

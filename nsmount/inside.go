@@ -15,6 +15,7 @@ import (
 	"path"
 	"strings"
 
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
@@ -41,8 +42,12 @@ func openInRoot(root *os.File, unsafePath string, mkdir bool) (*os.File, error) 
 	}
 	fd, err := unix.Openat2(int(root.Fd()), clean, &resolveHow)
 	if errors.Is(err, unix.ENOENT) && mkdir {
-		if err = mkdirInRoot(root, clean); err == nil {
-			fd, err = unix.Openat2(int(root.Fd()), clean, &resolveHow)
+		// Follows symlinks (even dangling ones) inside root and creates
+		// what is missing, each step re-resolved under root.
+		var f *os.File
+		if f, err = pathrs.MkdirAllHandle(root, clean, 0o755); err == nil {
+			fd, err = unix.Openat2(int(f.Fd()), ".", &resolveHow)
+			f.Close()
 		}
 	}
 	switch {
@@ -64,25 +69,6 @@ func openInRoot(root *os.File, unsafePath string, mkdir bool) (*os.File, error) 
 		return nil, withClass(ErrUnsafePath, fmt.Errorf("target %s resolves to the container's root directory; refusing to mount over /", unsafePath))
 	}
 	return f, nil
-}
-
-// mkdirInRoot creates the missing directories of clean (already cleaned and
-// absolute) below root, resolving each parent inside root.
-func mkdirInRoot(root *os.File, clean string) error {
-	parts := strings.Split(strings.TrimPrefix(clean, "/"), "/")
-	for i := range parts {
-		parent := "/" + strings.Join(parts[:i], "/")
-		pfd, err := unix.Openat2(int(root.Fd()), parent, &resolveHow)
-		if err != nil {
-			return &os.PathError{Op: "mkdir: open parent", Path: parent, Err: err}
-		}
-		err = unix.Mkdirat(pfd, parts[i], 0o755)
-		unix.Close(pfd)
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return &os.PathError{Op: "mkdir", Path: path.Join(parent, parts[i]), Err: err}
-		}
-	}
-	return nil
 }
 
 func sameFile(a, b *os.File) (bool, error) {

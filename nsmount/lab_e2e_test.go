@@ -1,0 +1,41 @@
+package nsmount_test
+
+import (
+	"embed"
+	"testing"
+
+	"github.com/nsmount/nsmount/testenv"
+)
+
+// The lab scenarios: each script boots one VM with a real kernel NFS server
+// and client, and reports its checks as subtests.
+//
+//go:embed testdata/lab/*.sh
+var labScripts embed.FS
+
+func labScript(t *testing.T, name string) string {
+	t.Helper()
+	common, err := labScripts.ReadFile("testdata/lab/common.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := labScripts.ReadFile("testdata/lab/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(common) + "\n" + string(body)
+}
+
+// TestLabMount mounts every NFS version into a container whose server only
+// its own netns can reach.
+func TestLabMount(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "mount.sh"))
+}
+
+// TestLabFaults feeds bad input and faults (escaping symlinks, dead PID,
+// unreachable and hung servers) and checks nothing leaks.
+func TestLabFaults(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "faults.sh"))
+}

@@ -1,0 +1,31 @@
+# Shared by the nsmount e2e lab scenarios (sourced after the lab helpers).
+
+# check_exit NAME CODE CMD...: CMD must exit with CODE; its stderr must be one line.
+check_exit() {
+	_name=$1 _want=$2
+	shift 2
+	_out=$("$@" 2>&1 >/dev/null)
+	_rc=$?
+	_lines=$(printf '%s\n' "$_out" | grep -c .)
+	if [ "$_rc" = "$_want" ] && [ "$_lines" -le 1 ]; then
+		echo "LAB-CHECK PASS $_name"
+		echo "  ($_name: exit $_rc: $_out)"
+	else
+		echo "LAB-CHECK FAIL $_name: exit $_rc (want $_want), $_lines error line(s): $(printf '%s' "$_out" | tr '\n' ' ' | tail -c 400)"
+	fi
+}
+
+# nfs_mounts FILE: number of NFS mounts in a mountinfo file.
+nfs_mounts() { grep -cE ' - nfs4? ' "$1" || true; }
+
+# nfs_clients PID: number of NFS clients (nfs_client structs) in PID's netns.
+nfs_clients() { tail -n +2 "/proc/$1/net/nfsfs/servers" | grep -c . || true; }
+
+# no_leaks PID: the container has no NFS mount and no NFS client, no helper
+# process is left, and the VM's own mount table has no NFS mount.
+no_leaks() {
+	[ "$(nfs_mounts /proc/$1/mountinfo)" = 0 ] || { echo "container still has NFS mounts"; return 1; }
+	[ "$(nfs_clients $1)" = 0 ] || { echo "container netns still has NFS clients:"; cat /proc/$1/net/nfsfs/servers; return 1; }
+	[ "$(nfs_mounts /proc/self/mountinfo)" = 0 ] || { echo "the VM's mount table has an NFS mount"; return 1; }
+	! ps -o pid,args | grep -q '[n]smount-helper' || { echo "helper process left"; return 1; }
+}

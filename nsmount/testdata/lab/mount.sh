@@ -1,0 +1,44 @@
+# A container whose NFS server is reachable only from its own netns:
+# mount every NFS version with nsmount, write through the mount, find the
+# file in the server's export, and check where the mount is and is not.
+set -u
+lab_netns srv1
+lab_container c1
+lab_veth srv1 eth0 198.51.100.1/24 c1 eth0 198.51.100.2/24
+lab_nfsd srv1 srv1
+PID=$(lab_pid c1)
+S=198.51.100.1
+
+lab_check_fails vm-has-no-route-to-server ip route get $S
+for v in 4.2 4.1 4.0 3; do
+	opts=vers=$v
+	[ $v = 3 ] && opts=vers=3,nolock
+	lab_check mount-v$v nsmount mount --pid $PID -o $opts $S:/export /data
+	lab_check write-v$v lab_exec c1 sh -c "echo written-by-c1-v$v > /data/c1-v$v"
+	lab_check_output server-has-file-v$v written-by-c1-v$v cat /srv/srv1/c1-v$v
+	lab_check_output container-reads-server-v$v srv1 lab_exec c1 cat /data/whoami
+	lab_check mount-in-container-ns-v$v grep -qE " /data .* - nfs4? $S:/export " /proc/$PID/mountinfo
+	lab_check_output not-in-vm-mount-ns-v$v 0 nfs_mounts /proc/self/mountinfo
+	lab_check_output list-verified-v$v '"in_netns": true' nsmount list --pid $PID --json
+	lab_check_output list-addr-v$v "\"address\": \"$S\"" nsmount list --pid $PID --json
+	if [ $v != 3 ]; then
+		lab_check_output clientaddr-is-container-source-v$v '"clientaddr": "198.51.100.2"' nsmount list --pid $PID --json
+	fi
+	lab_check umount-v$v nsmount umount --pid $PID /data
+	lab_check no-leak-after-umount-v$v no_leaks $PID
+done
+
+# -t nfs without vers negotiates the highest version, like mount.nfs.
+lab_check_output default-version-4.2 '"version": "4.2"' nsmount mount --pid $PID --json $S:/export /data
+lab_check_output default-options-nosuid-nodev 'nosuid,nodev' grep " /data " /proc/$PID/mountinfo
+lab_check umount-default nsmount umount --pid $PID /data
+
+# Namespaces named by path instead of a PID; --mkdir creates the target in
+# the container's root.
+lab_check mount-by-paths nsmount mount --netns /run/netns/c1 --mntns /proc/$PID/ns/mnt -t nfs4 --mkdir $S:/export /mnt/by/paths
+lab_check_output paths-target-created srv1 lab_exec c1 cat /mnt/by/paths/whoami
+lab_check_fails mkdir-not-on-vm test -e /mnt/by/paths
+lab_check_output list-by-paths /mnt/by/paths nsmount list --netns /run/netns/c1 --mntns /proc/$PID/ns/mnt
+lab_check umount-by-paths nsmount umount --netns /run/netns/c1 --mntns /proc/$PID/ns/mnt /mnt/by/paths
+lab_check no-leak-at-end no_leaks $PID
+nsmount list --pid $PID

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Install the host packages the nsmount lab needs (Debian 12), skipping
+# those already present. Run as root. The lab itself downloads the kernel.
+set -e
+need=
+check() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || need="$need $2"; }
+check qemu-system-x86_64 qemu-system-x86
+check busybox busybox-static
+check dash dash
+check ip iproute2
+check nsenter util-linux
+check mount mount
+check insmod kmod
+check rpc.nfsd nfs-kernel-server
+check mount.nfs nfs-common
+check rpcbind rpcbind
+check apt-get apt
+check dpkg dpkg
+if [ -n "$need" ]; then
+	echo "installing:$need"
+	apt-get update
+	# shellcheck disable=SC2086
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need
+fi
+if ldd "$(command -v busybox)" >/dev/null 2>&1; then
+	echo "warning: busybox is dynamically linked; busybox-static is expected (containers get a copy)" >&2
+fi
+echo "lab host dependencies present"
