@@ -1,0 +1,168 @@
+// Command nsmount-lab runs nsmount scenario scripts in throwaway VMs (the
+// nested-VM lab of package testenv).
+//
+//	nsmount-lab run [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH] SCRIPT|-
+//	nsmount-lab fetch [--kernel VER] [--cache DIR] [--nsmount PATH]
+//	nsmount-lab demo [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH]
+//
+// run streams the VM console to stdout and exits with the script's exit
+// status; 125 means the lab could not start or the VM failed, 124 that the
+// run timed out.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nsmount/nsmount/testenv"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes for lab failures, apart from the script's own status.
+const (
+	exitTimeout = 124
+	exitLab     = 125
+)
+
+//go:embed demo.sh
+var demoScript string
+
+// exitError carries a process exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := rootCmd().ExecuteContext(ctx)
+	stop()
+	var ee *exitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		if ee.err != nil {
+			fmt.Fprintln(os.Stderr, "nsmount-lab:", ee.err)
+		}
+		os.Exit(ee.code)
+	default:
+		fmt.Fprintln(os.Stderr, "nsmount-lab:", err)
+		os.Exit(2) // usage
+	}
+}
+
+func rootCmd() *cobra.Command {
+	var cfg testenv.Config
+	root := &cobra.Command{
+		Use:           "nsmount-lab",
+		Short:         "Run nsmount scenario scripts in throwaway VMs",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	flags := func(c *cobra.Command, timeout bool) {
+		c.Flags().StringVar(&cfg.KernelVersion, "kernel", "", "Debian kernel version, e.g. 6.1.0-56-cloud-amd64 (default: $NSMOUNT_LAB_KERNEL or the current cloud kernel)")
+		c.Flags().StringVar(&cfg.CacheDir, "cache", "", "cache directory (default: $NSMOUNT_LAB_CACHE or "+testenv.DefaultCacheDir+")")
+		c.Flags().StringVar(&cfg.Nsmount, "nsmount", "", "static nsmount binary (default: $NSMOUNT_LAB_NSMOUNT or build ./cmd/nsmount)")
+		if timeout {
+			c.Flags().DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "bound for the whole VM run")
+		}
+	}
+	run := &cobra.Command{
+		Use:   "run [flags] SCRIPT|-",
+		Short: "Boot a VM, run SCRIPT in it and exit with its status",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			script, err := readScript(args[0])
+			if err != nil {
+				return &exitError{code: exitLab, err: err}
+			}
+			return runScript(c.Context(), cfg, script)
+		},
+	}
+	fetch := &cobra.Command{
+		Use:   "fetch",
+		Short: "Fetch the kernel and build the initramfs archives (CI warm-up)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			lab, err := newLab(c.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("lab ready: kernel %s\n", lab.KernelVersion())
+			return lab.Close()
+		},
+	}
+	demo := &cobra.Command{
+		Use:   "demo",
+		Short: "Run the built-in demo: nsmount mounts into a container",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runScript(c.Context(), cfg, demoScript)
+		},
+	}
+	flags(run, true)
+	flags(fetch, false)
+	flags(demo, true)
+	root.AddCommand(run, fetch, demo)
+	return root
+}
+
+// readScript reads a script file, or stdin for "-".
+func readScript(name string) (string, error) {
+	var data []byte
+	var err error
+	if name == "-" {
+		data, err = io.ReadAll(os.Stdin)
+	} else {
+		data, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading script: %w", err)
+	}
+	return string(data), nil
+}
+
+// newLab creates the lab, logging progress to stderr.
+func newLab(ctx context.Context, cfg testenv.Config) (*testenv.Lab, error) {
+	cfg.Log = os.Stderr
+	lab, err := testenv.New(ctx, cfg)
+	if err != nil {
+		return nil, &exitError{code: exitLab, err: fmt.Errorf("starting lab: %w", err)}
+	}
+	return lab, nil
+}
+
+// runScript runs script in a fresh VM, streaming the console to stdout.
+func runScript(ctx context.Context, cfg testenv.Config, script string) error {
+	lab, err := newLab(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer lab.Close()
+	res, err := lab.Run(ctx, script, os.Stdout)
+	switch {
+	case errors.Is(err, testenv.ErrTimeout):
+		return &exitError{code: exitTimeout, err: err}
+	case err != nil:
+		return &exitError{code: exitLab, err: err}
+	}
+	fmt.Fprintf(os.Stderr, "nsmount-lab: script exited with status %d after %v\n", res.ExitCode, res.Duration.Round(time.Millisecond))
+	if res.ExitCode != 0 {
+		return &exitError{code: res.ExitCode}
+	}
+	return nil
+}

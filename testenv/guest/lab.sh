@@ -1,0 +1,299 @@
+# nsmount lab helper library (/usr/lib/nsmount-lab/lab.sh).
+#
+# Sourced by /init before the scenario script. Every helper prints what it
+# made; on error it prints "lab: FUNCTION: reason" to stderr and returns
+# non-zero (so a script using `set -e` stops there).
+#
+# "-" as a netns name means the VM's initial network namespace.
+# State lives in /run/lab: containers' PIDs (/run/lab/ct/NAME.pid), the last
+# export fsid, daemon logs (/run/lab/log/).
+
+LAB_STATE=/run/lab
+mkdir -p "$LAB_STATE/ct" "$LAB_STATE/log"
+
+# lab_die FUNC MSG...: report an error of helper FUNC and return 1.
+lab_die() {
+	_f=$1
+	shift
+	echo "lab: $_f: $*" >&2
+	return 1
+}
+
+# lab_log MSG...: print MSG prefixed with the guest uptime in seconds.
+lab_log() {
+	read _up _ </proc/uptime
+	printf '[%8s] %s\n' "$_up" "$*"
+}
+
+# lab_ip NS ARGS...: run ip ARGS in netns NS ("-" = initial netns).
+lab_ip() {
+	_ns=$1
+	shift
+	if [ "$_ns" = - ]; then
+		ip "$@"
+	else
+		ip -n "$_ns" "$@"
+	fi
+}
+
+# lab_netns NAME: create the named network namespace NAME (ip netns add)
+# with its loopback up.
+lab_netns() {
+	[ $# -eq 1 ] || lab_die lab_netns "usage: lab_netns NAME" || return
+	ip netns add "$1" || lab_die lab_netns "ip netns add $1 failed" || return
+	ip -n "$1" link set lo up || lab_die lab_netns "lo up in $1 failed" || return
+	echo "lab: netns $1"
+}
+
+# lab_veth NS_A IF_A ADDR_A NS_B IF_B ADDR_B: a veth pair with end IF_A in
+# NS_A and IF_B in NS_B, addresses ADDR_A/ADDR_B with prefix (IPv4 or IPv6;
+# IPv6 addresses are added with nodad), both ends up. ADDR "-" adds none.
+lab_veth() {
+	[ $# -eq 6 ] || lab_die lab_veth "usage: lab_veth NS_A IF_A ADDR_A NS_B IF_B ADDR_B" || return
+	LAB_VETH_N=$((${LAB_VETH_N:-0} + 1))
+	_tmp_a=lvA$$.$LAB_VETH_N
+	_tmp_b=lvB$$.$LAB_VETH_N
+	ip link add "$_tmp_a" type veth peer name "$_tmp_b" || lab_die lab_veth "ip link add failed" || return
+	lab_veth_end "$1" "$_tmp_a" "$2" "$3" || return
+	lab_veth_end "$4" "$_tmp_b" "$5" "$6" || return
+	echo "lab: veth $1/$2 $3 <-> $4/$5 $6"
+}
+
+# lab_veth_end NS TMPNAME IF ADDR: move a fresh veth end into NS, name it
+# IF, address and raise it.
+lab_veth_end() {
+	if [ "$1" != - ]; then
+		ip link set "$2" netns "$1" || lab_die lab_veth "moving $2 to netns $1 failed" || return
+	fi
+	lab_ip "$1" link set "$2" name "$3" || lab_die lab_veth "renaming to $3 in $1 failed" || return
+	case $4 in
+	-) ;;
+	*:*) lab_ip "$1" addr add "$4" dev "$3" nodad || lab_die lab_veth "adding $4 to $1/$3 failed" || return ;;
+	*) lab_ip "$1" addr add "$4" dev "$3" || lab_die lab_veth "adding $4 to $1/$3 failed" || return ;;
+	esac
+	lab_ip "$1" link set "$3" up || lab_die lab_veth "$1/$3 up failed" || return
+}
+
+# lab_route NS DEST GW: ip route add DEST via GW in netns NS.
+lab_route() {
+	[ $# -eq 3 ] || lab_die lab_route "usage: lab_route NS DEST GW" || return
+	lab_ip "$1" route add "$2" via "$3" || lab_die lab_route "ip route add $2 via $3 in $1 failed" || return
+	echo "lab: route $1: $2 via $3"
+}
+
+# lab_forward NS: enable IPv4 and IPv6 forwarding in NS (a router).
+lab_forward() {
+	[ $# -eq 1 ] || lab_die lab_forward "usage: lab_forward NS" || return
+	lab_in_netns "$1" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward && echo 1 >/proc/sys/net/ipv6/conf/all/forwarding' ||
+		lab_die lab_forward "enabling forwarding in $1 failed" || return
+	echo "lab: forwarding on in $1"
+}
+
+# lab_in_netns NS CMD...: run CMD in netns NS (mount ns unchanged).
+lab_in_netns() {
+	_ns=$1
+	shift
+	if [ "$_ns" = - ]; then
+		"$@"
+	else
+		nsenter --net="/run/netns/$_ns" -- "$@"
+	fi
+}
+
+# lab_nfsd NS NAME: start a kernel NFS server (v3, v4.0, v4.1, v4.2) in
+# netns NS, exporting /srv/NAME (created in the VM, containing the file
+# "whoami" with NAME) as /export with
+# rw,no_root_squash,insecure,no_subtree_check,fsid=N. The daemons
+# (rpcbind, rpc.statd, rpc.mountd, nfsdcld) and nfsd run in a private mount
+# namespace with their own /run, /var/lib/nfs, rpc_pipefs and nfsd mounts.
+# Returns once nfsd threads run and rpcbind knows nfs and mountd.
+# Logs: /run/lab/log/nfsd-NAME.log.
+lab_nfsd() {
+	[ $# -eq 2 ] || lab_die lab_nfsd "usage: lab_nfsd NS NAME" || return
+	_ns=$1
+	_name=$2
+	[ "$_ns" != - ] || lab_die lab_nfsd "nfsd needs a named netns, not the initial one" || return
+	[ -e "/run/netns/$_ns" ] || lab_die lab_nfsd "no netns $_ns" || return
+	mkdir -p "/srv/$_name" || lab_die lab_nfsd "mkdir /srv/$_name failed" || return
+	echo "$_name" >"/srv/$_name/whoami"
+	_fsid=$(($(cat "$LAB_STATE/fsid" 2>/dev/null || echo 0) + 1))
+	echo "$_fsid" >"$LAB_STATE/fsid"
+	ip -n "$_ns" link set lo up || lab_die lab_nfsd "lo up in $_ns failed" || return
+	_log=$LAB_STATE/log/nfsd-$_name.log
+	if ! nsenter --net="/run/netns/$_ns" -- unshare -m --propagation private -- \
+		sh /usr/lib/nsmount-lab/nfsd.sh "$_name" "$_fsid" >"$_log" 2>&1; then
+		tail -n 5 "$_log" >&2
+		lab_die lab_nfsd "starting nfsd $_name in $_ns failed (log $_log)"
+		return
+	fi
+	echo "lab: nfsd $_name in netns $_ns exports /export (/srv/$_name, fsid=$_fsid)"
+}
+
+# lab_container NAME [NETNS]: start a container NAME: a long-lived process
+# (sleep) with its own mount ns (private propagation), UTS ns (hostname
+# NAME) and net ns (a new named netns NAME, or the existing named netns
+# NETNS), pivot_root'ed into a tmpfs root (/ct/NAME in the VM) holding
+# busybox with applet links, /etc/{hosts,resolv.conf,hostname}, /proc, /dev,
+# /data and /tmp. Prints the container PID (see lab_pid).
+lab_container() {
+	[ $# -eq 1 ] || [ $# -eq 2 ] || lab_die lab_container "usage: lab_container NAME [NETNS]" || return
+	_name=$1
+	_ns=${2:-$1}
+	[ ! -e "$LAB_STATE/ct/$_name.pid" ] || lab_die lab_container "container $_name exists" || return
+	if [ $# -eq 1 ]; then
+		lab_netns "$_name" >/dev/null || return
+	fi
+	[ -e "/run/netns/$_ns" ] || lab_die lab_container "no netns $_ns" || return
+	_root=/ct/$_name
+	mkdir -p "$_root" && mount -t tmpfs -o mode=0755 "ct-$_name" "$_root" ||
+		lab_die lab_container "mounting tmpfs on $_root failed" || return
+	mkdir -p "$_root/bin" "$_root/etc" "$_root/proc" "$_root/dev" "$_root/sys" "$_root/data" \
+		"$_root/tmp" "$_root/root" "$_root/mnt" "$_root/.oldroot" && chmod 1777 "$_root/tmp" &&
+		cp /usr/bin/busybox "$_root/bin/busybox" &&
+		"$_root/bin/busybox" --install "$_root/bin" ||
+		lab_die lab_container "populating $_root failed" || return
+	ln -s bin "$_root/sbin"
+	printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost\n' "$_name" >"$_root/etc/hosts"
+	printf 'nameserver 192.0.2.53\nsearch lab.test\n' >"$_root/etc/resolv.conf"
+	echo "$_name" >"$_root/etc/hostname"
+	printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$_root/etc/passwd"
+	printf 'root:x:0:\nnogroup:x:65534:\n' >"$_root/etc/group"
+	_log=$LAB_STATE/log/ct-$_name.log
+	nsenter --net="/run/netns/$_ns" -- unshare -m -u --propagation private -- \
+		sh /usr/lib/nsmount-lab/ct.sh "$_name" "$_root" >"$_log" 2>&1 &
+	_pid=$!
+	# The process execs into sleep once it is set up.
+	_i=0
+	while :; do
+		if ! kill -0 "$_pid" 2>/dev/null; then
+			cat "$_log" >&2
+			lab_die lab_container "container $_name exited during setup (log $_log)"
+			return
+		fi
+		read -r _comm <"/proc/$_pid/comm" 2>/dev/null
+		[ "$_comm" = sleep ] && break
+		_i=$((_i + 1))
+		[ $_i -lt 1000 ] || lab_die lab_container "container $_name not ready after 10s" || return
+		sleep 0.01
+	done
+	echo "$_pid" >"$LAB_STATE/ct/$_name.pid"
+	echo "lab: container $_name pid $_pid netns $_ns root $_root"
+}
+
+# lab_pid NAME: print the PID of container NAME.
+lab_pid() {
+	[ $# -eq 1 ] || lab_die lab_pid "usage: lab_pid NAME" || return
+	cat "$LAB_STATE/ct/$1.pid" 2>/dev/null || lab_die lab_pid "no container $1" || return
+}
+
+# lab_exec NAME CMD...: run CMD in container NAME: its net, mount and UTS
+# namespaces, root and working directory (/). CMD comes from the
+# container's root (busybox applets).
+lab_exec() {
+	[ $# -ge 2 ] || lab_die lab_exec "usage: lab_exec NAME CMD..." || return
+	_pid=$(lab_pid "$1") || return
+	shift
+	nsenter -t "$_pid" -n -m -u -r -w -- "$@"
+}
+
+# lab_mount NAME [-t TYPE] [-o OPTIONS] SOURCE TARGET: mount SOURCE on
+# TARGET (a path inside container NAME) from the container's net and mount
+# namespaces, using the VM's util-linux mount, so the NFS connection is made
+# from the container's netns. The container's root has no mount.nfs, and
+# mount.nfs cannot work from outside the container's root, so the mount is
+# done by the kernel alone (mount -i): for nfs/nfs4, "addr=SERVER" is added
+# to the options unless given. Example:
+#   lab_mount c1 -t nfs4 -o vers=4.2 198.51.100.1:/export /mnt
+lab_mount() {
+	[ $# -ge 3 ] || lab_die lab_mount "usage: lab_mount NAME [-t TYPE] [-o OPTIONS] SOURCE TARGET" || return
+	_pid=$(lab_pid "$1") || return
+	shift
+	_type=
+	_opts=
+	while [ $# -gt 2 ]; do
+		case $1 in
+		-t) _type=$2; shift 2 ;;
+		-o) _opts=${_opts:+$_opts,}$2; shift 2 ;;
+		*) lab_die lab_mount "unknown option $1" || return ;;
+		esac
+	done
+	[ $# -eq 2 ] || lab_die lab_mount "need SOURCE and TARGET" || return
+	_src=$1
+	_tgt=$2
+	case $_type in
+	nfs | nfs4)
+		case ,$_opts, in
+		*,addr=*) ;;
+		*)
+			_host=${_src%:/*}
+			_host=${_host#[}
+			_host=${_host%]}
+			_opts=${_opts:+$_opts,}addr=$_host
+			;;
+		esac
+		;;
+	esac
+	# nsenter --root=/ --wd=/ keeps the VM's root (opened before setns),
+	# so the VM's mount binary runs; the target is reached through the
+	# container's root, and mount(2) runs in the container's mount ns.
+	nsenter -t "$_pid" -n -m --root=/ --wd=/ -- mount -i --no-canonicalize \
+		${_type:+-t "$_type"} ${_opts:+-o "$_opts"} "$_src" "/proc/$_pid/root/${_tgt#/}" ||
+		lab_die lab_mount "mounting $_src on $_tgt in container pid $_pid failed" || return
+	echo "lab: mounted $_src on $_tgt in $_pid (${_type:-auto} ${_opts})"
+}
+
+# lab_umount NAME TARGET: unmount TARGET (a container path) in container NAME.
+lab_umount() {
+	[ $# -eq 2 ] || lab_die lab_umount "usage: lab_umount NAME TARGET" || return
+	lab_exec "$1" umount "$2" || lab_die lab_umount "umount $2 in $1 failed" || return
+	echo "lab: unmounted $2 in $1"
+}
+
+# lab_check NAME CMD...: run CMD; print "LAB-CHECK PASS NAME" when it
+# succeeds, else "LAB-CHECK FAIL NAME: <last output lines>". Never fails.
+lab_check() {
+	_cname=$1
+	shift
+	if _out=$("$@" 2>&1); then
+		echo "LAB-CHECK PASS $_cname"
+	else
+		echo "LAB-CHECK FAIL $_cname: exit $?: $(lab_oneline "$_out")"
+	fi
+	return 0
+}
+
+# lab_check_fails NAME CMD...: like lab_check, but passes when CMD fails.
+lab_check_fails() {
+	_cname=$1
+	shift
+	if _out=$("$@" 2>&1); then
+		echo "LAB-CHECK FAIL $_cname: succeeded but should fail: $(lab_oneline "$_out")"
+	else
+		echo "LAB-CHECK PASS $_cname"
+	fi
+	return 0
+}
+
+# lab_check_output NAME EXPECTED CMD...: run CMD; passes when it succeeds
+# and its stdout contains EXPECTED.
+lab_check_output() {
+	_cname=$1
+	_want=$2
+	shift 2
+	_err=$(mktemp)
+	if _out=$("$@" 2>"$_err"); then
+		case $_out in
+		*"$_want"*) echo "LAB-CHECK PASS $_cname" ;;
+		*) echo "LAB-CHECK FAIL $_cname: output lacks \"$_want\": $(lab_oneline "$_out")" ;;
+		esac
+	else
+		echo "LAB-CHECK FAIL $_cname: exit $?: $(lab_oneline "$_out $(cat "$_err")")"
+	fi
+	rm -f "$_err"
+	return 0
+}
+
+# lab_oneline TEXT: the last 3 lines of TEXT on one line.
+lab_oneline() {
+	printf '%s\n' "$1" | tail -n 3 | tr '\n' ' ' | sed 's/ *$//'
+}

@@ -1,0 +1,166 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// smokeScript proves the lab without nsmount: an NFS server in netns srv1,
+// a container c1 linked to it by veth, NFSv4.2 and NFSv3 mounts made in the
+// container's namespaces, files written by the client visible on the server.
+const smokeScript = `
+set -e
+lab_log "smoke: start"
+lab_netns srv1
+lab_container c1
+lab_veth srv1 eth0 198.51.100.1/24 c1 eth0 198.51.100.2/24
+lab_nfsd srv1 srv1
+lab_log "smoke: server ready"
+pid=$(lab_pid c1)
+lab_check container-hostname test "$(lab_exec c1 hostname)" = c1
+lab_check container-own-root test ! -e /proc/$pid/root/usr/lib/nsmount-lab/lab.sh
+lab_check container-resolv grep -q 192.0.2.53 /proc/$pid/root/etc/resolv.conf
+lab_check ping lab_exec c1 ping -c 1 -W 2 198.51.100.1
+
+lab_mount c1 -t nfs4 -o vers=4.2 198.51.100.1:/export /mnt
+lab_log "smoke: v4.2 mounted"
+lab_check_output v42-read srv1 lab_exec c1 cat /mnt/whoami
+lab_exec c1 sh -c 'echo hello-v4 > /mnt/from-client'
+lab_check_output v42-write hello-v4 cat /srv/srv1/from-client
+lab_check v42-not-in-vm sh -c '! grep -q " /mnt " /proc/self/mounts'
+lab_check_output v42-in-container "198.51.100.1:/export /mnt nfs4" cat /proc/$pid/mounts
+lab_check_output v42-volume "v4" cat /proc/$pid/net/nfsfs/volumes
+lab_umount c1 /mnt
+
+lab_mount c1 -t nfs -o vers=3,nolock 198.51.100.1:/export /mnt
+lab_log "smoke: v3 mounted"
+lab_exec c1 sh -c 'echo hello-v3 > /mnt/from-v3'
+lab_check_output v3-write hello-v3 cat /srv/srv1/from-v3
+lab_check_output v3-in-container "198.51.100.1:/export /mnt nfs " cat /proc/$pid/mounts
+lab_umount c1 /mnt
+lab_log "smoke: done"
+`
+
+func TestLabSmoke(t *testing.T) {
+	t.Parallel()
+	res := RunT(t, smokeScript)
+	t.Logf("smoke run: %v", res.Duration)
+}
+
+func TestLabGuestTimeout(t *testing.T) {
+	t.Parallel()
+	lab := Shared(t)
+	short := *lab
+	short.cfg.Timeout = 28 * time.Second // the guest stops the script after 8 s
+	res, err := short.Run(t.Context(), "echo started; sleep 600; echo not reached", nil)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if res.ExitCode != 124 {
+		t.Errorf("exit code %d, want 124", res.ExitCode)
+	}
+	if !strings.Contains(res.Output, "script timed out") || strings.Contains(res.Output, "not reached") {
+		t.Errorf("unexpected output:\n%s", res.Output)
+	}
+	t.Logf("guest timeout run took %v", res.Duration)
+}
+
+func TestLabHostTimeoutAndCancel(t *testing.T) {
+	t.Parallel()
+	lab := Shared(t)
+	t.Run("timeout", func(t *testing.T) {
+		short, assertGone := trackQemu(t, lab, 2*time.Second) // before the guest boots
+		start := time.Now()
+		_, err := short.Run(t.Context(), "sleep 600", nil)
+		if !errors.Is(err, ErrTimeout) {
+			t.Fatalf("error %v, want ErrTimeout", err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("run returned after %v", d)
+		}
+		assertGone()
+	})
+	t.Run("cancel", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		tracked, assertGone := trackQemu(t, lab, time.Minute)
+		_, err := tracked.Run(ctx, "sleep 600", nil)
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrTimeout) {
+			t.Fatalf("error %v, want context.DeadlineExceeded", err)
+		}
+		assertGone()
+	})
+}
+
+// trackQemu returns a copy of lab that records its qemu PIDs, and a
+// function that fails t if one of them still exists.
+func trackQemu(t *testing.T, lab *Lab, timeout time.Duration) (*Lab, func()) {
+	c := *lab
+	c.cfg.Timeout = timeout
+	var mu sync.Mutex
+	var pids []int
+	c.started = func(pid int) {
+		mu.Lock()
+		pids = append(pids, pid)
+		mu.Unlock()
+	}
+	return &c, func() {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(pids) == 0 {
+			t.Error("no qemu started")
+		}
+		for _, pid := range pids {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+				t.Errorf("qemu pid %d still exists", pid)
+			}
+		}
+	}
+}
+
+// helpersScript exercises the helpers in a routed topology: a router
+// namespace between a container and two servers, IPv6, a second container
+// sharing a netns, and helper usage errors.
+const helpersScript = `
+set -e
+lab_netns srv1; lab_netns srv2; lab_netns rtr
+lab_forward rtr
+lab_container c1
+lab_veth srv1 eth0 198.51.100.1/24 rtr s1 198.51.100.254/24
+lab_veth srv2 eth0 203.0.113.1/24  rtr s2 203.0.113.254/24
+lab_veth c1 eth0 192.0.2.10/24     rtr c1 192.0.2.254/24
+lab_veth srv1 eth1 2001:db8:2::1/64 c1 eth1 2001:db8:2::2/64
+lab_route c1 default 192.0.2.254
+lab_route srv1 default 198.51.100.254
+lab_route srv2 default 203.0.113.254
+lab_nfsd srv1 srv1
+lab_nfsd srv2 srv2
+
+mount_whoami() { lab_mount c1 "$@" /mnt >/dev/null && lab_exec c1 cat /mnt/whoami && lab_umount c1 /mnt >/dev/null; }
+lab_check_output routed-v41-srv2 srv2 mount_whoami -t nfs4 -o vers=4.1 203.0.113.1:/export
+lab_check_output routed-v3-srv1 srv1 mount_whoami -t nfs -o vers=3,nolock 198.51.100.1:/export
+lab_check_output ipv6-v40-srv1 srv1 mount_whoami -t nfs4 -o vers=4.0 [2001:db8:2::1]:/export
+lab_check_output ct-resolv "search lab.test" lab_exec c1 cat /etc/resolv.conf
+lab_check_output ct-hosts c1 lab_exec c1 cat /etc/hosts
+
+lab_container c2 c1
+lab_check_output c2-shares-netns "$(readlink /proc/$(lab_pid c1)/ns/net)" readlink /proc/$(lab_pid c2)/ns/net
+lab_check_output c2-hostname c2 lab_exec c2 hostname
+lab_check_fails c2-own-mountns test "$(readlink /proc/$(lab_pid c1)/ns/mnt)" = "$(readlink /proc/$(lab_pid c2)/ns/mnt)"
+
+lab_check_fails usage-error lab_veth a b
+lab_check_fails no-such-container lab_pid nope
+lab_check_fails duplicate-container lab_container c1
+`
+
+func TestLabHelpers(t *testing.T) {
+	t.Parallel()
+	RunT(t, helpersScript)
+}

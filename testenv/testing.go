@@ -1,0 +1,81 @@
+package testenv
+
+import (
+	"context"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// shared is the lab of this test binary, created by the first Shared call.
+var shared struct {
+	once sync.Once
+	lab  *Lab
+	err  error
+}
+
+// Shared returns the lab shared by all tests of this test binary, creating
+// it on first use with the default Config (environment variables apply).
+// If the lab cannot be created the test fails with the reason, unless
+// NSMOUNT_LAB=off, in which case it is skipped with a message saying so.
+// The lab's temporary files live until the process exits.
+func Shared(t testing.TB) *Lab {
+	t.Helper()
+	if os.Getenv(EnvLab) == "off" {
+		t.Skip("lab disabled by NSMOUNT_LAB=off")
+	}
+	shared.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		start := time.Now()
+		shared.lab, shared.err = New(ctx, Config{Log: testLogWriter{t}})
+		if shared.err == nil {
+			t.Logf("lab ready in %v (kernel %s)", time.Since(start).Round(time.Millisecond), shared.lab.KernelVersion())
+		}
+	})
+	if shared.err != nil {
+		t.Fatalf("nested-VM lab cannot start (set NSMOUNT_LAB=off to skip lab tests): %v", shared.err)
+	}
+	return shared.lab
+}
+
+// testLogWriter logs writes to t.
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// RunT runs script in a fresh VM of the shared lab and logs the console.
+// Each LAB-CHECK line becomes a subtest of t that fails with the check's
+// detail. The test fails if the lab fails, the script exits non-zero or
+// prints no checks.
+func RunT(t *testing.T, script string) *Result {
+	t.Helper()
+	lab := Shared(t)
+	ctx := t.Context()
+	res, err := lab.Run(ctx, script, t.Output())
+	if err != nil {
+		t.Fatalf("lab run: %v", err)
+	}
+	t.Logf("lab run took %v, script exit status %d", res.Duration.Round(time.Millisecond), res.ExitCode)
+	checks := res.Checks()
+	for _, c := range checks {
+		t.Run(c.Name, func(t *testing.T) {
+			if !c.Passed {
+				t.Error(c.Detail)
+			}
+		})
+	}
+	if res.ExitCode != 0 {
+		t.Errorf("lab script exited with status %d", res.ExitCode)
+	}
+	if len(checks) == 0 {
+		t.Error("lab script printed no LAB-CHECK lines")
+	}
+	return res
+}
