@@ -51,8 +51,12 @@ func openInRoot(root *os.File, unsafePath string, mkdir bool) (*os.File, error) 
 		}
 	}
 	switch {
-	case errors.Is(err, unix.ENOENT):
+	case errors.Is(err, unix.ENOENT) && !mkdir:
 		return nil, withClass(ErrUnsafePath, fmt.Errorf("target %s does not exist in the container (use --mkdir)", unsafePath))
+	case errors.Is(err, unix.ENOENT):
+		return nil, withClass(ErrUnsafePath, fmt.Errorf("target %s could not be created in the container", unsafePath))
+	case errors.Is(err, unix.ENOTDIR) && mkdir:
+		return nil, withClass(ErrUnsafePath, fmt.Errorf("target %s is not a directory, or leads through a dangling symlink (not created, as mkdir -p would not)", unsafePath))
 	case errors.Is(err, unix.ENOTDIR):
 		return nil, withClass(ErrUnsafePath, fmt.Errorf("target %s is not a directory", unsafePath))
 	case errors.Is(err, unix.ELOOP):

@@ -3,6 +3,7 @@ package nsmount
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -176,7 +177,8 @@ var mountAttrs = map[string]struct {
 }
 
 // sbFlags are superblock flags that the VFS accepts as fsconfig flags.
-var sbFlags = map[string]bool{"ro": true, "sync": true, "dirsync": true, "lazytime": true}
+// "rw" clears a read-only flag given earlier in the list.
+var sbFlags = map[string]bool{"ro": true, "rw": true, "sync": true, "dirsync": true, "lazytime": true}
 
 // ignored are options that only mean something to fstab or mount(8).
 var ignored = map[string]bool{"defaults": true, "auto": true, "noauto": true, "_netdev": true, "nofail": true, "user": true, "nouser": true}
@@ -258,9 +260,9 @@ func buildSpec(fstype string, src Source, opts Options, addr, clientAddr netip.A
 	case vers != "":
 		spec.Vers = []string{vers}
 	case fstype == "nfs4":
-		spec.Vers = versions[:3]
+		spec.Vers = slices.Clone(versions[:3])
 	default:
-		spec.Vers = versions
+		spec.Vers = slices.Clone(versions)
 	}
 	spec.Params = append(Options{{Key: "source", Value: src.String(), HasValue: true}, {Key: "addr", Value: addr.String(), HasValue: true}}, spec.Params...)
 	if !userClientAddr && clientAddr.IsValid() && spec.Vers[0] != "3" {

@@ -167,21 +167,38 @@ func (t *Target) Close() error {
 // thread's root and working directory become the mount namespace's root.
 func (t *Target) Do(which Namespaces, fn func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// Deliberately no UnlockOSThread: see the doc comment.
-		defer func() {
-			if r := recover(); r != nil {
-				errc <- fmt.Errorf("panic in namespace of %s: %v", t, r)
-			}
-		}()
-		if err := t.enter(which); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
+	go t.run(which, fn, errc)
 	return <-errc
+}
+
+// run is Do's goroutine. The Go runtime never ends the main thread: a
+// goroutine that exits while locked to it leaves it parked for good, here
+// inside the container's namespaces. So on the main thread run holds the
+// thread and does the work on another goroutine, which then cannot be
+// scheduled there.
+func (t *Target) run(which Namespaces, fn func() error, errc chan<- error) {
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			t.run(which, fn, errc)
+		}()
+		<-done
+		runtime.UnlockOSThread() // this thread never left its namespaces
+		return
+	}
+	// Deliberately no UnlockOSThread from here on: see Do.
+	defer func() {
+		if r := recover(); r != nil {
+			errc <- fmt.Errorf("panic in namespace of %s: %v", t, r)
+		}
+	}()
+	if err := t.enter(which); err != nil {
+		errc <- err
+		return
+	}
+	errc <- fn()
 }
 
 // enter switches the calling (locked) thread into the selected namespaces.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -99,8 +100,15 @@ func (r *Router) Close() error {
 func (r *Router) Lookup(dst netip.Addr) (Route, error) {
 	routes, err := r.h.RouteGet(dst.AsSlice())
 	if err != nil {
-		if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ESRCH) {
+		switch {
+		case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH), errors.Is(err, unix.ESRCH):
 			return Route{}, fmt.Errorf("route to %s: %w", dst, ErrNoRoute)
+		case errors.Is(err, unix.EINVAL):
+			// The kernel answers a blackhole route with EINVAL...
+			return Route{}, fmt.Errorf("route to %s is blackhole: %w", dst, ErrNoRoute)
+		case errors.Is(err, unix.EACCES):
+			// ...and a prohibit route with EACCES.
+			return Route{}, fmt.Errorf("route to %s is prohibit: %w", dst, ErrNoRoute)
 		}
 		return Route{}, fmt.Errorf("route to %s: %w", dst, err)
 	}
@@ -188,7 +196,7 @@ func classify(err error, ctx context.Context) error {
 		return fmt.Errorf("%w", ErrRefused)
 	case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH), errors.Is(err, unix.EADDRNOTAVAIL):
 		return fmt.Errorf("%w (%v)", ErrNoRoute, unwrapErrno(err))
-	case errors.Is(err, context.DeadlineExceeded), ctx.Err() != nil, errors.Is(err, unix.ETIMEDOUT):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), ctx.Err() != nil, errors.Is(err, unix.ETIMEDOUT):
 		return fmt.Errorf("no answer: %w", ErrTimeout)
 	}
 	return err
