@@ -42,3 +42,22 @@ lab_check_output list-by-paths /mnt/by/paths nsmount list --netns /run/netns/c1 
 lab_check umount-by-paths nsmount umount --netns /run/netns/c1 --mntns /proc/$PID/ns/mnt /mnt/by/paths
 lab_check no-leak-at-end no_leaks $PID
 nsmount list --pid $PID
+
+# Why verification matters: the VM's own network reaches a *different* server
+# at the same address. A mount made by entering only the container's mount
+# namespace (the naive way) connects from the VM's netns and reaches srv2,
+# yet looks the same in mountinfo. nsmount's mount reaches srv1, and
+# nsmount list tells the two apart through the netns's nfsfs/volumes.
+lab_netns srv2
+lab_veth srv2 eth0 198.51.100.1/24 - lab0 198.51.100.9/24
+lab_nfsd srv2 srv2
+lab_exec c1 mkdir -p /naive
+nsenter -t $PID -m /bin/busybox mount -t nfs4 -o vers=4.2,addr=$S,clientaddr=198.51.100.9 $S:/export /naive
+lab_check_output naive-mount-reaches-wrong-server srv2 lab_exec c1 cat /naive/whoami
+lab_check nsmount-mount-reaches-right-server nsmount mount --pid $PID $S:/export /data
+lab_check_output nsmount-reads-srv1 srv1 lab_exec c1 cat /data/whoami
+nsmount list --pid $PID
+lab_check_output list-flags-naive-mount '"target": "/naive"' sh -c "nsmount list --pid $PID --json | grep -B3 -A11 '\"target\": \"/naive\"' | grep -q '\"in_netns\": false' && echo '\"target\": \"/naive\"'"
+lab_check_output list-verifies-nsmount-mount '"in_netns": true' sh -c "nsmount list --pid $PID --json | grep -A12 '\"target\": \"/data\"'"
+nsenter -t $PID -m /bin/busybox umount /naive
+lab_check umount-final nsmount umount --pid $PID /data
