@@ -80,23 +80,17 @@ func (a *archive) dir(p string) error {
 
 // symlink adds a symbolic link at p pointing to target.
 func (a *archive) symlink(p, target string) error {
-	p = path.Clean(p)
-	if a.seen[p] {
-		return nil
-	}
-	if err := a.dir(path.Dir(p)); err != nil {
-		return err
-	}
-	a.seen[p] = true
-	if err := a.w.WriteHeader(&cpio.Header{Name: archName(p), Mode: cpio.TypeSymlink | 0o777, Size: int64(len(target))}); err != nil {
-		return err
-	}
-	_, err := io.WriteString(a.w, target)
-	return err
+	return a.entry(p, cpio.TypeSymlink|0o777, []byte(target))
 }
 
 // file adds a regular file at p with the given content and permissions.
 func (a *archive) file(p string, data []byte, perm os.FileMode) error {
+	return a.entry(p, cpio.TypeReg|cpio.FileMode(perm.Perm()), data)
+}
+
+// entry adds a non-directory entry at p (once; later additions of the same
+// path are ignored), creating its parent directories first.
+func (a *archive) entry(p string, mode cpio.FileMode, data []byte) error {
 	p = path.Clean(p)
 	if a.seen[p] {
 		return nil
@@ -105,7 +99,7 @@ func (a *archive) file(p string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	a.seen[p] = true
-	if err := a.w.WriteHeader(&cpio.Header{Name: archName(p), Mode: cpio.TypeReg | cpio.FileMode(perm.Perm()), Size: int64(len(data))}); err != nil {
+	if err := a.w.WriteHeader(&cpio.Header{Name: archName(p), Mode: mode, Size: int64(len(data))}); err != nil {
 		return err
 	}
 	_, err := a.w.Write(data)

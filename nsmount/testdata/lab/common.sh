@@ -29,3 +29,16 @@ no_leaks() {
 	[ "$(nfs_mounts /proc/self/mountinfo)" = 0 ] || { echo "the VM's mount table has an NFS mount"; return 1; }
 	! ps -o pid,args | grep -q '[n]smount-helper' || { echo "helper process left"; return 1; }
 }
+
+# one_server_one_container: server srv1 (198.51.100.1, exporting /srv/srv1)
+# and container c1 (198.51.100.2) on one veth, nothing else; sets PID (the
+# container's) and S (the server's address). The VM's own netns has no route
+# to the server.
+one_server_one_container() {
+	lab_netns srv1
+	lab_container c1
+	lab_veth srv1 eth0 198.51.100.1/24 c1 eth0 198.51.100.2/24
+	lab_nfsd srv1 srv1
+	PID=$(lab_pid c1)
+	S=198.51.100.1
+}

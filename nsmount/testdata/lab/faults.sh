@@ -1,12 +1,7 @@
 # Bad input and faults: every one gives a one-line error, its own exit code,
 # in bounded time, and leaves no mount, client or helper process behind.
 set -u
-lab_netns srv1
-lab_container c1
-lab_veth srv1 eth0 198.51.100.1/24 c1 eth0 198.51.100.2/24
-lab_nfsd srv1 srv1
-PID=$(lab_pid c1)
-S=198.51.100.1
+one_server_one_container
 
 # Symlinks in the target path are resolved inside the container's root.
 lab_exec c1 ln -s / /escape-root

@@ -2,12 +2,7 @@
 # mount every NFS version with nsmount, write through the mount, find the
 # file in the server's export, and check where the mount is and is not.
 set -u
-lab_netns srv1
-lab_container c1
-lab_veth srv1 eth0 198.51.100.1/24 c1 eth0 198.51.100.2/24
-lab_nfsd srv1 srv1
-PID=$(lab_pid c1)
-S=198.51.100.1
+one_server_one_container
 
 lab_check_fails vm-has-no-route-to-server ip route get $S
 for v in 4.2 4.1 4.0 3; do
