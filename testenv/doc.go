@@ -6,8 +6,9 @@
 // A Lab is prepared once (New): the kernel package is fetched with apt into
 // a cache directory, a base initramfs (busybox, dash, iproute2, util-linux,
 // nfs-utils, rpcbind with their libraries, and the NFS and veth modules)
-// is built and cached, and nsmount is built and packed with the guest helper
-// library. Each Run boots a fresh VM from these archives plus the script,
+// is built and cached, and nsmount and nsmount-lab (whose dns subcommand
+// is the guest's DNS server, lab_dns) are built and packed with the guest
+// helper library. Each Run boots a fresh VM from these archives plus the script,
 // streams the serial console and returns the script's exit status, read
 // from the line "NSMOUNT-LAB-EXIT=<status>" that the guest's /init prints.
 //
@@ -26,6 +27,6 @@
 //
 // Lab tests run by default: a machine without qemu fails them with the
 // reason, and NSMOUNT_LAB=off skips them explicitly. README.md documents the
-// guest helpers (lab_netns, lab_veth, lab_nfsd, lab_container, lab_exec,
-// lab_mount, lab_check, ...), environment variables and the cache.
+// guest helpers (lab_netns, lab_veth, lab_nfsd, lab_dns, lab_container,
+// lab_exec, lab_mount, lab_check, ...), environment variables and the cache.
 package testenv

@@ -25,6 +25,7 @@ const (
 	EnvKernel  = "NSMOUNT_LAB_KERNEL"  // Config.KernelVersion
 	EnvAccel   = "NSMOUNT_LAB_ACCEL"   // Config.Accel
 	EnvNsmount = "NSMOUNT_LAB_NSMOUNT" // Config.Nsmount
+	EnvLabBin  = "NSMOUNT_LAB_BIN"     // Config.LabBin
 	EnvLab     = "NSMOUNT_LAB"         // "off" makes Shared skip lab tests
 )
 
@@ -52,6 +53,11 @@ type Config struct {
 	// guest at /usr/bin/nsmount. Default: $NSMOUNT_LAB_NSMOUNT, else
 	// ./cmd/nsmount of this module built with CGO_ENABLED=0.
 	Nsmount string
+	// LabBin is the path of a static nsmount-lab binary to install in the
+	// guest at /usr/bin/nsmount-lab (for its dns subcommand). Default:
+	// $NSMOUNT_LAB_BIN, else ./cmd/nsmount-lab of this module built with
+	// CGO_ENABLED=0.
+	LabBin string
 	// Log receives progress messages of New (default: discarded).
 	Log io.Writer
 }
@@ -70,6 +76,7 @@ func (c Config) withDefaults() Config {
 	env(&c.KernelVersion, EnvKernel, "")
 	env(&c.Accel, EnvAccel, "tcg")
 	env(&c.Nsmount, EnvNsmount, "")
+	env(&c.LabBin, EnvLabBin, "")
 	if c.Memory == 0 {
 		c.Memory = 768
 	}
@@ -88,7 +95,7 @@ type Lab struct {
 	cfg     Config
 	kernel  *kernel
 	base    string // cached base archive
-	labCpio []byte // /init, helpers and nsmount
+	labCpio []byte // /init, helpers, nsmount and nsmount-lab
 	sem     chan struct{}
 	started func(pid int) // test hook: called with each qemu's PID
 }
@@ -97,7 +104,8 @@ type Lab struct {
 const maxVMs = 2
 
 // New prepares a lab: it fetches the kernel (cached), builds or reuses the
-// cached base initramfs, builds nsmount and packs the per-lab archive.
+// cached base initramfs, builds nsmount and nsmount-lab and packs the
+// per-lab archive.
 func New(ctx context.Context, cfg Config) (*Lab, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Accel != "tcg" && cfg.Accel != "kvm" {
@@ -113,21 +121,29 @@ func New(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := l.prepareCache(ctx); err != nil {
 		return nil, err
 	}
-	nsm := cfg.Nsmount
-	if nsm == "" {
+	nsm, labBin := cfg.Nsmount, cfg.LabBin
+	if nsm == "" || labBin == "" {
 		tmp, err := os.MkdirTemp("", "nsmount-lab-build-")
 		if err != nil {
 			return nil, fmt.Errorf("creating build dir: %w", err)
 		}
 		defer os.RemoveAll(tmp)
-		start := time.Now()
-		if nsm, err = buildNsmount(ctx, tmp); err != nil {
-			return nil, err
+		for _, b := range []struct {
+			path *string
+			name string
+		}{{&nsm, "nsmount"}, {&labBin, "nsmount-lab"}} {
+			if *b.path != "" {
+				continue
+			}
+			start := time.Now()
+			if *b.path, err = buildCommand(ctx, tmp, b.name); err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(cfg.Log, "nsmount-lab: built %s in %v\n", b.name, time.Since(start).Round(time.Millisecond))
 		}
-		fmt.Fprintf(cfg.Log, "nsmount-lab: built nsmount in %v\n", time.Since(start).Round(time.Millisecond))
 	}
 	var buf bytes.Buffer
-	if err := writeLabArchive(&buf, nsm); err != nil {
+	if err := writeLabArchive(&buf, nsm, labBin); err != nil {
 		return nil, err
 	}
 	l.labCpio = buf.Bytes()
@@ -216,25 +232,25 @@ func moduleRoot(ctx context.Context) (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
-// buildNsmount builds ./cmd/nsmount statically into dir.
-func buildNsmount(ctx context.Context, dir string) (string, error) {
+// buildCommand builds ./cmd/NAME statically into dir.
+func buildCommand(ctx context.Context, dir, name string) (string, error) {
 	root, err := moduleRoot(ctx)
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(dir, "nsmount")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/nsmount")
+	out := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/"+name)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building nsmount: %w: %s", err, lastLines(string(msg), 10))
+		return "", fmt.Errorf("building %s: %w: %s", name, err, lastLines(string(msg), 10))
 	}
 	return out, nil
 }
 
-// writeLabArchive writes the per-lab archive: /init, the helper library
-// and nsmount.
-func writeLabArchive(w io.Writer, nsmount string) error {
+// writeLabArchive writes the per-lab archive: /init, the helper library,
+// nsmount and nsmount-lab.
+func writeLabArchive(w io.Writer, nsmount, labBin string) error {
 	a := newArchive(w)
 	files := []struct{ src, dst string }{
 		{"guest/init", "/init"},
@@ -252,6 +268,9 @@ func writeLabArchive(w io.Writer, nsmount string) error {
 		}
 	}
 	if err := a.hostFile(nsmount, "/usr/bin/nsmount"); err != nil {
+		return fmt.Errorf("writing lab archive: %w", err)
+	}
+	if err := a.hostFile(labBin, "/usr/bin/nsmount-lab"); err != nil {
 		return fmt.Errorf("writing lab archive: %w", err)
 	}
 	if err := a.close(); err != nil {

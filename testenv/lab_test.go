@@ -163,3 +163,44 @@ func TestLabHelpers(t *testing.T) {
 	t.Parallel()
 	RunT(t, helpersScript)
 }
+
+// dnsScript proves lab_dns: servers in netns dns1, queried with busybox
+// nslookup from netns cl (A, AAAA, several addresses, CNAME, case, NXDOMAIN),
+// and the --truncate, --tcp-only and --silent variants, which busybox's
+// UDP-only nslookup cannot get an answer from.
+const dnsScript = `
+set -e
+lab_netns dns1; lab_netns cl
+lab_veth dns1 eth0 192.0.2.53/24 cl eth0 192.0.2.10/24
+lab_ip dns1 addr add 192.0.2.54/24 dev eth0
+lab_ip dns1 addr add 192.0.2.55/24 dev eth0
+lab_ip dns1 addr add 192.0.2.56/24 dev eth0
+lab_dns dns1 192.0.2.53 web.lab.test=198.51.100.7 web.lab.test=198.51.100.8 web.lab.test=2001:db8::7 \
+	v6only.lab.test=2001:db8::6 www.lab.test=web.lab.test
+lab_dns dns1 192.0.2.54 --truncate web.lab.test=198.51.100.7
+lab_dns dns1 192.0.2.55 --tcp-only web.lab.test=198.51.100.7
+lab_dns dns1 192.0.2.56 --silent web.lab.test=198.51.100.7
+ns() { lab_in_netns cl /usr/bin/timeout 5 /usr/bin/nslookup "$@"; }
+# ns_has WANT NAME SERVER: nslookup's output contains WANT.
+ns_has() { ns "$2" "$3" 2>&1 | grep -q "$1"; }
+lab_check_output dns-a 198.51.100.7 ns web.lab.test 192.0.2.53
+lab_check_output dns-a-second 198.51.100.8 ns web.lab.test 192.0.2.53
+lab_check_output dns-aaaa 2001:db8::7 ns web.lab.test 192.0.2.53
+lab_check_output dns-case 198.51.100.7 ns WEB.Lab.Test 192.0.2.53
+lab_check_output dns-cname 198.51.100.7 ns www.lab.test 192.0.2.53
+lab_check_output dns-aaaa-only 2001:db8::6 ns -type=AAAA v6only.lab.test 192.0.2.53
+lab_check dns-nxdomain ns_has NXDOMAIN nope.lab.test 192.0.2.53
+lab_check_fails dns-truncated-udp ns_has 198.51.100.7 web.lab.test 192.0.2.54
+lab_check_fails dns-tcp-only-udp ns_has 198.51.100.7 web.lab.test 192.0.2.55
+lab_check_fails dns-silent ns_has 198.51.100.7 web.lab.test 192.0.2.56
+lab_check_output dns-logged "A web.lab.test.: NOERROR" cat /run/lab/log/dns-dns1-192.0.2.53.log
+lab_check_output dns-logged-truncated "truncated" cat /run/lab/log/dns-dns1-192.0.2.54.log
+lab_check_output dns-logged-silent "web.lab.test.: silent" cat /run/lab/log/dns-dns1-192.0.2.56.log
+lab_check_fails dns-tcp-only-no-udp grep -q "^dns: udp" /run/lab/log/dns-dns1-192.0.2.55.log
+lab_check_fails dns-usage lab_dns dns1 192.0.2.53
+`
+
+func TestLabDNS(t *testing.T) {
+	t.Parallel()
+	RunT(t, dnsScript)
+}

@@ -4,10 +4,12 @@
 //	nsmount-lab run [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH] SCRIPT|-
 //	nsmount-lab fetch [--kernel VER] [--cache DIR] [--nsmount PATH]
 //	nsmount-lab demo [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH]
+//	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
 //
 // run streams the VM console to stdout and exits with the script's exit
 // status; 125 means the lab could not start or the VM failed, 124 that the
-// run timed out.
+// run timed out. dns is a DNS server for scenarios (lab_dns runs it in the
+// guest).
 package main
 
 import (
@@ -117,7 +119,7 @@ func rootCmd() *cobra.Command {
 	flags(run, true)
 	flags(fetch, false)
 	flags(demo, true)
-	root.AddCommand(run, fetch, demo)
+	root.AddCommand(run, fetch, demo, dnsCmd())
 	return root
 }
 

@@ -129,6 +129,40 @@ lab_nfsd() {
 	echo "lab: nfsd $_name in netns $_ns exports /export (/srv/$_name, fsid=$_fsid)"
 }
 
+# lab_dns NS ADDR [FLAGS...] NAME=IP...: start a DNS server in named netns
+# NS on ADDR port 53 (UDP and TCP): `nsmount-lab dns --listen ADDR:53`,
+# answering A/AAAA for the given names (repeat a name for several
+# addresses; NAME=OTHER-NAME is a CNAME) and NXDOMAIN for the rest. FLAGS
+# (--truncate, --tcp-only, --silent, more --listen) pass through. Runs in
+# the background; returns once its sockets are open. Log:
+# /run/lab/log/dns-NS-ADDR.log.
+lab_dns() {
+	[ $# -ge 3 ] || lab_die lab_dns "usage: lab_dns NS ADDR [FLAGS...] NAME=IP..." || return
+	_ns=$1
+	_addr=$2
+	shift 2
+	[ "$_ns" = - ] || [ -e "/run/netns/$_ns" ] || lab_die lab_dns "no netns $_ns" || return
+	case $_addr in
+	*:*) _listen="[$_addr]:53" ;;
+	*) _listen="$_addr:53" ;;
+	esac
+	_log=$LAB_STATE/log/dns-$_ns-$_addr.log
+	lab_in_netns "$_ns" nsmount-lab dns --listen "$_listen" "$@" >"$_log" 2>&1 &
+	_pid=$!
+	_i=0
+	until grep -q '^dns: ready' "$_log" 2>/dev/null; do
+		if ! kill -0 "$_pid" 2>/dev/null; then
+			cat "$_log" >&2
+			lab_die lab_dns "dns server on $_listen in $_ns exited (log $_log)"
+			return
+		fi
+		_i=$((_i + 1))
+		[ $_i -lt 1000 ] || lab_die lab_dns "dns server on $_listen in $_ns not ready after 10s" || return
+		sleep 0.01
+	done
+	echo "lab: dns $_listen in netns $_ns pid $_pid: $*"
+}
+
 # lab_container NAME [NETNS]: start a container NAME: a long-lived process
 # (sleep) with its own mount ns (private propagation), UTS ns (hostname
 # NAME) and net ns (a new named netns NAME, or the existing named netns
