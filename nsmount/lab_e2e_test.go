@@ -39,3 +39,13 @@ func TestLabFaults(t *testing.T) {
 	t.Parallel()
 	testenv.RunT(t, labScript(t, "faults.sh"))
 }
+
+// TestLabRouting resolves and routes from inside containers: one address and
+// one name reach a different server from each of three nested contexts, in
+// both orders, v3 and v4.2; policy routing picks the interface and
+// clientaddr; an IPv6-only container; hostile resolver files and a silent
+// nameserver.
+func TestLabRouting(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "routing.sh"))
+}

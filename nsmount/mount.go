@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +38,9 @@ type Request struct {
 	Target string
 	// Mkdir creates a missing target directory (inside the container root).
 	Mkdir bool
+	// ResolveFrom is where SERVER names are resolved: "container" (the
+	// default) or "host" (an explicit opt-out).
+	ResolveFrom string
 	// ProbeTimeout and MountTimeout bound the reachability check and the
 	// mount; zero means the defaults.
 	ProbeTimeout, MountTimeout time.Duration
@@ -65,64 +67,40 @@ type Mounted struct {
 	PID     int    `json:"pid,omitempty"`
 	NetNS   uint64 `json:"netns"`
 	MountNS uint64 `json:"mntns"`
+	// Plan is the decision the mount carried out.
+	Plan *Plan `json:"plan"`
 }
 
-// Mount mounts req.Source at req.Target inside t: the server address is
-// routed by t's network namespace, its reachability checked from there
-// (bounded by ProbeTimeout), and the mount made by a helper process inside
-// t's network and mount namespaces (bounded by MountTimeout, killed after).
-// The new superblock must show up in t's netns's NFS client list before it
-// is attached; otherwise nothing is mounted and ErrNotVerified is returned.
+// Mount mounts req.Source at req.Target inside t, carrying out the plan that
+// Explain makes: the server name resolved as the container resolves it, the
+// address routed by t's network namespace and checked from there (bounded
+// by ProbeTimeout), then the mount made by a helper process inside t's
+// network and mount namespaces (bounded by MountTimeout, killed after). The
+// new superblock must show up in t's netns's NFS client list before it is
+// attached; otherwise nothing is mounted and ErrNotVerified is returned.
 func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
-	opts := req.Options
-	if req.FSType == "" {
-		req.FSType = "nfs"
-	}
-	addr, err := netip.ParseAddr(req.Source.Server)
-	if err != nil {
-		return nil, withClass(ErrInvalidArgument, fmt.Errorf("server %q: only IP addresses are supported; name resolution inside the container is not implemented yet", req.Source.Server))
-	}
-	addr = addr.Unmap()
-	// Validate everything the user gave before touching the network.
-	if _, err := buildSpec(req.FSType, req.Source, opts, addr, netip.Addr{}); err != nil {
-		return nil, err
-	}
-	router, err := routing.NewRouter(func(fn func() error) error { return t.Do(NetNS, fn) })
+	plan, err := Explain(ctx, t, req)
 	if err != nil {
 		return nil, err
-	}
-	defer router.Close()
-	route, err := router.Lookup(addr)
-	if err != nil {
-		return nil, withClass(ErrUnreachable, fmt.Errorf("server %s from %s: %w", addr, t, err))
-	}
-	spec, err := buildSpec(req.FSType, req.Source, opts, addr, route.Source)
-	if err != nil {
-		return nil, err
-	}
-	probeTimeout := orDefault(req.ProbeTimeout, DefaultProbeTimeout)
-	for _, port := range probePorts(spec) {
-		if err := router.Probe(ctx, netip.AddrPortFrom(addr, port), probeTimeout); err != nil {
-			return nil, withClass(ErrUnreachable, fmt.Errorf("server %s from %s (route %s): %w", addr, t, route, err))
-		}
 	}
 	mctx, cancel := context.WithTimeout(ctx, orDefault(req.MountTimeout, DefaultMountTimeout))
 	defer cancel()
-	resp, err := callHelper(mctx, t, helperRequest{Op: "mount", Spec: spec, Target: req.Target, Mkdir: req.Mkdir})
+	resp, err := callHelper(mctx, t, helperRequest{Op: "mount", Spec: plan.spec, Target: req.Target, Mkdir: req.Mkdir})
 	if err != nil {
 		return nil, err
 	}
 	return &Mounted{
 		Target:  req.Target,
 		Source:  req.Source.String(),
-		Address: addr,
-		Route:   route,
+		Address: plan.Address,
+		Route:   *plan.Route,
 		Version: resp.Vers,
 		Params:  resp.Params,
 		Dev:     resp.Dev,
 		PID:     t.PID(),
 		NetNS:   t.NetNSInode(),
 		MountNS: t.MountNSInode(),
+		Plan:    plan,
 	}, nil
 }
 
@@ -131,24 +109,6 @@ func orDefault(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
-}
-
-// probePorts returns the TCP ports that must answer before a mount is tried:
-// the NFS port (port= or 2049) and, for NFSv3 without fixed ports, the
-// portmapper.
-func probePorts(spec mountSpec) []uint16 {
-	port := uint16(2049)
-	if v, ok := spec.Params.Get("port"); ok {
-		if p, err := strconv.ParseUint(v, 10, 16); err == nil && p != 0 {
-			port = uint16(p)
-		}
-	}
-	ports := []uint16{port}
-	_, fixedMount := spec.Params.Get("mountport")
-	if spec.Vers[0] == "3" && (port == 2049 || !fixedMount) {
-		ports = append(ports, 111)
-	}
-	return ports
 }
 
 // UnmountOptions modify Unmount.

@@ -3,6 +3,7 @@ package nsmount
 import (
 	"errors"
 	"fmt"
+	"github.com/nsmount/nsmount/routing"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -448,23 +449,23 @@ func TestWithClass(t *testing.T) {
 	}
 }
 
-func TestProbePorts(t *testing.T) {
-	src := Source{Server: "192.0.2.1", Export: "/export"}
-	addr := netip.MustParseAddr("192.0.2.1")
+func TestPreflightOf(t *testing.T) {
+	src := Source{Server: "198.51.100.1", Export: "/export"}
+	addr := netip.MustParseAddr("198.51.100.1")
 	tests := []struct {
 		name string
 		opts string
-		want []uint16
+		want routing.Preflight
 	}{
-		{"default", "", []uint16{2049}},
-		{"v4", "vers=4.1", []uint16{2049}},
-		{"port=", "port=2050", []uint16{2050}},
-		{"port=0 means default", "port=0", []uint16{2049}},
-		{"port not a number", "port=nfs", []uint16{2049}},
-		{"port out of range", "port=70000", []uint16{2049}},
-		{"v3 adds portmapper", "vers=3", []uint16{2049, 111}},
-		{"v3 custom port adds portmapper", "vers=3,port=2050", []uint16{2050, 111}},
-		{"v3 fixed ports skip portmapper", "vers=3,port=2050,mountport=20048", []uint16{2050}},
+		{"default", "", routing.Preflight{NFSPort: 2049}},
+		{"v4", "vers=4.1", routing.Preflight{NFSPort: 2049}},
+		{"port=", "port=2050", routing.Preflight{NFSPort: 2050}},
+		{"port=0 means default", "port=0", routing.Preflight{NFSPort: 2049}},
+		{"port not a number", "port=nfs", routing.Preflight{NFSPort: 2049}},
+		{"port out of range", "port=70000", routing.Preflight{NFSPort: 2049}},
+		{"v3 adds portmapper and mountd", "vers=3", routing.Preflight{NFSPort: 2049, V3: true}},
+		{"v3 custom port", "vers=3,port=2050", routing.Preflight{NFSPort: 2050, V3: true}},
+		{"v3 fixed mountport", "vers=3,mountport=20048", routing.Preflight{NFSPort: 2049, V3: true, MountPort: 20048}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -472,8 +473,9 @@ func TestProbePorts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := probePorts(spec); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("probePorts(%q) = %v, want %v", tt.opts, got, tt.want)
+			tt.want.Timeout = DefaultProbeTimeout
+			if got := preflightOf(spec, 0); got != tt.want {
+				t.Errorf("preflightOf(%q) = %+v, want %+v", tt.opts, got, tt.want)
 			}
 		})
 	}

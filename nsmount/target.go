@@ -224,3 +224,12 @@ func (t *Target) enter(which Namespaces) error {
 	}
 	return nil
 }
+
+// dupCloexec duplicates f's descriptor (close-on-exec).
+func dupCloexec(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}

@@ -626,7 +626,8 @@ func TestMountInvalidRequest(t *testing.T) {
 		name string
 		req  nsmount.Request
 	}{
-		{"host name server", nsmount.Request{Source: nsmount.Source{Server: "nfs.example.org", Export: "/export"}, Target: dir}},
+		{"bad proto", nsmount.Request{Source: ip, Target: dir, Options: nsmount.Options{{Key: "proto", Value: "sctp", HasValue: true}}}},
+		{"bad resolve-from", nsmount.Request{Source: nsmount.Source{Server: "nfs.example.test", Export: "/export"}, Target: dir, ResolveFrom: "neighbour"}},
 		{"addr option", nsmount.Request{Source: ip, Target: dir, Options: nsmount.Options{{Key: "addr", Value: "198.51.100.2", HasValue: true}}}},
 		{"unsupported fstype", nsmount.Request{Source: ip, FSType: "cifs", Target: dir}},
 		{"nfs4 vers=3", nsmount.Request{Source: ip, FSType: "nfs4", Target: dir, Options: nsmount.Options{{Key: "vers", Value: "3", HasValue: true}}}},

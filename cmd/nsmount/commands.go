@@ -47,7 +47,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand())
+	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand())
 	return root
 }
 
@@ -64,6 +64,7 @@ func newMountCommand() *cobra.Command {
 	var (
 		tf            targetFlags
 		fstype, opts  string
+		from          string
 		mkdir, asJSON bool
 		probeTimeout  time.Duration
 		mountTimeout  time.Duration
@@ -91,7 +92,7 @@ func newMountCommand() *cobra.Command {
 			defer t.Close()
 			m, err := nsmount.Mount(cmd.Context(), t, nsmount.Request{
 				Source: src, FSType: fstype, Options: options, Target: args[1], Mkdir: mkdir,
-				ProbeTimeout: probeTimeout, MountTimeout: mountTimeout,
+				ResolveFrom: from, ProbeTimeout: probeTimeout, MountTimeout: mountTimeout,
 			})
 			if err != nil {
 				return err
@@ -99,7 +100,7 @@ func newMountCommand() *cobra.Command {
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), m)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s on %s in %s (nfs %s, dev %s, route %s)\n", m.Source, m.Target, t, m.Version, m.Dev, m.Route)
+			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s on %s in %s (nfs %s, dev %s, address %s, route %s)\n", m.Source, m.Target, t, m.Version, m.Dev, m.Address, m.Route)
 			return nil
 		},
 	}
@@ -107,6 +108,7 @@ func newMountCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&fstype, "type", "t", "nfs", "filesystem type: nfs or nfs4")
 	cmd.Flags().StringVarP(&opts, "options", "o", "", "mount options, comma-separated (as mount.nfs; nosuid,nodev by default)")
 	cmd.Flags().BoolVar(&mkdir, "mkdir", false, "create a missing TARGET directory inside the container")
+	cmd.Flags().StringVar(&from, "resolve-from", nsmount.ResolveFromContainer, "resolve SERVER with the container's resolver (container), or the host's (host)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().DurationVar(&probeTimeout, "timeout", nsmount.DefaultProbeTimeout, "bound for the server reachability check")
 	cmd.Flags().DurationVar(&mountTimeout, "mount-timeout", nsmount.DefaultMountTimeout, "bound for the mount itself")
