@@ -31,6 +31,7 @@ import (
 const (
 	exitTimeout = 124
 	exitLab     = 125
+	exitUsage   = 2
 )
 
 //go:embed demo.sh
@@ -116,10 +117,21 @@ func rootCmd() *cobra.Command {
 			return runScript(c.Context(), cfg, demoScript)
 		},
 	}
+	var verbose bool
+	bench := &cobra.Command{
+		Use:   "bench",
+		Short: "Time nsmount route and mount against nsenter + mount.nfs, in one lab VM",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runBench(c.Context(), cfg, verbose)
+		},
+	}
+	bench.Flags().BoolVarP(&verbose, "verbose", "v", false, "stream the VM console to stderr")
 	flags(run, true)
 	flags(fetch, false)
 	flags(demo, true)
-	root.AddCommand(run, fetch, demo, dnsCmd())
+	flags(bench, true)
+	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd())
 	return root
 }
 
