@@ -118,18 +118,13 @@ func parseBench(out string) ([]benchResult, error) {
 // runBench runs the benchmark scenario in one VM and prints a table with
 // the ratios of nsmount to nsenter + mount.nfs.
 func runBench(ctx context.Context, cfg testenv.Config, verbose bool) error {
-	lab, err := newLab(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer lab.Close()
 	var console io.Writer = io.Discard
 	if verbose {
 		console = os.Stderr
 	}
-	res, err := lab.Run(ctx, benchScript, console)
+	res, err := runInLab(ctx, cfg, benchScript, console)
 	if err != nil {
-		return &exitError{code: exitLab, err: err}
+		return err
 	}
 	if res.ExitCode != 0 {
 		return &exitError{code: res.ExitCode, err: fmt.Errorf("bench script failed (status %d); rerun with -v for the console", res.ExitCode)}

@@ -162,21 +162,31 @@ func newLab(ctx context.Context, cfg testenv.Config) (*testenv.Lab, error) {
 
 // runScript runs script in a fresh VM, streaming the console to stdout.
 func runScript(ctx context.Context, cfg testenv.Config, script string) error {
-	lab, err := newLab(ctx, cfg)
+	res, err := runInLab(ctx, cfg, script, os.Stdout)
 	if err != nil {
 		return err
-	}
-	defer lab.Close()
-	res, err := lab.Run(ctx, script, os.Stdout)
-	switch {
-	case errors.Is(err, testenv.ErrTimeout):
-		return &exitError{code: exitTimeout, err: err}
-	case err != nil:
-		return &exitError{code: exitLab, err: err}
 	}
 	fmt.Fprintf(os.Stderr, "nsmount-lab: script exited with status %d after %v\n", res.ExitCode, res.Duration.Round(time.Millisecond))
 	if res.ExitCode != 0 {
 		return &exitError{code: res.ExitCode}
 	}
 	return nil
+}
+
+// runInLab starts a lab and runs script in one VM, mapping lab failures to
+// their exit codes (timeout 124, anything else 125).
+func runInLab(ctx context.Context, cfg testenv.Config, script string, console io.Writer) (*testenv.Result, error) {
+	lab, err := newLab(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer lab.Close()
+	res, err := lab.Run(ctx, script, console)
+	switch {
+	case errors.Is(err, testenv.ErrTimeout):
+		return nil, &exitError{code: exitTimeout, err: err}
+	case err != nil:
+		return nil, &exitError{code: exitLab, err: err}
+	}
+	return res, nil
 }

@@ -39,6 +39,33 @@ func (f *targetFlags) open() (*nsmount.Target, error) {
 	return nil, usageError{fmt.Errorf("no target: give --pid PID, or --netns PATH --mntns PATH")}
 }
 
+// requestFlags are the flags that shape a mount decision, shared by mount
+// and route so that route explains exactly what mount would do.
+type requestFlags struct {
+	fstype, opts, from string
+	probeTimeout       time.Duration
+}
+
+func (f *requestFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&f.fstype, "type", "t", "nfs", "filesystem type: nfs or nfs4")
+	cmd.Flags().StringVarP(&f.opts, "options", "o", "", "mount options, comma-separated (as mount.nfs; nosuid,nodev by default)")
+	cmd.Flags().StringVar(&f.from, "resolve-from", nsmount.ResolveFromContainer, "resolve SERVER with the container's resolver (container), or the host's (host)")
+	cmd.Flags().DurationVar(&f.probeTimeout, "timeout", nsmount.DefaultProbeTimeout, "bound for each server reachability check")
+}
+
+// request parses SERVER:/EXPORT and the flags into a request.
+func (f *requestFlags) request(source string) (nsmount.Request, error) {
+	src, err := nsmount.ParseSource(source)
+	if err != nil {
+		return nsmount.Request{}, err
+	}
+	options, err := nsmount.ParseOptions(f.opts)
+	if err != nil {
+		return nsmount.Request{}, err
+	}
+	return nsmount.Request{Source: src, FSType: f.fstype, Options: options, ResolveFrom: f.from, ProbeTimeout: f.probeTimeout}, nil
+}
+
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "nsmount",
@@ -63,10 +90,8 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 func newMountCommand() *cobra.Command {
 	var (
 		tf            targetFlags
-		fstype, opts  string
-		from          string
+		rf            requestFlags
 		mkdir, asJSON bool
-		probeTimeout  time.Duration
 		mountTimeout  time.Duration
 	)
 	cmd := &cobra.Command{
@@ -77,23 +102,17 @@ func newMountCommand() *cobra.Command {
   nsmount mount --netns /run/netns/c1 --mntns /proc/4242/ns/mnt '[2001:db8::1]:/export' /data`,
 		Args: exactArgs(2, "SERVER:/EXPORT TARGET"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := nsmount.ParseSource(args[0])
+			req, err := rf.request(args[0])
 			if err != nil {
 				return err
 			}
-			options, err := nsmount.ParseOptions(opts)
-			if err != nil {
-				return err
-			}
+			req.Target, req.Mkdir, req.MountTimeout = args[1], mkdir, mountTimeout
 			t, err := tf.open()
 			if err != nil {
 				return err
 			}
 			defer t.Close()
-			m, err := nsmount.Mount(cmd.Context(), t, nsmount.Request{
-				Source: src, FSType: fstype, Options: options, Target: args[1], Mkdir: mkdir,
-				ResolveFrom: from, ProbeTimeout: probeTimeout, MountTimeout: mountTimeout,
-			})
+			m, err := nsmount.Mount(cmd.Context(), t, req)
 			if err != nil {
 				return err
 			}
@@ -105,12 +124,9 @@ func newMountCommand() *cobra.Command {
 		},
 	}
 	tf.register(cmd)
-	cmd.Flags().StringVarP(&fstype, "type", "t", "nfs", "filesystem type: nfs or nfs4")
-	cmd.Flags().StringVarP(&opts, "options", "o", "", "mount options, comma-separated (as mount.nfs; nosuid,nodev by default)")
+	rf.register(cmd)
 	cmd.Flags().BoolVar(&mkdir, "mkdir", false, "create a missing TARGET directory inside the container")
-	cmd.Flags().StringVar(&from, "resolve-from", nsmount.ResolveFromContainer, "resolve SERVER with the container's resolver (container), or the host's (host)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.Flags().DurationVar(&probeTimeout, "timeout", nsmount.DefaultProbeTimeout, "bound for the server reachability check")
 	cmd.Flags().DurationVar(&mountTimeout, "mount-timeout", nsmount.DefaultMountTimeout, "bound for the mount itself")
 	return cmd
 }

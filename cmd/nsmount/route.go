@@ -14,10 +14,9 @@ import (
 
 func newRouteCommand() *cobra.Command {
 	var (
-		tf                 targetFlags
-		fstype, opts, from string
-		asJSON             bool
-		probeTimeout       time.Duration
+		tf     targetFlags
+		rf     requestFlags
+		asJSON bool
 	)
 	cmd := &cobra.Command{
 		Use:   "route [flags] SERVER[:/EXPORT]",
@@ -37,11 +36,7 @@ parameters nsmount would pass to the kernel. It exits like mount would fail.`,
 				}
 				arg += ":/"
 			}
-			src, err := nsmount.ParseSource(arg)
-			if err != nil {
-				return err
-			}
-			options, err := nsmount.ParseOptions(opts)
+			req, err := rf.request(arg)
 			if err != nil {
 				return err
 			}
@@ -50,9 +45,7 @@ parameters nsmount would pass to the kernel. It exits like mount would fail.`,
 				return err
 			}
 			defer t.Close()
-			plan, perr := nsmount.Explain(cmd.Context(), t, nsmount.Request{
-				Source: src, FSType: fstype, Options: options, ResolveFrom: from, ProbeTimeout: probeTimeout,
-			})
+			plan, perr := nsmount.Explain(cmd.Context(), t, req)
 			if asJSON {
 				if err := writeJSON(cmd.OutOrStdout(), plan); err != nil {
 					return err
@@ -64,11 +57,8 @@ parameters nsmount would pass to the kernel. It exits like mount would fail.`,
 		},
 	}
 	tf.register(cmd)
-	cmd.Flags().StringVarP(&fstype, "type", "t", "nfs", "filesystem type: nfs or nfs4")
-	cmd.Flags().StringVarP(&opts, "options", "o", "", "mount options, as for mount")
-	cmd.Flags().StringVar(&from, "resolve-from", nsmount.ResolveFromContainer, "resolve SERVER with the container's resolver, or the host's")
+	rf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the decision as JSON")
-	cmd.Flags().DurationVar(&probeTimeout, "timeout", nsmount.DefaultProbeTimeout, "bound for each reachability check")
 	return cmd
 }
 
