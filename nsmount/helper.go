@@ -48,12 +48,16 @@ type helperRequest struct {
 }
 
 type helperResponse struct {
-	Dev     string `json:"dev,omitempty"`
-	Vers    string `json:"vers,omitempty"`
-	Params  string `json:"params,omitempty"`
-	Error   string `json:"error,omitempty"`
-	Class   string `json:"class,omitempty"`
-	Elapsed string `json:"elapsed,omitempty"`
+	Dev string `json:"dev,omitempty"`
+	// ClientID is the netns's NFSv4 client identity; ClientIDSet reports
+	// that this mount set it.
+	ClientID    string `json:"client_id,omitempty"`
+	ClientIDSet bool   `json:"client_id_set,omitempty"`
+	Vers        string `json:"vers,omitempty"`
+	Params      string `json:"params,omitempty"`
+	Error       string `json:"error,omitempty"`
+	Class       string `json:"class,omitempty"`
+	Elapsed     string `json:"elapsed,omitempty"`
 }
 
 // RunHelper turns the process into nsmount's namespace helper when it was
@@ -142,6 +146,14 @@ func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) 
 				return legacyMount(req, v, target, proc, resp)
 			}
 			return err
+		}
+		// After fsopen (which loads the nfs module) and before the client
+		// is created: an NFSv4 client takes the netns's identity then.
+		if v != "3" && resp.ClientID == "" {
+			if resp.ClientID, resp.ClientIDSet, err = ensureClientIdentity(); err != nil {
+				fsc.Close()
+				return withClass(ErrMountFailed, fmt.Errorf("NFSv4 client identity of the target netns: %w", err))
+			}
 		}
 		err = fsc.configure(params)
 		if err == nil {

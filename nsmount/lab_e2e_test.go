@@ -49,3 +49,11 @@ func TestLabRouting(t *testing.T) {
 	t.Parallel()
 	testenv.RunT(t, labScript(t, "routing.sh"))
 }
+
+// TestLabClientIdentity mounts NFSv4.2 from two containers with the same
+// hostname: nsmount gives each netns its own NFSv4 client identity, keeps
+// it on later mounts, and both clients keep working past a lease period.
+func TestLabClientIdentity(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "identity.sh"))
+}

@@ -67,6 +67,11 @@ type Mounted struct {
 	PID     int    `json:"pid,omitempty"`
 	NetNS   uint64 `json:"netns"`
 	MountNS uint64 `json:"mntns"`
+	// ClientID is the NFSv4 client identity (uniquifier) of the target's
+	// netns; ClientIDSet reports that this mount gave it one (nsmount does so
+	// before the first NFSv4 mount of a netns that has none).
+	ClientID    string `json:"client_id,omitempty"`
+	ClientIDSet bool   `json:"client_id_set,omitempty"`
 	// Plan is the decision the mount carried out.
 	Plan *Plan `json:"plan"`
 }
@@ -101,6 +106,9 @@ func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
 		NetNS:   t.NetNSInode(),
 		MountNS: t.MountNSInode(),
 		Plan:    plan,
+
+		ClientID:    resp.ClientID,
+		ClientIDSet: resp.ClientIDSet,
 	}, nil
 }
 
