@@ -284,6 +284,11 @@ func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperRespo
 	if t.netns == nil || t.mntns == nil {
 		return nil, errors.New("target is closed")
 	}
+	files := []*os.File{t.netns, t.mntns}
+	if t.root != nil {
+		req.HasRoot = true
+		files = append(files, t.root)
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -292,14 +297,8 @@ func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperRespo
 		Path:        "/proc/self/exe",
 		Args:        []string{helperName},
 		Stdin:       bytes.NewReader(body),
-		ExtraFiles:  []*os.File{t.netns, t.mntns},
+		ExtraFiles:  files,
 		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
-	}
-	if t.root != nil {
-		req.HasRoot = true
-		body, _ = json.Marshal(req)
-		cmd.Stdin = bytes.NewReader(body)
-		cmd.ExtraFiles = append(cmd.ExtraFiles, t.root)
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
