@@ -27,6 +27,10 @@ var (
 	ErrTimeout = errors.New("timed out")
 	// ErrNotMounted: umount found no NFS mount at the path.
 	ErrNotMounted = errors.New("not mounted")
+	// ErrStaleState: stale NFS client state in the target's network
+	// namespace (a superblock of the same server that outlived its mount)
+	// would be inherited by the mount, and could not or may not be flushed.
+	ErrStaleState = errors.New("stale NFS client state")
 )
 
 // classes lists the error classes in the order ExitCode checks them.
@@ -42,10 +46,11 @@ var classes = []struct {
 	{ErrNotVerified, 8},
 	{ErrTimeout, 9},
 	{ErrNotMounted, 10},
+	{ErrStaleState, 12},
 }
 
 // ExitCode maps an error to the documented process exit code: 0 for nil,
-// 3..10 for the classes above, 1 for anything else. Exit code 2 is reserved
+// 3..12 for the classes above, 1 for anything else. Exit code 2 is reserved
 // for command-line usage errors.
 func ExitCode(err error) int {
 	if err == nil {
@@ -82,3 +87,8 @@ func withClass(class, err error) error {
 	}
 	return &classError{class: class, err: err}
 }
+
+// WithClass marks err with one of this package's error classes (for code
+// built on this package, such as cachectl), keeping its message. An error
+// that already carries a class keeps it; nil stays nil.
+func WithClass(class, err error) error { return withClass(class, err) }

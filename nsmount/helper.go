@@ -45,10 +45,13 @@ type helperRequest struct {
 	Mkdir   bool      `json:"mkdir,omitempty"`
 	HasRoot bool      `json:"has_root,omitempty"`
 	Umount  int       `json:"umount_flags,omitempty"`
+	// MountID names the mount for "umount-id".
+	MountID uint64 `json:"mount_id,omitempty"`
 }
 
 type helperResponse struct {
-	Dev string `json:"dev,omitempty"`
+	Dev     string `json:"dev,omitempty"`
+	MountID uint64 `json:"mount_id,omitempty"`
 	// ClientID is the netns's NFSv4 client identity; ClientIDSet reports
 	// that this mount set it.
 	ClientID    string `json:"client_id,omitempty"`
@@ -56,6 +59,7 @@ type helperResponse struct {
 	Vers        string `json:"vers,omitempty"`
 	Params      string `json:"params,omitempty"`
 	Error       string `json:"error,omitempty"`
+	Errno       int    `json:"errno,omitempty"`
 	Class       string `json:"class,omitempty"`
 	Elapsed     string `json:"elapsed,omitempty"`
 }
@@ -121,6 +125,10 @@ func helperRun(req *helperRequest, resp *helperResponse) error {
 			return mountInside(req, root, proc, resp)
 		case "umount":
 			return umountInside(req, root, proc)
+		case "umount-id":
+			return umountIDInside(req, root, proc)
+		case "probe":
+			return probeInside(req, root, resp)
 		}
 		return fmt.Errorf("unknown helper op %q", req.Op)
 	})
@@ -177,6 +185,9 @@ func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) 
 	if resp.Dev, err = mountDev(mfd); err != nil {
 		return err
 	}
+	if resp.MountID, err = mountID(mfd); err != nil {
+		return err
+	}
 	ok, err := inNetNS(proc, resp.Dev)
 	if err != nil {
 		return withClass(ErrNotVerified, fmt.Errorf("verify mount: %w", err))
@@ -221,6 +232,9 @@ func legacyMount(req *helperRequest, vers string, target, proc *os.File, resp *h
 	fd, err := unix.Openat(unix.AT_FDCWD, where, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err == nil {
 		resp.Dev, err = mountDev(fd)
+		if err == nil {
+			resp.MountID, err = mountID(fd)
+		}
 		unix.Close(fd)
 	}
 	ok := false

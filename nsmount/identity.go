@@ -1,6 +1,7 @@
 package nsmount
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -25,6 +26,28 @@ const identifierPath = "fs/nfs/net/nfs_client/identifier"
 // identity in force, and whether this call set it; ("", false, nil) when the
 // kernel has no per-netns identifier.
 func ensureClientIdentity() (id string, set bool, err error) {
+	return clientIdentity(true)
+}
+
+// ClientIdentity returns the NFSv4 client identity (uniquifier) of t's
+// network namespace, "" if none is set or the kernel has none. It changes
+// nothing.
+func ClientIdentity(ctx context.Context, t *Target) (string, error) {
+	var id string
+	err := t.Do(NetNS, func() error {
+		var err error
+		id, _, err = clientIdentity(false)
+		return err
+	})
+	if id == "(null)" {
+		id = ""
+	}
+	return id, err
+}
+
+// clientIdentity reads the calling thread's netns's identity and, if set
+// is true and there is none, sets a new one.
+func clientIdentity(set bool) (string, bool, error) {
 	fsfd, err := unix.Fsopen("sysfs", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return "", false, fmt.Errorf("fsopen sysfs: %w", err)
@@ -51,10 +74,10 @@ func ensureClientIdentity() (id string, set bool, err error) {
 	if err != nil {
 		return "", false, fmt.Errorf("read %s: %w", identifierPath, err)
 	}
-	if cur := strings.TrimSpace(string(buf[:n])); cur != "" && cur != "(null)" {
+	if cur := strings.TrimSpace(string(buf[:n])); !set || cur != "" && cur != "(null)" {
 		return cur, false, nil
 	}
-	id = newIdentity()
+	id := newIdentity()
 	if _, err := unix.Pwrite(fd, []byte(id), 0); err != nil {
 		return "", false, fmt.Errorf("write %s: %w", identifierPath, err)
 	}

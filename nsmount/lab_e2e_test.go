@@ -57,3 +57,13 @@ func TestLabClientIdentity(t *testing.T) {
 	t.Parallel()
 	testenv.RunT(t, labScript(t, "identity.sh"))
 }
+
+// TestLabStale makes a superblock outlive its mount (a copy in a sidecar's
+// mount namespace; a lazy unmount with an open file), changes the route,
+// and checks that a plain mount inherits the old superblock while nsmount
+// status names the holder and nsmount mount refuses or flushes it and
+// reaches the new server. Also: a corrupt registry is rebuilt.
+func TestLabStale(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "stale.sh"))
+}

@@ -43,6 +43,9 @@ type Request struct {
 	// ProbeTimeout and MountTimeout bound the reachability check and the
 	// mount; zero means the defaults.
 	ProbeTimeout, MountTimeout time.Duration
+	// Verify, if set, is called with the plan before anything is mounted;
+	// an error stops the mount (a policy, or a stale-state check).
+	Verify func(*Plan) error
 }
 
 // Mounted describes a mount that nsmount made and verified.
@@ -62,6 +65,8 @@ type Mounted struct {
 	// Dev is the new superblock's device number, "major:minor"; it is listed
 	// in the container netns's /proc/net/nfsfs/volumes.
 	Dev string `json:"dev"`
+	// MountID is the new mount's ID in the target's mountinfo.
+	MountID uint64 `json:"mount_id"`
 	// PID, NetNS and MountNS identify the target.
 	PID     int    `json:"pid,omitempty"`
 	NetNS   uint64 `json:"netns"`
@@ -87,6 +92,11 @@ func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.Verify != nil {
+		if err := req.Verify(plan); err != nil {
+			return nil, err
+		}
+	}
 	mctx, cancel := context.WithTimeout(ctx, orDefault(req.MountTimeout, DefaultMountTimeout))
 	defer cancel()
 	resp, err := callHelper(mctx, t, helperRequest{Op: "mount", Spec: plan.spec, Target: req.Target, Mkdir: req.Mkdir})
@@ -101,6 +111,7 @@ func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
 		Version: resp.Vers,
 		Params:  resp.Params,
 		Dev:     resp.Dev,
+		MountID: resp.MountID,
 		PID:     t.PID(),
 		NetNS:   t.NetNSInode(),
 		MountNS: t.MountNSInode(),

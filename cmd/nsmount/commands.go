@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/spf13/cobra"
 )
@@ -74,7 +75,9 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand())
+	root.PersistentFlags().String("state-dir", stateDirDefault(), "registry of nsmount's mounts (env NSMOUNT_STATE_DIR)")
+	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand(),
+		newStatusCommand(), newFlushCommand())
 	return root
 }
 
@@ -93,6 +96,8 @@ func newMountCommand() *cobra.Command {
 		rf            requestFlags
 		mkdir, asJSON bool
 		mountTimeout  time.Duration
+		stale         string
+		kill          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "mount [flags] SERVER:/EXPORT TARGET",
@@ -112,7 +117,14 @@ func newMountCommand() *cobra.Command {
 				return err
 			}
 			defer t.Close()
-			m, err := nsmount.Mount(cmd.Context(), t, req)
+			mgr, err := newManager(cmd)
+			if err != nil {
+				return err
+			}
+			m, err := mgr.Mount(cmd.Context(), t, req, cachectl.MountOptions{
+				Stale: cachectl.StalePolicy(stale), Kill: kill, Owner: "cli",
+				NetNSPath: tf.netns, MountNSPath: tf.mntns,
+			})
 			if err != nil {
 				return err
 			}
@@ -128,6 +140,8 @@ func newMountCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&mkdir, "mkdir", false, "create a missing TARGET directory inside the container")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().DurationVar(&mountTimeout, "mount-timeout", nsmount.DefaultMountTimeout, "bound for the mount itself")
+	cmd.Flags().StringVar(&stale, "stale", string(cachectl.StaleFlush), "stale NFS state of the same server in the container's netns: flush (unmount stale copies, refuse if some remain), refuse, or share (inherit it knowingly)")
+	cmd.Flags().BoolVar(&kill, "kill", false, "with --stale flush: end processes that hold stale superblocks open")
 	return cmd
 }
 
@@ -149,7 +163,11 @@ func newUmountCommand() *cobra.Command {
 				return err
 			}
 			defer t.Close()
-			if err := nsmount.Unmount(cmd.Context(), t, args[0], nsmount.UnmountOptions{Lazy: lazy, Force: force, Timeout: timeout}); err != nil {
+			mgr, err := newManager(cmd)
+			if err != nil {
+				return err
+			}
+			if err := mgr.Unmount(cmd.Context(), t, args[0], nsmount.UnmountOptions{Lazy: lazy, Force: force, Timeout: timeout}); err != nil {
 				return err
 			}
 			if asJSON {

@@ -42,3 +42,15 @@ one_server_one_container() {
 	PID=$(lab_pid c1)
 	S=198.51.100.1
 }
+
+# check_says NAME TEXT CMD...: CMD's stdout+stderr must contain TEXT,
+# whatever its exit status (for refusals and reports).
+check_says() {
+	_name=$1 _want=$2
+	shift 2
+	_out=$("$@" 2>&1)
+	case $_out in
+	*"$_want"*) echo "LAB-CHECK PASS $_name" ;;
+	*) echo "LAB-CHECK FAIL $_name: output lacks \"$_want\": $(printf '%s' "$_out" | tr '\n' ' ' | tail -c 600)" ;;
+	esac
+}

@@ -1,0 +1,235 @@
+package cachectl
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+)
+
+// MountRef is one place where an NFS superblock is mounted.
+type MountRef struct {
+	MountNS NSID `json:"mntns"`
+	// PID is a process in that mount namespace (whose root the path is
+	// relative to).
+	PID        int    `json:"pid"`
+	MountID    uint64 `json:"mount_id"`
+	Mountpoint string `json:"mountpoint"`
+	Source     string `json:"source"`
+	// Entry is the registry entry of this mount, if nsmount made it.
+	Entry string `json:"entry,omitempty"`
+}
+
+// World is one observation of the kernel's state: every process's
+// namespaces and every NFS mount in every mount namespace that has a
+// process. (A mount namespace kept alive only by a bind-mounted nsfs file
+// or an open descriptor has no process to read it through and is not seen.)
+type World struct {
+	Proc Proc
+	NS   *Namespaces
+	// Mounts maps a superblock device ("major:minor") to where it is
+	// mounted.
+	Mounts map[string][]MountRef
+	// Taken is when the observation was made.
+	Taken time.Time
+}
+
+// Observe scans p.
+func Observe(p Proc) (*World, error) {
+	ns, err := p.Scan()
+	if err != nil {
+		return nil, fmt.Errorf("scan processes: %w", err)
+	}
+	w := &World{Proc: p, NS: ns, Mounts: map[string][]MountRef{}, Taken: time.Now()}
+	for mntns, pids := range ns.MountNS {
+		for _, pid := range pids {
+			mounts, err := p.NFSMounts(pid)
+			if err != nil {
+				continue // exited: try the next process of this namespace
+			}
+			for _, m := range mounts {
+				dev := fmt.Sprintf("%d:%d", m.Major, m.Minor)
+				w.Mounts[dev] = append(w.Mounts[dev], MountRef{MountNS: mntns, PID: pid, MountID: uint64(m.ID), Mountpoint: m.Mountpoint, Source: m.Source})
+			}
+			break
+		}
+	}
+	for _, refs := range w.Mounts {
+		sort.Slice(refs, func(i, j int) bool { return refs[i].MountID < refs[j].MountID })
+	}
+	return w, nil
+}
+
+// PIDIn returns a process in the mount namespace of e's target,
+// preferring e's own process when it is still the same one.
+func (w *World) PIDIn(e *Entry) (int, bool) {
+	pids := w.NS.MountNS[e.Target.MountNS]
+	for _, pid := range pids {
+		if pid == e.Target.PID {
+			if start, err := w.Proc.StartTime(pid); err == nil && start == e.Target.PIDStart {
+				return pid, true
+			}
+		}
+	}
+	if len(pids) > 0 {
+		return pids[0], true
+	}
+	return 0, false
+}
+
+// NetPID returns a process in network namespace ns.
+func (w *World) NetPID(ns NSID) (int, bool) {
+	if pids := w.NS.NetNS[ns]; len(pids) > 0 {
+		return pids[0], true
+	}
+	return 0, false
+}
+
+// Live reports whether e's mount still exists; why says what is gone if not.
+func (w *World) Live(e *Entry) (bool, string) {
+	if _, ok := w.NS.MountNS[e.Target.MountNS]; !ok {
+		if e.Target.MountNSPath == "" {
+			return false, fmt.Sprintf("mount namespace %s is gone (no process left in it)", e.Target.MountNS)
+		}
+		if id, err := NSOfPath(e.Target.MountNSPath); err != nil || id != e.Target.MountNS {
+			return false, fmt.Sprintf("mount namespace %s (%s) is gone", e.Target.MountNS, e.Target.MountNSPath)
+		}
+		// Held by path and alive, but without a process its mount table
+		// cannot be read: trust the entry.
+		return true, ""
+	}
+	for _, m := range w.Mounts[e.Dev] {
+		if m.MountNS == e.Target.MountNS && m.MountID == e.MountID {
+			return true, ""
+		}
+	}
+	return false, fmt.Sprintf("mount %d (%s at %s) is no longer in mount namespace %s", e.MountID, e.Source, e.Mountpoint, e.Target.MountNS)
+}
+
+// Gone is a registry entry removed because its mount or namespace is gone.
+type Gone struct {
+	Entry Entry  `json:"entry"`
+	Why   string `json:"why"`
+}
+
+// Reconcile removes from s the entries whose mount or namespace no longer
+// exists in w, and returns them.
+func (w *World) Reconcile(s *State) []Gone {
+	var gone []Gone
+	s.Remove(func(e *Entry) bool {
+		if ok, why := w.Live(e); !ok {
+			gone = append(gone, Gone{Entry: *e, Why: why})
+			return true
+		}
+		return false
+	})
+	return gone
+}
+
+// Superblock is one NFS superblock of a network namespace, with where it is
+// mounted and who else holds it.
+type Superblock struct {
+	Volume
+	// Mounts are the mounts of this superblock, in any mount namespace.
+	Mounts []MountRef `json:"mounts"`
+	// Holders are processes holding it through open files (filled in for
+	// stale superblocks).
+	Holders []Holder `json:"holders,omitempty"`
+	// Stale reports that no live nsmount mount accounts for this
+	// superblock: it outlived its mount (a copy propagated into another
+	// mount namespace, a lazy unmount with open files) or was never
+	// nsmount's. A new mount of the same server in this netns would share
+	// its nfs_client, and with it the old connection, route and identity.
+	Stale bool `json:"stale"`
+	// Why explains Stale for people.
+	Why string `json:"why,omitempty"`
+}
+
+// NetNSState is the NFS client state of one network namespace.
+type NetNSState struct {
+	NetNS NSID `json:"netns"`
+	// PID is the process the state was read through.
+	PID         int          `json:"pid"`
+	Clients     []Client     `json:"clients"`
+	Superblocks []Superblock `json:"superblocks"`
+	// ClientID is the netns's NFSv4 client identity, if read.
+	ClientID string `json:"client_id,omitempty"`
+}
+
+// StaleFor returns the stale superblocks whose client talks to server
+// (any address if server is invalid).
+func (n *NetNSState) StaleFor(server netip.Addr) []Superblock {
+	var out []Superblock
+	for _, sb := range n.Superblocks {
+		if sb.Stale && (!server.IsValid() || sb.Server == server) {
+			out = append(out, sb)
+		}
+	}
+	return out
+}
+
+// NetNS reads the NFS client state of network namespace ns and classifies
+// its superblocks against the live entries of s. holders, if true, also
+// looks for processes that hold stale superblocks open (a scan of every
+// process's descriptors).
+func (w *World) NetNS(ns NSID, s *State, holders bool) (*NetNSState, error) {
+	pid, ok := w.NetPID(ns)
+	if !ok {
+		return nil, fmt.Errorf("network namespace %s has no process", ns)
+	}
+	out := &NetNSState{NetNS: ns, PID: pid}
+	vols, err := w.Proc.Volumes(pid)
+	if err != nil {
+		return nil, fmt.Errorf("nfs volumes of netns %s (pid %d): %w", ns, pid, err)
+	}
+	if out.Clients, err = w.Proc.Clients(pid); err != nil {
+		return nil, fmt.Errorf("nfs clients of netns %s (pid %d): %w", ns, pid, err)
+	}
+	live := map[string]string{} // "mntns:mountid" -> entry ID
+	for i := range s.Entries {
+		e := &s.Entries[i]
+		if e.Target.NetNS == ns {
+			if ok, _ := w.Live(e); ok {
+				live[fmt.Sprintf("%d:%d", e.Target.MountNS.Ino, e.MountID)] = e.ID
+			}
+		}
+	}
+	stale := map[string]bool{}
+	for _, v := range vols {
+		sb := Superblock{Volume: v}
+		tracked := 0
+		for _, m := range w.Mounts[v.Dev] {
+			m.Entry = live[fmt.Sprintf("%d:%d", m.MountNS.Ino, m.MountID)]
+			if m.Entry != "" {
+				tracked++
+			}
+			sb.Mounts = append(sb.Mounts, m)
+		}
+		switch {
+		case tracked > 0:
+		case len(sb.Mounts) == 0:
+			sb.Stale, sb.Why = true, "superblock is mounted nowhere (lazily unmounted, still held)"
+		default:
+			var where []string
+			for _, m := range sb.Mounts {
+				where = append(where, fmt.Sprintf("%s in mount namespace %s (pid %d)", m.Mountpoint, m.MountNS, m.PID))
+			}
+			sb.Stale, sb.Why = true, "no nsmount mount uses this superblock (it outlived its mount, or nsmount never made it); mounted at "+strings.Join(where, ", ")
+		}
+		if sb.Stale {
+			stale[v.Dev] = true
+		}
+		out.Superblocks = append(out.Superblocks, sb)
+	}
+	if holders && len(stale) > 0 {
+		h, err := w.Proc.Holders(stale)
+		if err != nil {
+			return nil, err
+		}
+		for i := range out.Superblocks {
+			out.Superblocks[i].Holders = h[out.Superblocks[i].Dev]
+		}
+	}
+	return out, nil
+}

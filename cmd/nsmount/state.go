@@ -1,0 +1,241 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/spf13/cobra"
+)
+
+func stateDirDefault() string {
+	if d := os.Getenv("NSMOUNT_STATE_DIR"); d != "" {
+		return d
+	}
+	return cachectl.DefaultDir
+}
+
+// newManager opens the registry named by --state-dir. Reports (actions,
+// warnings) go to stderr, one line each.
+func newManager(cmd *cobra.Command) (*cachectl.Manager, error) {
+	dir, _ := cmd.Flags().GetString("state-dir")
+	report := func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "nsmount: %s\n", oneLine(s)) }
+	reg, err := cachectl.Open(dir, cachectl.WithReporter(report))
+	if err != nil {
+		return nil, err
+	}
+	return &cachectl.Manager{Registry: reg, Report: report}, nil
+}
+
+// netnsOf returns the network namespace of the target named by tf, or nil
+// when no target flag is given (all namespaces).
+func netnsOf(tf *targetFlags) (*cachectl.NSID, error) {
+	if tf.pid == 0 && tf.netns == "" && tf.mntns == "" {
+		return nil, nil
+	}
+	t, err := tf.open()
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	id := cachectl.NSID{Ino: t.NetNSInode()}
+	if ref, err := cachectl.NSOfPath("/proc/self/ns/net"); err == nil {
+		id.Dev = ref.Dev
+	}
+	return &id, nil
+}
+
+func newStatusCommand() *cobra.Command {
+	var (
+		tf              targetFlags
+		asJSON, noProbe bool
+		timeout         time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "status [flags]",
+		Short: "Show nsmount's mounts, their route now against then, their health, and stale NFS client state",
+		Long: `status reconciles nsmount's registry with the kernel (entries whose mount or
+namespace is gone are reported and removed), then shows for each mount the
+route from the container's network now against the route it was mounted
+through, whether the server answers, and whether the mount still works
+(ESTALE, EIO, hung); and for each network namespace the kernel's NFS clients
+and superblocks: a superblock that no nsmount mount uses any more is stale,
+and a new mount of that server would silently share its old connection.
+status names where it is still mounted and which processes hold it open.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ns, err := netnsOf(&tf)
+			if err != nil {
+				return err
+			}
+			mgr, err := newManager(cmd)
+			if err != nil {
+				return err
+			}
+			rep, err := mgr.Status(cmd.Context(), cachectl.StatusOptions{NetNS: ns, Probe: !noProbe, Timeout: timeout})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), rep)
+			}
+			return printStatus(cmd, rep)
+		},
+	}
+	tf.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().BoolVar(&noProbe, "no-probe", false, "do not contact servers (local state only)")
+	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultProbeMountTimeout, "bound for each server probe")
+	return cmd
+}
+
+func printStatus(cmd *cobra.Command, rep *cachectl.Report) error {
+	out := cmd.OutOrStdout()
+	for _, g := range rep.Gone {
+		fmt.Fprintf(out, "forgotten: %s at %s: %s\n", g.Entry.Source, g.Entry.Mountpoint, g.Why)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TARGET\tSOURCE\tADDRESS\tNETNS\tDEV\tVIA THEN\tVIA NOW\tHEALTH\tVERDICT")
+	for _, m := range rep.Mounts {
+		e := m.Entry
+		then := routeText(e.Route.Iface, e.Route.Gateway, e.Route.Source)
+		now := "-"
+		if m.RouteNow != nil {
+			gw := ""
+			if m.RouteNow.Gateway.IsValid() {
+				gw = m.RouteNow.Gateway.String()
+			}
+			now = routeText(m.RouteNow.Iface, gw, m.RouteNow.Source.String())
+		} else if m.RouteError != "" {
+			now = "none"
+		}
+		health := "-"
+		if m.Health != nil {
+			health = m.Health.String()
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Mountpoint, e.Source, e.Address, e.Target.NetNS, e.Dev, then, now, health, m.Verdict)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, m := range rep.Mounts {
+		if m.Advice != "" {
+			fmt.Fprintf(out, "  %s: %s\n", m.Entry.Mountpoint, m.Advice)
+		}
+		if len(m.Drift) > 0 {
+			fmt.Fprintf(out, "  %s: route drift: %s\n", m.Entry.Mountpoint, strings.Join(m.Drift, ", "))
+		}
+	}
+	for _, st := range rep.NetNS {
+		id := st.ClientID
+		if id == "" {
+			id = "none (derived from the hostname)"
+		}
+		fmt.Fprintf(out, "netns %s (pid %d): NFSv4 client identity %s\n", st.NetNS, st.PID, id)
+		for _, c := range st.Clients {
+			fmt.Fprintf(out, "  nfs_client %s server %s port %d, %d users\n", c.Version, c.Server, c.Port, c.Use)
+		}
+		for _, sb := range st.Superblocks {
+			state := "in use by nsmount"
+			if sb.Stale {
+				state = "STALE"
+			}
+			fmt.Fprintf(out, "  superblock %s %s server %s: %s\n", sb.Dev, sb.Version, sb.Server, state)
+			if !sb.Stale {
+				continue
+			}
+			fmt.Fprintf(out, "    why: %s\n", sb.Why)
+			fmt.Fprintf(out, "    effect: a new mount of %s in this netns shares this superblock's NFS client: its old connection, route and identity\n", sb.Server)
+			for _, h := range sb.Holders {
+				fmt.Fprintf(out, "    held open by pid %d (%s): %s %s\n", h.PID, h.Comm, h.What, h.Path)
+			}
+			fmt.Fprintf(out, "    fix: nsmount flush --pid %d --server %s (add --kill to end the processes holding it)\n", st.PID, sb.Server)
+		}
+	}
+	return nil
+}
+
+func routeText(iface, gw, src string) string {
+	s := "dev " + iface
+	if gw != "" {
+		s += " via " + gw
+	}
+	return s + " src " + src
+}
+
+func newFlushCommand() *cobra.Command {
+	var (
+		tf                   targetFlags
+		server               string
+		kill, dryRun, asJSON bool
+		timeout              time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "flush [flags]",
+		Short: "Remove stale NFS client state: unmount stale copies, name (or --kill) their holders",
+		Long: `flush removes NFS superblocks that no nsmount mount uses any more, in the
+target's network namespace (or every network namespace but the host's): it
+unmounts the copies that other mount namespaces still hold (never lazily: a
+copy with open files is busy and stays), ends the processes that hold them open
+only with --kill, and checks that the superblock is gone. The kernel frees an
+nfs_client with its last superblock: the next mount of that server gets a new
+client, connection and route. Every action is printed; --dry-run only plans.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ns, err := netnsOf(&tf)
+			if err != nil {
+				return err
+			}
+			var addr netip.Addr
+			if server != "" {
+				if addr, err = netip.ParseAddr(server); err != nil {
+					return nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("--server %q: an IP address is needed (as in nsmount status)", server))
+				}
+			}
+			mgr, err := newManager(cmd)
+			if err != nil {
+				return err
+			}
+			rep, err := mgr.Flush(cmd.Context(), cachectl.FlushOptions{NetNS: ns, Server: addr.Unmap(), Kill: kill, DryRun: dryRun, Timeout: timeout})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if err := writeJSON(cmd.OutOrStdout(), rep); err != nil {
+					return err
+				}
+			} else {
+				out := cmd.OutOrStdout()
+				verb := "did"
+				if dryRun {
+					verb = "would do"
+				}
+				for _, a := range rep.Actions {
+					fmt.Fprintf(out, "%s: %s\n", verb, a)
+				}
+				if len(rep.Actions) == 0 {
+					fmt.Fprintln(out, "no stale NFS client state")
+				}
+				for _, d := range rep.Flushed {
+					fmt.Fprintf(out, "flushed superblock %s\n", d)
+				}
+			}
+			if len(rep.Remaining) > 0 && !dryRun {
+				return nsmount.WithClass(nsmount.ErrStaleState, fmt.Errorf("%d stale superblock(s) remain: %s", len(rep.Remaining), rep.Remaining[0].Why))
+			}
+			return nil
+		},
+	}
+	tf.register(cmd)
+	cmd.Flags().StringVar(&server, "server", "", "only superblocks of this server address")
+	cmd.Flags().BoolVar(&kill, "kill", false, "end (SIGKILL) processes that hold stale superblocks open")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan, change nothing")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultMountTimeout, "bound for each unmount")
+	return cmd
+}

@@ -1,0 +1,181 @@
+package nsmount
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultProbeMountTimeout bounds a health probe of a mounted NFS
+// filesystem: a server that does not answer within it counts as hung.
+const DefaultProbeMountTimeout = 5 * time.Second
+
+// Health is the outcome of probing a mounted NFS filesystem.
+type Health struct {
+	// Errno is the error the filesystem returned (ESTALE, EIO, ENOTCONN,
+	// ...), 0 when it answered.
+	Errno syscall.Errno `json:"errno,omitempty"`
+	// Hung reports that the server did not answer within the timeout; the
+	// probe was stopped.
+	Hung bool `json:"hung,omitempty"`
+	// Error describes a failed probe for people.
+	Error string `json:"error,omitempty"`
+	// Elapsed is how long the probe took.
+	Elapsed time.Duration `json:"elapsed"`
+}
+
+// OK reports that the filesystem answered.
+func (h Health) OK() bool { return h.Errno == 0 && !h.Hung && h.Error == "" }
+
+// String is "ok", "hung", or the error name.
+func (h Health) String() string {
+	switch {
+	case h.Hung:
+		return "hung"
+	case h.Errno != 0:
+		return unix.ErrnoName(h.Errno)
+	case h.Error != "":
+		return "error"
+	}
+	return "ok"
+}
+
+// ProbeMount asks the server behind the NFS mount at target in t whether
+// the mount still works: a getattr of the mount root that bypasses the
+// attribute cache, then a statfs, made by a helper process inside t's
+// namespaces that is killed after timeout (zero: DefaultProbeMountTimeout),
+// so a hung server costs the caller the timeout and nothing more. mountID,
+// if not zero, is the mount expected at target; another mount there is an
+// error. The returned error is for failures to probe at all (no such
+// target, not a mount); the filesystem's own answer is in Health.
+func ProbeMount(ctx context.Context, t *Target, target string, mountID uint64, timeout time.Duration) (Health, error) {
+	ctx, cancel := context.WithTimeout(ctx, orDefault(timeout, DefaultProbeMountTimeout))
+	defer cancel()
+	start := time.Now()
+	resp, err := callHelper(ctx, t, helperRequest{Op: "probe", Target: target, MountID: mountID})
+	h := Health{Elapsed: time.Since(start)}
+	switch {
+	case errors.Is(err, ErrTimeout):
+		h.Hung = true
+		h.Error = fmt.Sprintf("no answer in %s", orDefault(timeout, DefaultProbeMountTimeout))
+		return h, nil
+	case err != nil && resp != nil && resp.Errno != 0:
+		h.Errno = syscall.Errno(resp.Errno)
+		h.Error = err.Error()
+		return h, nil
+	}
+	return h, err
+}
+
+// UnmountID unmounts the mount whose ID is mountID from t's mount
+// namespace (flushing a copy of a mount that nsmount did not make or no
+// longer tracks, found in mountinfo). The mount must be NFS and visible
+// under t's root.
+func UnmountID(ctx context.Context, t *Target, mountID uint64, o UnmountOptions) error {
+	flags := 0
+	if o.Lazy {
+		flags |= unix.MNT_DETACH
+	}
+	if o.Force {
+		flags |= unix.MNT_FORCE
+	}
+	ctx, cancel := context.WithTimeout(ctx, orDefault(o.Timeout, DefaultMountTimeout))
+	defer cancel()
+	_, err := callHelper(ctx, t, helperRequest{Op: "umount-id", MountID: mountID, Umount: flags})
+	return err
+}
+
+// mountID returns the mount ID of the mount behind fd.
+func mountID(fd int) (uint64, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &stx); err != nil {
+		return 0, fmt.Errorf("statx mount id: %w", err)
+	}
+	return stx.Mnt_id, nil
+}
+
+// probeInside runs in the helper: getattr (forced past the cache) and
+// statfs of the mount root at req.Target.
+func probeInside(req *helperRequest, root *os.File, resp *helperResponse) error {
+	f, err := openInRoot(root, req.Target, false)
+	if err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) && errno != unix.ENOENT && errno != unix.ENOTDIR {
+			resp.Errno = int(errno)
+		}
+		return err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if req.MountID != 0 {
+		id, err := mountID(fd)
+		if err != nil {
+			return err
+		}
+		if id != req.MountID {
+			return withClass(ErrNotMounted, fmt.Errorf("%s: mount %d is not the mount there (found %d)", req.Target, req.MountID, id))
+		}
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &stx); err != nil {
+		resp.Errno = errnoOf(err)
+		return fmt.Errorf("getattr %s: %w", req.Target, err)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		resp.Errno = errnoOf(err)
+		return fmt.Errorf("statfs %s: %w", req.Target, err)
+	}
+	if sfs.Type != unix.NFS_SUPER_MAGIC {
+		return withClass(ErrNotMounted, fmt.Errorf("%s is not an NFS mount", req.Target))
+	}
+	return nil
+}
+
+func errnoOf(err error) int {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return int(errno)
+	}
+	return int(unix.EIO)
+}
+
+// umountIDInside runs in the helper: it unmounts the NFS mount with ID
+// req.MountID, named by its path in mountinfo after a chroot into root, and
+// checks right before that the path still leads to that mount.
+func umountIDInside(req *helperRequest, root, proc *os.File) error {
+	if err := unix.Fchdir(int(root.Fd())); err != nil {
+		return fmt.Errorf("chdir to root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot to root: %w", err)
+	}
+	m, err := nfsMountAt(proc, req.MountID)
+	if err != nil {
+		return err
+	}
+	if m == nil {
+		return withClass(ErrNotMounted, fmt.Errorf("no NFS mount with ID %d", req.MountID))
+	}
+	fd, err := unix.Open(m.Mountpoint, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", m.Mountpoint, err)
+	}
+	id, err := mountID(fd)
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	if id != req.MountID {
+		return withClass(ErrMountFailed, fmt.Errorf("umount %s: covered by mount %d, not %d", m.Mountpoint, id, req.MountID))
+	}
+	if err := unix.Unmount(m.Mountpoint, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
+		return withClass(ErrMountFailed, fmt.Errorf("umount %s (%s): %w", m.Mountpoint, m.Source, err))
+	}
+	return nil
+}
