@@ -126,7 +126,7 @@ func ParseServerAddr(s string) (ServerAddr, error) {
 func parsePort(s string) (int, error) {
 	n, err := strconv.ParseUint(s, 10, 16)
 	if err != nil || n == 0 {
-		return 0, fmt.Errorf("port %q: want 1-65535", s)
+		return 0, fmt.Errorf("port %q is not 1-65535", s)
 	}
 	return int(n), nil
 }

@@ -345,13 +345,26 @@ func (p *cniPlugin) check(args *skel.CmdArgs) error {
 }
 
 // del forgets the attachment. It succeeds with an empty CNI_NETNS, a netns
-// that is gone, and when called again.
+// that is gone, and when called again. A configuration that does not parse
+// does not fail DEL (that would stop the runtime from running the DEL of
+// the plugins before this one, leaking their interfaces and addresses): it
+// is reported on stderr and only its stateDir is used, if it has a usable
+// one.
 func (p *cniPlugin) del(args *skel.CmdArgs) error {
+	stateDir := defaultCNIStateDir
 	conf, err := parseCNIConfig(args.StdinData)
-	if err != nil {
-		return err
+	if err == nil {
+		stateDir = conf.StateDir
+	} else {
+		var loose struct {
+			StateDir string `json:"stateDir"`
+		}
+		if json.Unmarshal(args.StdinData, &loose) == nil && filepath.IsAbs(loose.StateDir) && filepath.Clean(loose.StateDir) == loose.StateDir && loose.StateDir != "/" {
+			stateDir = loose.StateDir
+		}
+		fmt.Fprintf(p.stderr, "nsmount-cni: warning: DEL with a bad configuration, using stateDir %s: %s\n", stateDir, oneLine(err.Error()))
 	}
-	if err := flushContainer(p.ctx, conf.StateDir, args.ContainerID, args.IfName, args.Netns); err != nil {
+	if err := flushContainer(p.ctx, stateDir, args.ContainerID, args.IfName, args.Netns); err != nil {
 		return cniError(err)
 	}
 	return nil
