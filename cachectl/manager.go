@@ -227,16 +227,26 @@ func (m *Manager) Unmount(ctx context.Context, t *nsmount.Target, target string,
 	if err := nsmount.Unmount(ctx, t, target, o); err != nil {
 		return err
 	}
-	return m.Registry.Update(func(s *State) error {
+	_, err := m.Reconcile()
+	return err
+}
+
+// Reconcile removes the registry entries whose mount or namespace is gone,
+// reports and returns them.
+func (m *Manager) Reconcile() ([]Gone, error) {
+	var gone []Gone
+	err := m.Registry.Update(func(s *State) error {
 		w, err := Observe(m.Proc)
 		if err != nil {
 			return err
 		}
-		for _, g := range w.Reconcile(s) {
-			m.report("registry: forgot %s at %s: %s", g.Entry.Source, g.Entry.Mountpoint, g.Why)
-		}
+		gone = w.Reconcile(s)
 		return nil
 	})
+	for _, g := range gone {
+		m.report("registry: forgot %s at %s: %s", g.Entry.Source, g.Entry.Mountpoint, g.Why)
+	}
+	return gone, err
 }
 
 // FlushOptions select what Flush removes.

@@ -200,6 +200,9 @@ func (t *Target) rootDir() (*os.File, error) {
 		}
 		return fd, nil
 	}
+	if t.mntns == nil {
+		return nil, withClass(ErrInvalidArgument, fmt.Errorf("%s has no mount namespace to read resolver files from", t))
+	}
 	var root *os.File
 	err := t.Do(MountNS, func() error {
 		var err error

@@ -16,6 +16,8 @@ check mount.nfs nfs-common
 check rpcbind rpcbind
 check apt-get apt
 check dpkg dpkg
+# CNI plugins for the host tests of the chained plugin (not a command in $PATH).
+[ -x /usr/lib/cni/bridge ] || need="$need containernetworking-plugins"
 if [ -n "$need" ]; then
 	echo "installing:$need"
 	apt-get update

@@ -8,6 +8,9 @@
 // Exit codes: 0 success, 1 internal error, 2 usage, 3 invalid argument,
 // 4 target not found, 5 unsafe or missing target path, 6 server unreachable,
 // 7 mount failed, 8 mount not verified, 9 timed out, 10 not mounted.
+//
+// Started as nsmount-cni (a link named so in a CNI bin directory), it is a
+// CNI chained plugin instead: see cni.go.
 package main
 
 import (
@@ -16,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -30,6 +34,9 @@ type usageError struct{ error }
 
 func main() {
 	nsmount.RunHelper()
+	if filepath.Base(os.Args[0]) == cniPluginName {
+		runCNIPlugin()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand().ExecuteContext(ctx)
 	stop()
