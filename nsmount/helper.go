@@ -127,6 +127,8 @@ func helperRun(req *helperRequest, resp *helperResponse) error {
 			return umountInside(req, root, proc)
 		case "umount-id":
 			return umountIDInside(req, root, proc)
+		case "replace":
+			return replaceInside(req, root, proc, resp)
 		case "probe":
 			return probeInside(req, root, resp)
 		}
@@ -145,22 +147,38 @@ func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) 
 		return err
 	}
 	defer target.Close()
+	mfd, err := newMount(req, target, proc, resp)
+	if err != nil || mfd < 0 {
+		return err // mfd < 0: the legacy path mounted already
+	}
+	defer unix.Close(mfd) // a detached mount vanishes with its last fd
+	if err := unix.MoveMount(mfd, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return withClass(ErrMountFailed, fmt.Errorf("attach mount at %s: %w", req.Target, err))
+	}
+	return nil
+}
 
+// newMount creates the superblock (trying the spec's versions in order),
+// mounts it detached and verifies it against this netns's NFS client list.
+// It returns the detached mount's fd, or -1 when the kernel has no new
+// mount API and legacyMount mounted at target directly.
+func newMount(req *helperRequest, target, proc *os.File, resp *helperResponse) (int, error) {
 	var fsc *fsContext
+	var err error
 	for i, v := range req.Spec.Vers {
 		params := req.Spec.withVers(v)
 		if fsc, err = openFSContext(req.Spec.FSType); err != nil {
 			if errors.Is(err, errNoNewMountAPI) {
-				return legacyMount(req, v, target, proc, resp)
+				return -1, legacyMount(req, v, target, proc, resp)
 			}
-			return err
+			return -1, err
 		}
 		// After fsopen (which loads the nfs module) and before the client
 		// is created: an NFSv4 client takes the netns's identity then.
 		if v != "3" && resp.ClientID == "" {
 			if resp.ClientID, resp.ClientIDSet, err = ensureClientIdentity(); err != nil {
 				fsc.Close()
-				return withClass(ErrMountFailed, fmt.Errorf("NFSv4 client identity of the target netns: %w", err))
+				return -1, withClass(ErrMountFailed, fmt.Errorf("NFSv4 client identity of the target netns: %w", err))
 			}
 		}
 		err = fsc.configure(params)
@@ -174,31 +192,31 @@ func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) 
 		if i+1 < len(req.Spec.Vers) && errors.Is(err, unix.EPROTONOSUPPORT) {
 			continue
 		}
-		return fmt.Errorf("mount %s: %w", sourceOf(params), err)
+		return -1, fmt.Errorf("mount %s: %w", sourceOf(params), err)
 	}
 	defer fsc.Close()
 	mfd, err := unix.Fsmount(fsc.fd, unix.FSMOUNT_CLOEXEC, int(req.Spec.Attrs))
 	if err != nil {
-		return withClass(ErrMountFailed, fsc.kernelError("fsmount", err))
+		return -1, withClass(ErrMountFailed, fsc.kernelError("fsmount", err))
 	}
-	defer unix.Close(mfd) // a detached mount vanishes with its last fd
+	fail := func(err error) (int, error) {
+		unix.Close(mfd)
+		return -1, err
+	}
 	if resp.Dev, err = mountDev(mfd); err != nil {
-		return err
+		return fail(err)
 	}
 	if resp.MountID, err = mountID(mfd); err != nil {
-		return err
+		return fail(err)
 	}
 	ok, err := inNetNS(proc, resp.Dev)
 	if err != nil {
-		return withClass(ErrNotVerified, fmt.Errorf("verify mount: %w", err))
+		return fail(withClass(ErrNotVerified, fmt.Errorf("verify mount: %w", err)))
 	}
 	if !ok {
-		return withClass(ErrNotVerified, fmt.Errorf("new NFS superblock %s is not in the target netns's nfsfs/volumes: the connection was made from another network namespace; mount undone", resp.Dev))
+		return fail(withClass(ErrNotVerified, fmt.Errorf("new NFS superblock %s is not in the target netns's nfsfs/volumes: the connection was made from another network namespace; mount undone", resp.Dev)))
 	}
-	if err := unix.MoveMount(mfd, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
-		return withClass(ErrMountFailed, fmt.Errorf("attach mount at %s: %w", req.Target, err))
-	}
-	return nil
+	return mfd, nil
 }
 
 // legacyMount is the mount(2) path for kernels without fsopen(2). The mount

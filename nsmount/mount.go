@@ -103,6 +103,10 @@ func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
 	if err != nil {
 		return nil, err
 	}
+	return mountedOf(t, req, plan, resp), nil
+}
+
+func mountedOf(t *Target, req Request, plan *Plan, resp *helperResponse) *Mounted {
 	return &Mounted{
 		Target:  req.Target,
 		Source:  req.Source.String(),
@@ -119,7 +123,7 @@ func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
 
 		ClientID:    resp.ClientID,
 		ClientIDSet: resp.ClientIDSet,
-	}, nil
+	}
 }
 
 func orDefault(d, def time.Duration) time.Duration {
