@@ -27,6 +27,8 @@ var (
 	ErrTimeout = errors.New("timed out")
 	// ErrNotMounted: umount found no NFS mount at the path.
 	ErrNotMounted = errors.New("not mounted")
+	// ErrDenied: the host's policy does not allow the mount.
+	ErrDenied = errors.New("denied by policy")
 )
 
 // classes lists the error classes in the order ExitCode checks them.
@@ -42,10 +44,11 @@ var classes = []struct {
 	{ErrNotVerified, 8},
 	{ErrTimeout, 9},
 	{ErrNotMounted, 10},
+	{ErrDenied, 11},
 }
 
 // ExitCode maps an error to the documented process exit code: 0 for nil,
-// 3..10 for the classes above, 1 for anything else. Exit code 2 is reserved
+// 3..11 for the classes above, 1 for anything else. Exit code 2 is reserved
 // for command-line usage errors.
 func ExitCode(err error) int {
 	if err == nil {
