@@ -74,7 +74,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand())
+	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand(), newHookCommand())
 	return root
 }
 

@@ -1,0 +1,350 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsmount/nsmount/nsmount"
+)
+
+// Bounds of what the hook reads.
+const (
+	// maxStateSize bounds the OCI state read from stdin.
+	maxStateSize = 1 << 20
+	// maxConfigSize bounds the bundle's config.json.
+	maxConfigSize = 4 << 20
+	// undoTimeout bounds undoing the mounts of a failed createRuntime hook,
+	// which goes on after the hook's own context is cancelled.
+	undoTimeout = 15 * time.Second
+)
+
+// Hook stages.
+const (
+	stageCreateRuntime = "createRuntime"
+	stagePoststop      = "poststop"
+)
+
+func newHookCommand() *cobra.Command {
+	var stage, policyPath, logPath string
+	cmd := &cobra.Command{
+		Use:   "hook [--stage createRuntime|poststop] [--policy PATH] [--log FILE]",
+		Short: "OCI runtime hook: mount the NFS volumes a container's annotation asks for",
+		Long: `hook is an OCI runtime hook (runc, crun). It reads the container's state
+(JSON) on stdin. At createRuntime it mounts what the container's
+` + nsmount.MountsAnnotation + ` annotation asks for, as the host policy allows, into the
+container's namespaces, before the container's process starts. A required
+mount that fails fails the container (its mounts made so far are undone);
+an optional one is skipped with a warning. At poststop it tears down.
+Without the annotation it does nothing. One line per mount goes to stderr
+(runc shows it only when the hook fails) and, with --log, to FILE.`,
+		Example: `  "hooks": {
+    "createRuntime": [{"path": "/usr/local/bin/nsmount", "args": ["nsmount", "hook", "--stage", "createRuntime"]}],
+    "poststop":      [{"path": "/usr/local/bin/nsmount", "args": ["nsmount", "hook", "--stage", "poststop"]}]
+  }`,
+		Args: exactArgs(0, "no arguments (the OCI state comes on stdin)"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			state, err := readState(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			stage := stage
+			if stage == "" {
+				if stage, err = stageOf(state.Status); err != nil {
+					return err
+				}
+			}
+			h := &hook{id: state.ID, out: cmd.ErrOrStderr()}
+			if logPath != "" {
+				f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o640)
+				if err != nil {
+					return fmt.Errorf("open hook log: %w", err)
+				}
+				defer f.Close()
+				h.log = f
+			}
+			switch stage {
+			case stageCreateRuntime:
+				err = h.createRuntime(cmd.Context(), state, policyPath)
+			case stagePoststop:
+				err = teardown(cmd.Context(), state)
+			default:
+				return usageError{fmt.Errorf("--stage %q: want %s or %s", stage, stageCreateRuntime, stagePoststop)}
+			}
+			if err != nil && h.log != nil {
+				h.logLine("nsmount: " + oneLine(err.Error()))
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&stage, "stage", "", "hook stage: createRuntime or poststop (default: from the state's status)")
+	cmd.Flags().StringVar(&policyPath, "policy", nsmount.DefaultPolicyPath, "host policy file deciding what annotations may mount")
+	cmd.Flags().StringVar(&logPath, "log", "", "also append what the hook does to FILE")
+	return cmd
+}
+
+// stageOf derives the hook stage from the state's status.
+func stageOf(status specs.ContainerState) (string, error) {
+	switch status {
+	case specs.StateCreating:
+		return stageCreateRuntime, nil
+	case specs.StateStopped:
+		return stagePoststop, nil
+	}
+	return "", usageError{fmt.Errorf("cannot tell the hook stage from status %q: give --stage", status)}
+}
+
+// readState reads the OCI state from r: one JSON object of at most
+// maxStateSize bytes, with no unknown fields and nothing after it.
+func readState(r io.Reader) (*specs.State, error) {
+	bad := func(format string, args ...any) (*specs.State, error) {
+		return nil, invalid("OCI state on stdin: "+format, args...)
+	}
+	data, err := io.ReadAll(io.LimitReader(r, maxStateSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read OCI state from stdin: %w", err)
+	}
+	switch {
+	case len(data) > maxStateSize:
+		return bad("larger than %d bytes", maxStateSize)
+	case len(bytes.TrimSpace(data)) == 0:
+		return bad("empty (run as an OCI runtime hook)")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var s specs.State
+	if err := dec.Decode(&s); err != nil {
+		return bad("%s", oneLine(err.Error()))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return bad("unexpected data after the state object")
+	}
+	switch {
+	case s.ID == "" || strings.ContainsFunc(s.ID, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return bad("container id %q: empty or not printable", s.ID)
+	case s.Bundle != "" && (!filepath.IsAbs(s.Bundle) || filepath.Clean(s.Bundle) != s.Bundle):
+		return bad("bundle %q: want a clean absolute path", s.Bundle)
+	}
+	return &s, nil
+}
+
+// hook reports what one hook run does, one line per event.
+type hook struct {
+	id  string
+	out io.Writer
+	log io.Writer // nil without --log
+}
+
+func (h *hook) printf(format string, args ...any) {
+	line := "nsmount: container " + h.id + ": " + oneLine(fmt.Sprintf(format, args...))
+	fmt.Fprintln(h.out, line)
+	h.logLine(line)
+}
+
+func (h *hook) logLine(line string) {
+	if h.log != nil {
+		fmt.Fprintf(h.log, "%s %s\n", time.Now().UTC().Format(time.RFC3339), line)
+	}
+}
+
+// planned is a mount allowed by the policy, ready to be made.
+type planned struct {
+	vol nsmount.VolumeRequest
+	req nsmount.Request
+}
+
+// createRuntime mounts what the container's annotation asks for. Every
+// request is parsed and checked against the policy before anything is
+// mounted; then they are mounted in order. A required one failing undoes the
+// mounts made so far and fails the hook.
+func (h *hook) createRuntime(ctx context.Context, state *specs.State, policyPath string) error {
+	if state.Pid <= 0 {
+		return invalid("container %s: OCI state has no pid", state.ID)
+	}
+	var spec *specs.Spec
+	value, ok := state.Annotations[nsmount.MountsAnnotation]
+	if state.Annotations == nil {
+		// Runtimes omit empty annotations from the state; the bundle's
+		// config.json is authoritative then.
+		var err error
+		if spec, err = readBundleSpec(state.Bundle); err != nil {
+			return fmt.Errorf("container %s: %w", state.ID, err)
+		}
+		value, ok = spec.Annotations[nsmount.MountsAnnotation]
+	}
+	if !ok {
+		return nil
+	}
+	vols, err := nsmount.ParseMountsAnnotation(value)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", state.ID, err)
+	}
+	if len(vols) == 0 {
+		return nil
+	}
+	check, err := loadChecker(policyPath)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", state.ID, err)
+	}
+	var todo []planned
+	for _, v := range vols {
+		req, err := check(v)
+		if err != nil {
+			if v.Required {
+				return fmt.Errorf("container %s: mount %s: %w", state.ID, v, err)
+			}
+			h.printf("warning: optional mount %s skipped: %v", v, err)
+			continue
+		}
+		todo = append(todo, planned{vol: v, req: req})
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if spec == nil {
+		if spec, err = readBundleSpec(state.Bundle); err != nil {
+			return fmt.Errorf("container %s: %w", state.ID, err)
+		}
+	}
+	rootfs, err := rootfsOf(state.Bundle, spec)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", state.ID, err)
+	}
+	t, err := nsmount.OpenPIDRootfs(state.Pid, rootfs)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", state.ID, err)
+	}
+	defer t.Close()
+	var done []string
+	for _, p := range todo {
+		m, err := nsmount.Mount(ctx, t, p.req)
+		if err != nil {
+			if !p.vol.Required {
+				h.printf("warning: optional mount %s skipped: %v", p.vol, err)
+				continue
+			}
+			h.undo(ctx, t, done)
+			return fmt.Errorf("container %s: mount %s: %w", state.ID, p.vol, err)
+		}
+		done = append(done, m.Target)
+		h.printf("mounted %s on %s (nfs %s, dev %s, address %s, route %s)", m.Source, m.Target, m.Version, m.Dev, m.Address, m.Route)
+	}
+	return nil
+}
+
+// undo unmounts targets in reverse order after a required mount failed.
+// It runs on its own deadline: the hook's context may be what was cancelled.
+func (h *hook) undo(ctx context.Context, t *nsmount.Target, targets []string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	for i := len(targets) - 1; i >= 0; i-- {
+		err := nsmount.Unmount(ctx, t, targets[i], nsmount.UnmountOptions{})
+		if err != nil && !errors.Is(err, nsmount.ErrNotMounted) {
+			err = nsmount.Unmount(ctx, t, targets[i], nsmount.UnmountOptions{Lazy: true})
+		}
+		if err != nil {
+			h.printf("undo: unmount %s: %v", targets[i], err)
+			continue
+		}
+		h.printf("undone: unmounted %s", targets[i])
+	}
+}
+
+// loadChecker loads the policy. A missing policy file denies every mount
+// (deny by default); an unreadable or malformed one is an error.
+func loadChecker(path string) (func(nsmount.VolumeRequest) (nsmount.Request, error), error) {
+	p, err := nsmount.LoadPolicy(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return func(nsmount.VolumeRequest) (nsmount.Request, error) {
+			return nsmount.Request{}, classed{nsmount.ErrDenied, fmt.Errorf("denied: policy %s does not exist (deny by default)", path)}
+		}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p.Check, nil
+}
+
+// readBundleSpec reads bundle/config.json: a regular file (no symlink) of at
+// most maxConfigSize bytes.
+func readBundleSpec(bundle string) (*specs.Spec, error) {
+	if bundle == "" {
+		return nil, invalid("OCI state has no bundle")
+	}
+	dir, err := os.OpenFile(bundle, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open bundle: %w", err)
+	}
+	defer dir.Close()
+	fd, err := unix.Openat2(int(dir.Fd()), "config.json", &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: filepath.Join(bundle, "config.json"), Err: err}
+	}
+	f := os.NewFile(uintptr(fd), filepath.Join(bundle, "config.json"))
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, invalid("%s: not a regular file", f.Name())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+	}
+	if len(data) > maxConfigSize {
+		return nil, invalid("%s: larger than %d bytes", f.Name(), maxConfigSize)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, invalid("%s: %s", f.Name(), oneLine(err.Error()))
+	}
+	return &spec, nil
+}
+
+// rootfsOf returns the container's root directory: root.path, relative to
+// the bundle unless absolute.
+func rootfsOf(bundle string, spec *specs.Spec) (string, error) {
+	if spec.Root == nil || spec.Root.Path == "" {
+		return "", invalid("config.json has no root.path")
+	}
+	p := spec.Root.Path
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(bundle, p)
+	}
+	return filepath.Clean(p), nil
+}
+
+// teardown is the poststop stage: the container's process is gone, and with
+// its last process its mount namespace and the mounts in it. What can
+// remain is NFS client state that nsmount recorded for it; flushing that
+// belongs to the state registry (package cachectl), which this will call.
+// Until then it does nothing, and never fails: a poststop hook that fails
+// only leaves the runtime a warning, and everything may already be gone.
+func teardown(ctx context.Context, state *specs.State) error {
+	return nil
+}
+
+// classed marks an error with an nsmount error class, which decides the exit
+// code, without changing its message.
+type classed struct{ class, err error }
+
+func (e classed) Error() string   { return e.err.Error() }
+func (e classed) Unwrap() []error { return []error{e.err, e.class} }
+
+// invalid is an ErrInvalidArgument with a formatted message.
+func invalid(format string, args ...any) error {
+	return classed{nsmount.ErrInvalidArgument, fmt.Errorf(format, args...)}
+}
