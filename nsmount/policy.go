@@ -114,7 +114,8 @@ var restrictive = map[string]bool{"ro": true, "nosuid": true, "nodev": true, "no
 // allowed) is an ErrInvalidArgument naming the place, e.g.
 // `policy /etc/nsmount/policy.json: allow[0].networks[1] "10.0.0.1/8": ...`.
 func LoadPolicy(path string) (*Policy, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO in its place must not hang the caller.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}

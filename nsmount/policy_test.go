@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nsmount/nsmount/nsmount"
 )
 
@@ -126,6 +128,13 @@ func TestLoadPolicyFile(t *testing.T) {
 		{"group-writable", func(t *testing.T) string { return writePolicy(t, good, 0o664) }, "writable by group or others (mode 0664)"},
 		{"world-writable", func(t *testing.T) string { return writePolicy(t, good, 0o646) }, "writable by group or others (mode 0646)"},
 		{"directory", func(t *testing.T) string { return t.TempDir() }, "not a regular file"},
+		{"fifo", func(t *testing.T) string {
+			p := filepath.Join(t.TempDir(), "policy.json")
+			if err := unix.Mkfifo(p, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, "not a regular file"},
 		{"oversized", func(t *testing.T) string {
 			return writePolicy(t, append([]byte(`{"version":1}`), make([]byte, 1<<20)...), 0o644)
 		}, "larger than 1048576 bytes"},

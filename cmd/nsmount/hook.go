@@ -66,15 +66,8 @@ Without the annotation it does nothing. One line per mount goes to stderr
 					return err
 				}
 			}
-			h := &hook{id: state.ID, out: cmd.ErrOrStderr()}
-			if logPath != "" {
-				f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o640)
-				if err != nil {
-					return fmt.Errorf("open hook log: %w", err)
-				}
-				defer f.Close()
-				h.log = f
-			}
+			h := &hook{id: state.ID, out: cmd.ErrOrStderr(), logPath: logPath}
+			defer h.close()
 			switch stage {
 			case stageCreateRuntime:
 				err = h.createRuntime(cmd.Context(), state, policyPath)
@@ -83,7 +76,7 @@ Without the annotation it does nothing. One line per mount goes to stderr
 			default:
 				return usageError{fmt.Errorf("--stage %q: want %s or %s", stage, stageCreateRuntime, stagePoststop)}
 			}
-			if err != nil && h.log != nil {
+			if err != nil {
 				h.logLine("nsmount: " + oneLine(err.Error()))
 			}
 			return err
@@ -140,11 +133,15 @@ func readState(r io.Reader) (*specs.State, error) {
 	return &s, nil
 }
 
-// hook reports what one hook run does, one line per event.
+// hook reports what one hook run does, one line per event, on stderr and
+// in the --log file. The file is opened at the first line, so a hook with
+// nothing to do touches nothing; a log that cannot be written is reported
+// on stderr and does not stop the mounts.
 type hook struct {
-	id  string
-	out io.Writer
-	log io.Writer // nil without --log
+	id      string
+	out     io.Writer
+	logPath string   // "" without --log
+	log     *os.File // opened on first use
 }
 
 func (h *hook) printf(format string, args ...any) {
@@ -154,8 +151,24 @@ func (h *hook) printf(format string, args ...any) {
 }
 
 func (h *hook) logLine(line string) {
+	if h.logPath == "" {
+		return
+	}
+	if h.log == nil {
+		f, err := os.OpenFile(h.logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o640)
+		if err != nil {
+			fmt.Fprintf(h.out, "nsmount: container %s: warning: hook log: %s\n", h.id, oneLine(err.Error()))
+			h.logPath = ""
+			return
+		}
+		h.log = f
+	}
+	fmt.Fprintf(h.log, "%s %s\n", time.Now().UTC().Format(time.RFC3339), line)
+}
+
+func (h *hook) close() {
 	if h.log != nil {
-		fmt.Fprintf(h.log, "%s %s\n", time.Now().UTC().Format(time.RFC3339), line)
+		h.log.Close()
 	}
 }
 

@@ -375,13 +375,13 @@ func TestHookRunc(t *testing.T) {
 }
 
 // TestHookNoAnnotationNoPolicy: a container without the annotation needs no
-// policy file, no pid, no bundle: the hook reads nothing more and exits 0.
+// policy file, no bundle, no log: the hook touches nothing and exits 0.
 func TestHookNoAnnotationNoPolicy(t *testing.T) {
 	cmd := newRootCommand()
 	var stderr bytes.Buffer
 	cmd.SetIn(strings.NewReader(`{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"/nonexistent","annotations":{"other":"x"}}`))
 	cmd.SetErr(&stderr)
-	cmd.SetArgs([]string{"hook", "--policy", "/nonexistent/policy.json"})
+	cmd.SetArgs([]string{"hook", "--policy", "/nonexistent/policy.json", "--log", "/nonexistent/hook.log"})
 	if err := cmd.Execute(); err != nil || stderr.Len() != 0 {
 		t.Errorf("hook = %v, stderr %q; want success, silent", err, stderr.String())
 	}
