@@ -27,6 +27,8 @@ var (
 	ErrTimeout = errors.New("timed out")
 	// ErrNotMounted: umount found no NFS mount at the path.
 	ErrNotMounted = errors.New("not mounted")
+	// ErrDenied: the host's policy does not allow the mount.
+	ErrDenied = errors.New("denied by policy")
 	// ErrStaleState: stale NFS client state in the target's network
 	// namespace (a superblock of the same server that outlived its mount)
 	// would be inherited by the mount, and could not or may not be flushed.
@@ -46,6 +48,7 @@ var classes = []struct {
 	{ErrNotVerified, 8},
 	{ErrTimeout, 9},
 	{ErrNotMounted, 10},
+	{ErrDenied, 11},
 	{ErrStaleState, 12},
 }
 

@@ -43,8 +43,9 @@ type Request struct {
 	// ProbeTimeout and MountTimeout bound the reachability check and the
 	// mount; zero means the defaults.
 	ProbeTimeout, MountTimeout time.Duration
-	// Verify, if set, is called with the plan before anything is mounted;
-	// an error stops the mount (a policy, or a stale-state check).
+	// Verify, if set, is called with the plan (server address and route
+	// chosen) before anything is mounted; its error stops the mount and is
+	// returned as is. A Policy sets it to check the resolved address.
 	Verify func(*Plan) error
 }
 
@@ -83,10 +84,11 @@ type Mounted struct {
 // Mount mounts req.Source at req.Target inside t, carrying out the plan that
 // Explain makes: the server name resolved as the container resolves it, the
 // address routed by t's network namespace and checked from there (bounded
-// by ProbeTimeout), then the mount made by a helper process inside t's
-// network and mount namespaces (bounded by MountTimeout, killed after). The
-// new superblock must show up in t's netns's NFS client list before it is
-// attached; otherwise nothing is mounted and ErrNotVerified is returned.
+// by ProbeTimeout), approved by req.Verify if set, then the mount made by a
+// helper process inside t's network and mount namespaces (bounded by
+// MountTimeout, killed after). The new superblock must show up in t's
+// netns's NFS client list before it is attached; otherwise nothing is
+// mounted and ErrNotVerified is returned.
 func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
 	plan, err := Explain(ctx, t, req)
 	if err != nil {

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the host packages the nsmount lab needs (Debian 12), skipping
-# those already present. Run as root. The lab itself downloads the kernel.
+# those already present (runc: the OCI hook tests). Run as root. The lab
+# itself downloads the kernel.
 set -e
 need=
 check() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || need="$need $2"; }
@@ -14,6 +15,7 @@ check insmod kmod
 check rpc.nfsd nfs-kernel-server
 check mount.nfs nfs-common
 check rpcbind rpcbind
+check runc runc
 check apt-get apt
 check dpkg dpkg
 # CNI plugins for the host tests of the chained plugin (not a command in $PATH).

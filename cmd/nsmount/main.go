@@ -4,10 +4,12 @@
 //	nsmount mount  --pid PID [-t nfs|nfs4] [-o OPTIONS] [--mkdir] SERVER:/EXPORT TARGET
 //	nsmount umount --pid PID [--lazy] [--force] TARGET
 //	nsmount list   --pid PID [--json]
+//	nsmount hook   [--stage createRuntime|poststop] [--policy PATH] < OCI-STATE
 //
 // Exit codes: 0 success, 1 internal error, 2 usage, 3 invalid argument,
 // 4 target not found, 5 unsafe or missing target path, 6 server unreachable,
-// 7 mount failed, 8 mount not verified, 9 timed out, 10 not mounted.
+// 7 mount failed, 8 mount not verified, 9 timed out, 10 not mounted,
+// 11 denied by policy, 12 stale NFS client state.
 //
 // Started as nsmount-cni (a link named so in a CNI bin directory), it is a
 // CNI chained plugin instead: see cni.go.
