@@ -75,15 +75,20 @@ func openInRoot(root *os.File, unsafePath string, mkdir bool) (*os.File, error) 
 	return f, nil
 }
 
+// sameFile compares two open files by device and inode from cached
+// attributes (AT_STATX_DONT_SYNC): on an NFS mount whose server is gone or
+// has forgotten the file handle, a plain stat would hang or fail ESTALE,
+// and unmounting or replacing such a mount is exactly when this runs.
 func sameFile(a, b *os.File) (bool, error) {
-	var sa, sb unix.Stat_t
-	if err := unix.Fstat(int(a.Fd()), &sa); err != nil {
+	var sa, sb unix.Statx_t
+	const flags = unix.AT_EMPTY_PATH | unix.AT_STATX_DONT_SYNC
+	if err := unix.Statx(int(a.Fd()), "", flags, unix.STATX_INO, &sa); err != nil {
 		return false, fmt.Errorf("stat %s: %w", a.Name(), err)
 	}
-	if err := unix.Fstat(int(b.Fd()), &sb); err != nil {
+	if err := unix.Statx(int(b.Fd()), "", flags, unix.STATX_INO, &sb); err != nil {
 		return false, fmt.Errorf("stat %s: %w", b.Name(), err)
 	}
-	return sa.Dev == sb.Dev && sa.Ino == sb.Ino, nil
+	return sa.Dev_major == sb.Dev_major && sa.Dev_minor == sb.Dev_minor && sa.Ino == sb.Ino, nil
 }
 
 // fsContext is an fsopen(2) filesystem context.

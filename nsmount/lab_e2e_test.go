@@ -67,3 +67,11 @@ func TestLabStale(t *testing.T) {
 	t.Parallel()
 	testenv.RunT(t, labScript(t, "stale.sh"))
 }
+
+// TestLabWatch replaces a mount in place (nsmount remount) and runs nsmount
+// watch through a route change, a server re-export with new file handles
+// (ESTALE) and a dead server.
+func TestLabWatch(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "watch.sh"))
+}

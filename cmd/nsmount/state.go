@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -237,5 +240,107 @@ client, connection and route. Every action is printed; --dry-run only plans.`,
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan, change nothing")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultMountTimeout, "bound for each unmount")
+	return cmd
+}
+
+func newRemountCommand() *cobra.Command {
+	var (
+		tf      targetFlags
+		asJSON  bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "remount [flags] TARGET",
+		Short: "Re-resolve, re-route and replace an nsmount mount in place (new mount first)",
+		Long: `remount redoes the decision for the nsmount mount at TARGET (the server name
+resolved and the address routed from the container's network now), makes the
+new mount on its own superblock (nosharecache), verifies it in the container's
+netns, swaps it in, and detaches the old mount (open files in it stay usable
+until closed). On kernels with MOVE_MOUNT_BENEATH (6.5+) the swap is atomic;
+on older kernels the old mount is detached and the new one attached right
+after (two system calls).`,
+		Args: exactArgs(1, "TARGET"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := tf.open()
+			if err != nil {
+				return err
+			}
+			defer t.Close()
+			mgr, err := newManager(cmd)
+			if err != nil {
+				return err
+			}
+			e, err := mgr.FindEntry(t, args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			r, err := mgr.Remount(ctx, *e, "asked")
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), r)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "remounted %s on %s in %s: was %s via %s src %s (dev %s), now %s via %s src %s (dev %s), %.3fs\n",
+				r.New.Source, r.New.Mountpoint, t, r.Old.Address, r.Old.Route.Iface, r.Old.Route.Source, r.Old.Dev,
+				r.New.Address, r.New.Route.Iface, r.New.Route.Source, r.New.Dev, r.Elapsed.Seconds())
+			return nil
+		},
+	}
+	tf.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultMountTimeout, "bound for the whole remount")
+	return cmd
+}
+
+func newWatchCommand() *cobra.Command {
+	var (
+		interval, probeInterval, timeout, duration time.Duration
+		asJSON                                     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "watch [flags]",
+		Short: "Keep nsmount's mounts right: remount on route change or ESTALE, report dead servers",
+		Long: `watch runs until interrupted (or for --for). It subscribes to route, address
+and link changes inside every network namespace that has nsmount mounts and
+re-checks those mounts at once on a change, and every --interval anyway; it
+probes every mount every --probe-interval (bounded by --timeout, in a helper
+process that is killed if the server hangs). A mount whose route changed, or
+that answers ESTALE, is remounted (as nsmount remount); a server that does
+not answer within --timeout is reported dead. Each mount is handled on its
+own, so a hung server never delays the others. One line per event on stdout.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mgr, err := newManager(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if duration > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, duration)
+				defer cancel()
+			}
+			out := cmd.OutOrStdout()
+			var mu sync.Mutex
+			event := func(e cachectl.WatchEvent) {
+				mu.Lock()
+				defer mu.Unlock()
+				if asJSON {
+					json.NewEncoder(out).Encode(e)
+				} else {
+					fmt.Fprintln(out, e)
+				}
+			}
+			return mgr.Watch(ctx, cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, Event: event})
+		},
+	}
+	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "route check period (route events trigger a check at once)")
+	cmd.Flags().DurationVar(&probeInterval, "probe-interval", 5*time.Second, "health probe period")
+	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "bound for one probe: a server silent that long is reported dead")
+	cmd.Flags().DurationVar(&duration, "for", 0, "stop after this long (default: until interrupted)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event")
 	return cmd
 }

@@ -1,0 +1,287 @@
+package cachectl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/routing"
+	"golang.org/x/sys/unix"
+)
+
+// WatchOptions modify Watch.
+type WatchOptions struct {
+	// Interval is how often every mount's route is compared with the
+	// recorded one (also done at once on a route, address or link event
+	// in its netns). Default 2s.
+	Interval time.Duration
+	// ProbeInterval is how often every mount's health is probed. Default 5s.
+	ProbeInterval time.Duration
+	// Timeout bounds one probe: a server silent that long is reported
+	// dead. Default 3s.
+	Timeout time.Duration
+	// Event receives what Watch sees and does.
+	Event func(WatchEvent)
+}
+
+// WatchEvent is one thing Watch saw or did.
+type WatchEvent struct {
+	Time       time.Time `json:"time"`
+	Kind       string    `json:"kind"` // drift, stale, dead, remounted, remount-failed, recovered, watching, netlink
+	Mountpoint string    `json:"mountpoint,omitempty"`
+	Source     string    `json:"source,omitempty"`
+	NetNS      NSID      `json:"netns"`
+	Detail     string    `json:"detail,omitempty"`
+	// Elapsed is, for "remounted", the time from detection to the new mount
+	// in place.
+	Elapsed time.Duration `json:"elapsed,omitempty"`
+}
+
+// String formats the event as one line.
+func (e WatchEvent) String() string {
+	s := fmt.Sprintf("%s %s", e.Time.Format("15:04:05.000"), e.Kind)
+	if e.Mountpoint != "" {
+		s += fmt.Sprintf(" %s (%s, netns %s)", e.Mountpoint, e.Source, e.NetNS)
+	}
+	if e.Detail != "" {
+		s += ": " + e.Detail
+	}
+	if e.Elapsed > 0 {
+		s += fmt.Sprintf(" [%.3fs after detection]", e.Elapsed.Seconds())
+	}
+	return s
+}
+
+// watcher is Watch's state.
+type watcher struct {
+	m    *Manager
+	o    WatchOptions
+	mu   sync.Mutex
+	busy map[string]bool      // entry ID -> a check is running
+	dead map[string]bool      // entry ID -> reported dead
+	last map[string]time.Time // entry ID -> last probe
+	subs map[NSID]bool        // netns with a netlink subscription
+	kick chan NSID
+}
+
+// Watch keeps nsmount's mounts right until ctx is done: it re-checks every
+// mount's route periodically and at once when its netns reports a route,
+// address or link change (netlink, subscribed inside each tracked netns),
+// and probes each mount's health; a mount whose route changed or that
+// answers ESTALE is remounted (Remount: new mount first); a server that
+// does not answer within Timeout is reported dead. Each mount is checked on
+// its own goroutine, so one hung server never delays the others.
+func (m *Manager) Watch(ctx context.Context, o WatchOptions) error {
+	if o.Interval <= 0 {
+		o.Interval = 2 * time.Second
+	}
+	if o.ProbeInterval <= 0 {
+		o.ProbeInterval = 5 * time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 3 * time.Second
+	}
+	if o.Event == nil {
+		o.Event = func(WatchEvent) {}
+	}
+	w := &watcher{m: m, o: o, busy: map[string]bool{}, dead: map[string]bool{}, last: map[string]time.Time{}, subs: map[NSID]bool{}, kick: make(chan NSID, 64)}
+	tick := time.NewTicker(o.Interval)
+	defer tick.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	w.round(ctx, &wg, nil)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			w.round(ctx, &wg, nil)
+		case ns := <-w.kick:
+			w.round(ctx, &wg, &ns)
+		}
+	}
+}
+
+// round starts a check of every entry (of netns only, if set) that is not
+// being checked already.
+func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *NSID) {
+	gone, err := w.m.Reconcile()
+	if err != nil {
+		w.o.Event(WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
+		return
+	}
+	for _, g := range gone {
+		w.o.Event(WatchEvent{Time: time.Now(), Kind: "forgotten", Mountpoint: g.Entry.Mountpoint, Source: g.Entry.Source, NetNS: g.Entry.Target.NetNS, Detail: g.Why})
+	}
+	var entries []Entry
+	w.m.Registry.View(func(s *State) error {
+		entries = append(entries, s.Entries...)
+		return nil
+	})
+	world, err := Observe(w.m.Proc)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		ns := e.Target.NetNS
+		w.mu.Lock()
+		subscribed := w.subs[ns]
+		w.subs[ns] = true
+		w.mu.Unlock()
+		if !subscribed {
+			if pid, ok := world.NetPID(ns); ok {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					w.subscribe(ctx, ns, pid)
+				}()
+			}
+		}
+		if only != nil && ns != *only {
+			continue
+		}
+		w.mu.Lock()
+		if w.busy[e.ID] {
+			w.mu.Unlock()
+			continue
+		}
+		w.busy[e.ID] = true
+		probe := time.Since(w.last[e.ID]) >= w.o.ProbeInterval
+		if probe {
+			w.last[e.ID] = time.Now()
+		}
+		w.mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { w.mu.Lock(); delete(w.busy, e.ID); w.mu.Unlock() }()
+			w.check(ctx, world, e, probe)
+		}()
+	}
+}
+
+// check looks at one mount and remounts it when its route drifted or it
+// answers ESTALE.
+func (w *watcher) check(ctx context.Context, world *World, e Entry, probe bool) {
+	ev := func(kind, detail string) WatchEvent {
+		return WatchEvent{Time: time.Now(), Kind: kind, Mountpoint: e.Mountpoint, Source: e.Source, NetNS: e.Target.NetNS, Detail: detail}
+	}
+	if e.Rebuilt {
+		return // no recorded route to compare with
+	}
+	ms := w.m.mountStatus(ctx, world, e, StatusOptions{Probe: false})
+	why := ""
+	if len(ms.Drift) > 0 {
+		why = "route drift: " + strings.Join(ms.Drift, ", ")
+		w.o.Event(ev("drift", strings.Join(ms.Drift, ", ")))
+	}
+	if why == "" && probe {
+		h, err := w.health(ctx, world, e)
+		switch {
+		case err != nil:
+			return // gone meanwhile; the next round reconciles
+		case h.Hung:
+			w.mu.Lock()
+			first := !w.dead[e.ID]
+			w.dead[e.ID] = true
+			w.mu.Unlock()
+			if first {
+				w.o.Event(ev("dead", fmt.Sprintf("server %s does not answer (%s)", e.Address, h.Error)))
+			}
+			why = "server dead"
+		case h.Errno == unix.ESTALE:
+			why = "ESTALE: the server no longer knows the mount's file handles"
+			w.o.Event(ev("stale", why))
+		case h.OK():
+			w.mu.Lock()
+			was := w.dead[e.ID]
+			delete(w.dead, e.ID)
+			w.mu.Unlock()
+			if was {
+				w.o.Event(ev("recovered", "server answers again"))
+			}
+		}
+	}
+	if why == "" {
+		return
+	}
+	start := time.Now()
+	r, err := w.m.Remount(ctx, e, why)
+	if err != nil {
+		if why != "server dead" || !errors.Is(err, nsmount.ErrUnreachable) {
+			w.o.Event(ev("remount-failed", err.Error()))
+		}
+		return
+	}
+	done := ev("remounted", fmt.Sprintf("%s; now %s via %s src %s, dev %s", why, r.New.Address, r.New.Route.Iface, r.New.Route.Source, r.New.Dev))
+	done.Elapsed = time.Since(start)
+	w.mu.Lock()
+	delete(w.dead, e.ID)
+	w.mu.Unlock()
+	w.o.Event(done)
+}
+
+func (w *watcher) health(ctx context.Context, world *World, e Entry) (nsmount.Health, error) {
+	pid, ok := world.PIDIn(&e)
+	if !ok {
+		return nsmount.Health{}, errors.New("no process")
+	}
+	t, err := nsmount.OpenPID(pid)
+	if err != nil {
+		return nsmount.Health{}, err
+	}
+	defer t.Close()
+	return nsmount.ProbeMount(ctx, t, e.Mountpoint, e.MountID, w.o.Timeout)
+}
+
+// subscribe listens for route, address and link changes in netns ns
+// (through a process pid in it) and kicks a round for that netns on each.
+// The socket is created inside the netns and keeps it; it is read here,
+// on an ordinary goroutine.
+func (w *watcher) subscribe(ctx context.Context, ns NSID, pid int) {
+	t, err := nsmount.OpenPID(pid)
+	if err != nil {
+		w.forget(ns)
+		return
+	}
+	fd := -1
+	err = t.Do(nsmount.NetNS, func() error {
+		var err error
+		fd, err = routing.SubscribeChanges()
+		return err
+	})
+	t.Close()
+	if err != nil {
+		w.o.Event(WatchEvent{Time: time.Now(), Kind: "netlink", NetNS: ns, Detail: "subscribe: " + err.Error()})
+		w.forget(ns)
+		return
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 1<<16)
+	for ctx.Err() == nil {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue // receive timeout: look at ctx again
+		}
+		if err != nil && !errors.Is(err, unix.ENOBUFS) {
+			w.forget(ns)
+			return
+		}
+		if n > 0 || errors.Is(err, unix.ENOBUFS) {
+			select {
+			case w.kick <- ns:
+			default:
+			}
+		}
+	}
+}
+
+func (w *watcher) forget(ns NSID) {
+	w.mu.Lock()
+	delete(w.subs, ns)
+	w.mu.Unlock()
+}

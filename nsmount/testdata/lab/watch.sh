@@ -1,0 +1,94 @@
+# Remount and watch. Container c1 reaches srvA (via eth0) and srvB (via
+# eth1, once a /32 route says so) at the same address. nsmount remount
+# replaces a mount in place; nsmount watch follows a route change to the
+# new server, remounts after the server re-exports with new file handles
+# (ESTALE), and reports a dead server within seconds.
+set -u
+lab_netns srvA
+lab_netns srvB
+lab_container c1
+lab_veth srvA eth0 203.0.113.10/24 c1 eth0 203.0.113.2/24
+lab_veth srvB eth0 198.51.100.1/24 c1 eth1 198.51.100.2/24
+ip -n srvB addr add 203.0.113.10/32 dev eth0
+lab_nfsd srvA srvA
+lab_nfsd srvB srvB
+C1=$(lab_pid c1)
+X=203.0.113.10
+now() { awk '{print $1}' /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b - a}'; }
+# wait_read FILE WANT SECONDS: poll until FILE (inside c1) contains WANT.
+wait_read() {
+	_i=0
+	while [ $_i -lt $(($3 * 10)) ]; do
+		grep -q "$2" "/proc/$C1/root$1" 2>/dev/null && return 0
+		sleep 0.1
+		_i=$((_i + 1))
+	done
+	return 1
+}
+
+lab_check mount nsmount mount --pid $C1 -o vers=4.2 $X:/export /data
+lab_check_output reads-a srvA cat /proc/$C1/root/data/whoami
+lab_check write-before lab_exec c1 sh -c 'echo acknowledged > /data/f && sync'
+DEV0=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
+
+# --- nsmount remount, nothing changed: a new superblock, same server ------
+lab_exec c1 sh -c 'i=0; m=0; while [ $i -lt 3000 ]; do [ -e /data/whoami ] || m=$((m+1)); i=$((i+1)); done; echo $m > /tmp/misses' &
+READER=$!
+lab_check_output remount "remounted" nsmount remount --pid $C1 /data
+wait $READER
+lab_log "a reader looping over /data/whoami during the remount missed it $(cat /proc/$C1/root/tmp/misses) of 3000 times (6.1: detach + attach)"
+DEV1=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
+lab_log "superblock before $DEV0, after $DEV1"
+lab_check remount-new-superblock test "$DEV0" != "$DEV1"
+lab_check_output write-kept acknowledged cat /proc/$C1/root/data/f
+lab_check_output one-nfs-mount 1 sh -c "grep -c ' - nfs4 ' /proc/$C1/mountinfo"
+lab_check_output old-superblock-gone 1 sh -c "tail -n +2 /proc/$C1/net/nfsfs/volumes | grep -c ."
+check_exit remount-not-mounted 10 nsmount remount --pid $C1 /nothing
+
+# --- nsmount watch --------------------------------------------------------
+nsmount watch --interval 1s --probe-interval 1s --timeout 2s --for 60s >/tmp/watch.log 2>&1 &
+WATCH=$!
+sleep 1.5
+T0=$(now)
+ip -n c1 route replace $X/32 via 198.51.100.1 dev eth1
+if wait_read /data/whoami srvB 20; then
+	lab_log "watch: route change -> mount reads srvB after $(since $T0) s"
+	echo "LAB-CHECK PASS route-change-followed"
+else
+	echo "LAB-CHECK FAIL route-change-followed: still $(cat /proc/$C1/root/data/whoami 2>&1) after 20 s: $(tail -n 5 /tmp/watch.log | tr '\n' ' ')"
+fi
+lab_check_output watch-saw-drift "drift" cat /tmp/watch.log
+lab_check_output watch-remounted "remounted /data" cat /tmp/watch.log
+
+# The server re-exports with new file handles (another fsid): ESTALE.
+MOUNTD=$(for p in $(ip netns pids srvB); do [ "$(cat /proc/$p/comm)" = rpc.mountd ] && echo $p; done | head -n 1)
+lab_exec c1 sh -c 'echo before-reexport > /data/g'
+T0=$(now)
+nsenter -t $MOUNTD -n -m sh -c 'exportfs -ua && exportfs -o rw,no_root_squash,insecure,no_subtree_check,fsid=77 "*:/export" && exportfs -f'
+sleep 0.5
+lab_log "after re-export, the old mount reads: $(cat /proc/$C1/root/data/whoami 2>&1)"
+if wait_read /data/g before-reexport 20; then
+	lab_log "watch: re-export (ESTALE) -> remounted, mount reads again after $(since $T0) s"
+	echo "LAB-CHECK PASS estale-remounted"
+else
+	echo "LAB-CHECK FAIL estale-remounted: $(cat /proc/$C1/root/data/g 2>&1) after 20 s: $(tail -n 5 /tmp/watch.log | tr '\n' ' ')"
+fi
+lab_check_output watch-saw-estale "ESTALE" cat /tmp/watch.log
+
+# A dead server (its link goes down): reported within seconds.
+T0=$(now)
+ip -n srvB link set eth0 down
+i=0
+until grep -q ' dead ' /tmp/watch.log || [ $i -gt 150 ]; do sleep 0.1; i=$((i + 1)); done
+lab_log "watch: dead server reported after $(since $T0) s"
+lab_check_output watch-saw-dead " dead " cat /tmp/watch.log
+ip -n srvB link set eth0 up
+sleep 1
+kill $WATCH
+wait $WATCH
+lab_log "watch log:"
+cat /tmp/watch.log
+lab_check_fails watch-no-error grep -q ' error' /tmp/watch.log
+lab_check umount nsmount umount --pid $C1 /data
+lab_check no-leaks no_leaks $C1
