@@ -597,7 +597,7 @@ func (c *Containerd) killShims() error {
 	// (a zombie counts; init reaps it).
 	deadline := time.Now().Add(5 * time.Second)
 	for _, pid := range killed {
-		for Alive(pid) {
+		for ProcessAlive(pid) {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("process %d of a shim of %s did not exit", pid, c.Address)
 			}
@@ -706,8 +706,8 @@ func childrenOf(pid int) []int {
 	return out
 }
 
-// Alive reports whether process pid exists and is not a zombie.
-func Alive(pid int) bool {
+// ProcessAlive reports whether process pid exists and is not a zombie.
+func ProcessAlive(pid int) bool {
 	st, err := statusField(fmt.Sprintf("/proc/%d/status", pid), "State")
 	return err == nil && !strings.HasPrefix(st, "Z")
 }

@@ -171,7 +171,7 @@ func TestContainerd(t *testing.T) {
 	}
 	t.Logf("Close took %v", time.Since(start).Round(time.Millisecond))
 	for _, p := range []int{daemon, pid, pid2} {
-		if Alive(p) {
+		if ProcessAlive(p) {
 			t.Errorf("process %d still exists after Close", p)
 		}
 	}
@@ -216,7 +216,7 @@ func TestContainerdCrashCleanup(t *testing.T) {
 		t.Errorf("Close after a crash: %v, want an error naming the shims it killed", err)
 	}
 	t.Logf("Close: %v", err)
-	if Alive(pid) {
+	if ProcessAlive(pid) {
 		t.Errorf("container process %d still exists", pid)
 	}
 	if procs := findProcs(func(args []string) bool { return strings.Contains(strings.Join(args, " "), c.Address) }); len(procs) != 0 {

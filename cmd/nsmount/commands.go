@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -31,8 +30,9 @@ func (f *targetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.address, "address", nsmount.DefaultContainerdAddress, "containerd socket for --container")
 }
 
-// open opens the target that the flags name; ctx bounds talking to containerd.
-func (f *targetFlags) open(ctx context.Context, cmd *cobra.Command) (*nsmount.Target, error) {
+// open opens the target that the flags name. The command's context (and
+// nsmount.DefaultContainerdTimeout) bounds the talk with containerd.
+func (f *targetFlags) open(cmd *cobra.Command) (*nsmount.Target, error) {
 	paths := f.netns != "" || f.mntns != ""
 	if !cmd.Flags().Changed("container") && (cmd.Flags().Changed("namespace") || cmd.Flags().Changed("address")) {
 		return nil, usageError{fmt.Errorf("--namespace and --address need --container")}
@@ -41,7 +41,7 @@ func (f *targetFlags) open(ctx context.Context, cmd *cobra.Command) (*nsmount.Ta
 	case cmd.Flags().Changed("container") && (f.pid != 0 || paths):
 		return nil, usageError{fmt.Errorf("--container, --pid and --netns/--mntns are mutually exclusive")}
 	case cmd.Flags().Changed("container"):
-		return nsmount.OpenContainer(ctx, nsmount.ContainerRef{Address: f.address, Namespace: f.namespace, ID: f.container})
+		return nsmount.OpenContainer(cmd.Context(), nsmount.ContainerRef{Address: f.address, Namespace: f.namespace, ID: f.container})
 	case f.pid != 0 && paths:
 		return nil, usageError{fmt.Errorf("--pid and --netns/--mntns are mutually exclusive")}
 	case f.pid != 0:
@@ -122,7 +122,7 @@ func newMountCommand() *cobra.Command {
 				return err
 			}
 			req.Target, req.Mkdir, req.MountTimeout = args[1], mkdir, mountTimeout
-			t, err := tf.open(cmd.Context(), cmd)
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -159,7 +159,7 @@ func newUmountCommand() *cobra.Command {
 		Short:   "Unmount the NFS mount at TARGET inside the container",
 		Args:    exactArgs(1, "TARGET"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := tf.open(cmd.Context(), cmd)
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -192,7 +192,7 @@ func newListCommand() *cobra.Command {
 		Short: "List the NFS mounts in the container's mount namespace",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, err := tf.open(cmd.Context(), cmd)
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}
