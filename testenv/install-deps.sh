@@ -15,6 +15,7 @@ check insmod kmod
 check rpc.nfsd nfs-kernel-server
 check mount.nfs nfs-common
 check rpcbind rpcbind
+check containerd containerd
 check runc runc
 check apt-get apt
 check dpkg dpkg
@@ -23,8 +24,17 @@ check dpkg dpkg
 if [ -n "$need" ]; then
 	echo "installing:$need"
 	apt-get update
+	# Keep the packages' services (containerd, nfs-server, rpcbind) from
+	# starting: the tests run their own private instances.
+	policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 0755 /usr/sbin/policy-rc.d
+		policy=1
+	fi
 	# shellcheck disable=SC2086
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need || { [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+	[ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 if ldd "$(command -v busybox)" >/dev/null 2>&1; then
 	echo "warning: busybox is dynamically linked; busybox-static is expected (containers get a copy)" >&2

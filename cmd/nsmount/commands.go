@@ -14,30 +14,45 @@ import (
 
 // targetFlags name the container to act in.
 type targetFlags struct {
-	pid   int
-	netns string
-	mntns string
+	pid       int
+	netns     string
+	mntns     string
+	container string
+	namespace string
+	address   string
 }
 
 func (f *targetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.pid, "pid", 0, "target: a process in the container (held by a pidfd)")
 	cmd.Flags().StringVar(&f.netns, "netns", "", "target: network namespace path (with --mntns)")
 	cmd.Flags().StringVar(&f.mntns, "mntns", "", "target: mount namespace path (with --netns)")
+	cmd.Flags().StringVar(&f.container, "container", "", "target: a containerd container ID (its running task)")
+	cmd.Flags().StringVar(&f.namespace, "namespace", nsmount.DefaultContainerdNamespace, "containerd namespace of --container")
+	cmd.Flags().StringVar(&f.address, "address", nsmount.DefaultContainerdAddress, "containerd socket for --container")
 }
 
-// open opens the target that the flags name.
-func (f *targetFlags) open() (*nsmount.Target, error) {
+// open opens the target that the flags name. The command's context (and
+// nsmount.DefaultContainerdTimeout) bounds the talk with containerd.
+func (f *targetFlags) open(cmd *cobra.Command) (*nsmount.Target, error) {
+	paths := f.netns != "" || f.mntns != ""
+	if !cmd.Flags().Changed("container") && (cmd.Flags().Changed("namespace") || cmd.Flags().Changed("address")) {
+		return nil, usageError{fmt.Errorf("--namespace and --address need --container")}
+	}
 	switch {
-	case f.pid != 0 && (f.netns != "" || f.mntns != ""):
+	case cmd.Flags().Changed("container") && (f.pid != 0 || paths):
+		return nil, usageError{fmt.Errorf("--container, --pid and --netns/--mntns are mutually exclusive")}
+	case cmd.Flags().Changed("container"):
+		return nsmount.OpenContainer(cmd.Context(), nsmount.ContainerRef{Address: f.address, Namespace: f.namespace, ID: f.container})
+	case f.pid != 0 && paths:
 		return nil, usageError{fmt.Errorf("--pid and --netns/--mntns are mutually exclusive")}
 	case f.pid != 0:
 		return nsmount.OpenPID(f.pid)
 	case f.netns != "" && f.mntns != "":
 		return nsmount.OpenPaths(f.netns, f.mntns)
-	case f.netns != "" || f.mntns != "":
+	case paths:
 		return nil, usageError{fmt.Errorf("--netns and --mntns must be given together")}
 	}
-	return nil, usageError{fmt.Errorf("no target: give --pid PID, or --netns PATH --mntns PATH")}
+	return nil, usageError{fmt.Errorf("no target: give --pid PID, --container ID, or --netns PATH --mntns PATH")}
 }
 
 // requestFlags are the flags that shape a mount decision, shared by mount
@@ -112,7 +127,7 @@ func newMountCommand() *cobra.Command {
 				return err
 			}
 			req.Target, req.Mkdir, req.MountTimeout = args[1], mkdir, mountTimeout
-			t, err := tf.open()
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -158,7 +173,7 @@ func newUmountCommand() *cobra.Command {
 		Short:   "Unmount the NFS mount at TARGET inside the container",
 		Args:    exactArgs(1, "TARGET"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := tf.open()
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -195,7 +210,7 @@ func newListCommand() *cobra.Command {
 		Short: "List the NFS mounts in the container's mount namespace",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, err := tf.open()
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}

@@ -6,6 +6,9 @@
 //	nsmount list   --pid PID [--json]
 //	nsmount hook   [--stage createRuntime|poststop] [--policy PATH] < OCI-STATE
 //
+// Instead of --pid PID, --container ID [--namespace NS] [--address SOCK]
+// names a containerd container, and --netns PATH --mntns PATH namespaces.
+//
 // Exit codes: 0 success, 1 internal error, 2 usage, 3 invalid argument,
 // 4 target not found, 5 unsafe or missing target path, 6 server unreachable,
 // 7 mount failed, 8 mount not verified, 9 timed out, 10 not mounted,

@@ -40,7 +40,7 @@ parameters nsmount would pass to the kernel. It exits like mount would fail.`,
 			if err != nil {
 				return err
 			}
-			t, err := tf.open()
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}

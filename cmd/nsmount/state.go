@@ -37,11 +37,11 @@ func newManager(cmd *cobra.Command) (*cachectl.Manager, error) {
 
 // netnsOf returns the network namespace of the target named by tf, or nil
 // when no target flag is given (all namespaces).
-func netnsOf(tf *targetFlags) (*cachectl.NSID, error) {
+func netnsOf(cmd *cobra.Command, tf *targetFlags) (*cachectl.NSID, error) {
 	if tf.pid == 0 && tf.netns == "" && tf.mntns == "" {
 		return nil, nil
 	}
-	t, err := tf.open()
+	t, err := tf.open(cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +72,7 @@ and a new mount of that server would silently share its old connection.
 status names where it is still mounted and which processes hold it open.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ns, err := netnsOf(&tf)
+			ns, err := netnsOf(cmd, &tf)
 			if err != nil {
 				return err
 			}
@@ -190,7 +190,7 @@ nfs_client with its last superblock: the next mount of that server gets a new
 client, connection and route. Every action is printed; --dry-run only plans.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ns, err := netnsOf(&tf)
+			ns, err := netnsOf(cmd, &tf)
 			if err != nil {
 				return err
 			}
@@ -261,7 +261,7 @@ on older kernels the old mount is detached and the new one attached right
 after (two system calls).`,
 		Args: exactArgs(1, "TARGET"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := tf.open()
+			t, err := tf.open(cmd)
 			if err != nil {
 				return err
 			}

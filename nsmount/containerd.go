@@ -1,0 +1,206 @@
+package nsmount
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for ContainerRef.
+const (
+	// DefaultContainerdAddress is containerd's default gRPC socket.
+	DefaultContainerdAddress = "/run/containerd/containerd.sock"
+	// DefaultContainerdNamespace is the containerd namespace that ctr and
+	// nerdctl use when none is given (Kubernetes uses "k8s.io").
+	DefaultContainerdNamespace = "default"
+	// DefaultContainerdTimeout bounds all of OpenContainer's talk with
+	// containerd: connecting and every call.
+	DefaultContainerdTimeout = 5 * time.Second
+)
+
+// ContainerRef names a container managed by containerd.
+type ContainerRef struct {
+	// Address is containerd's gRPC socket; "" means
+	// DefaultContainerdAddress.
+	Address string
+	// Namespace is the containerd namespace of the container; "" means
+	// DefaultContainerdNamespace.
+	Namespace string
+	// ID is the container ID.
+	ID string
+	// Timeout bounds the talk with containerd; 0 means
+	// DefaultContainerdTimeout.
+	Timeout time.Duration
+}
+
+// OpenContainer opens the namespaces of the task (the running init process)
+// of a containerd container, as OpenPID does for its PID.
+//
+// The PID is the one containerd reports, so nsmount must run in the same PID
+// namespace as containerd. Between asking containerd for the PID and opening
+// it, the task could exit and its PID be reused; so the task is asked for
+// again after the process is held by a pidfd, and must still be running with
+// the same PID while the held process is still alive.
+//
+// Errors: a container that does not exist (also in another namespace) or has
+// no running task wraps ErrTargetNotFound; so does a containerd that cannot
+// be reached (missing socket, connection refused), since then the target
+// cannot be found. An address that is not a socket wraps ErrInvalidArgument;
+// a containerd that does not answer within the timeout wraps ErrTimeout.
+func OpenContainer(ctx context.Context, ref ContainerRef) (_ *Target, retErr error) {
+	if ref.ID == "" {
+		return nil, withClass(ErrInvalidArgument, errors.New("empty container id"))
+	}
+	addr := orDefaultString(ref.Address, DefaultContainerdAddress)
+	ns := orDefaultString(ref.Namespace, DefaultContainerdNamespace)
+	timeout := orDefault(ref.Timeout, DefaultContainerdTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	if err := checkContainerd(ctx, addr); err != nil {
+		return nil, err
+	}
+	client, err := containerd.New(addr, containerd.WithDefaultNamespace(ns), containerd.WithTimeout(timeout))
+	if err != nil {
+		return nil, fmt.Errorf("containerd at %s: %w", addr, err)
+	}
+	defer client.Close()
+
+	name := fmt.Sprintf("container %q in namespace %q", ref.ID, ns)
+	pid, err := containerPID(ctx, client, ref.ID)
+	if err != nil {
+		return nil, containerdError(ctx, name, addr, timeout, err)
+	}
+	t, err := OpenPID(int(pid))
+	if err != nil {
+		if errors.Is(err, ErrTargetNotFound) {
+			return nil, withClass(ErrTargetNotFound, fmt.Errorf("%s: task exited while opening it: %w", name, err))
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			t.Close()
+		}
+	}()
+	// The process held by the pidfd is alive now; if containerd still says
+	// the task runs with that PID, and the process is still alive after that
+	// answer, the PID named the task's process throughout.
+	again, err := containerPID(ctx, client, ref.ID)
+	if err != nil {
+		return nil, containerdError(ctx, name, addr, timeout, err)
+	}
+	if again != pid {
+		return nil, withClass(ErrTargetNotFound, fmt.Errorf("%s: task was replaced while opening it (pid %d, now %d)", name, pid, again))
+	}
+	if err := unix.PidfdSendSignal(int(t.pidfd.Fd()), 0, nil, 0); err != nil {
+		return nil, withClass(ErrTargetNotFound, fmt.Errorf("%s: task exited while opening it: %w", name, err))
+	}
+	t.desc = fmt.Sprintf("container %s (pid %d)", ref.ID, pid)
+	if ns != DefaultContainerdNamespace {
+		t.desc = fmt.Sprintf("container %s/%s (pid %d)", ns, ref.ID, pid)
+	}
+	return t, nil
+}
+
+// notRunning says why a container has no live task.
+type notRunning struct{ reason string }
+
+func (e *notRunning) Error() string { return e.reason }
+
+// containerPID returns the PID of the container's task, which must exist and
+// not be stopped.
+func containerPID(ctx context.Context, client *containerd.Client, id string) (uint32, error) {
+	c, err := client.LoadContainer(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	task, err := c.Task(ctx, nil)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return 0, &notRunning{"no task"}
+		}
+		return 0, err
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return 0, &notRunning{"no task"}
+		}
+		return 0, err
+	}
+	switch st.Status {
+	case containerd.Created, containerd.Running, containerd.Paused, containerd.Pausing:
+	case containerd.Stopped:
+		return 0, &notRunning{fmt.Sprintf("task stopped with exit status %d", st.ExitStatus)}
+	default:
+		return 0, &notRunning{fmt.Sprintf("task status %q", st.Status)}
+	}
+	if task.Pid() == 0 {
+		return 0, &notRunning{"task has no pid"}
+	}
+	return task.Pid(), nil
+}
+
+// containerdError classifies an error of a containerd call about name.
+func containerdError(ctx context.Context, name, addr string, timeout time.Duration, err error) error {
+	var nr *notRunning
+	switch {
+	case errors.As(err, &nr):
+		return withClass(ErrTargetNotFound, fmt.Errorf("%s is not running (%s)", name, nr.reason))
+	case errdefs.IsNotFound(err):
+		return withClass(ErrTargetNotFound, fmt.Errorf("%s not found", name))
+	case errors.Is(ctx.Err(), context.Canceled):
+		return fmt.Errorf("asking containerd at %s about %s: %w", addr, name, ctx.Err())
+	case ctx.Err() != nil || errdefs.IsDeadlineExceeded(err):
+		return withClass(ErrTimeout, fmt.Errorf("containerd at %s did not answer about %s within %v", addr, name, timeout))
+	case errdefs.IsUnavailable(err):
+		return withClass(ErrTargetNotFound, fmt.Errorf("containerd at %s is unavailable: %w", addr, err))
+	}
+	return fmt.Errorf("containerd at %s: %s: %w", addr, name, err)
+}
+
+// checkContainerd checks that addr is a socket that accepts connections, so
+// that a wrong --address gets a plain message rather than a gRPC one.
+func checkContainerd(ctx context.Context, addr string) error {
+	st, err := os.Stat(addr)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return withClass(ErrTargetNotFound, fmt.Errorf("containerd socket %s does not exist", addr))
+		}
+		return fmt.Errorf("containerd socket: %w", err)
+	}
+	if st.Mode()&os.ModeSocket == 0 {
+		return withClass(ErrInvalidArgument, fmt.Errorf("containerd address %s is not a socket", addr))
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", addr)
+	if err != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fmt.Errorf("connect to containerd at %s: %w", addr, ctx.Err())
+		}
+		if ctx.Err() != nil {
+			return withClass(ErrTimeout, fmt.Errorf("connect to containerd at %s: timed out", addr))
+		}
+		var serr *os.SyscallError // "connect: connection refused", without the address again
+		if errors.As(err, &serr) {
+			err = serr
+		}
+		return withClass(ErrTargetNotFound, fmt.Errorf("containerd at %s is not reachable: %w", addr, err))
+	}
+	return conn.Close()
+}
+
+func orDefaultString(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
