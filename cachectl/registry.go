@@ -318,7 +318,9 @@ func decodeState(data []byte) (*State, error) {
 	if err := dec.Decode(&ff); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
-	if dec.More() {
+	// Only white space may follow. (dec.More is false before a stray '}'
+	// or ']': ask for the next token instead.)
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("trailing data")
 	}
 	if ff.Version != formatVersion {
