@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -213,13 +214,27 @@ func (r *Registry) View(fn func(*State) error) error {
 	})
 	if errors.Is(err, errNeedExclusive) {
 		// The file is corrupt: set it aside and rebuild, which needs the
-		// exclusive lock; then view what was rebuilt.
-		return r.Update(func(s *State) error { return fn(s) })
+		// exclusive lock; then view a copy of what was rebuilt (an Entry
+		// holds no references), so that only the rebuilt state is stored.
+		err := r.Update(func(s *State) error {
+			if err := fn(&State{Entries: slices.Clone(s.Entries)}); err != nil {
+				return err
+			}
+			return errViewed
+		})
+		if err == errViewed {
+			return nil
+		}
+		return err
 	}
 	return err
 }
 
-var errNeedExclusive = errors.New("registry needs repair")
+var (
+	errNeedExclusive = errors.New("registry needs repair")
+	// errViewed makes Update skip the store after a View's repair.
+	errViewed = errors.New("viewed")
+)
 
 // Update calls fn with the current state under an exclusive lock and
 // writes the state back if fn returns nil. A state rebuilt from a corrupt
@@ -233,7 +248,10 @@ func (r *Registry) Update(fn func(*State) error) error {
 		if err := fn(s); err != nil {
 			if rebuilt {
 				if serr := r.store(s); serr != nil {
-					return errors.Join(err, serr)
+					if err == errViewed {
+						return serr
+					}
+					return fmt.Errorf("%w; and storing the rebuilt registry: %w", err, serr)
 				}
 			}
 			return err
