@@ -295,7 +295,8 @@ func flock(f *os.File, how int) error {
 
 // load reads the state. A missing file is an empty state. A file that does
 // not parse, has another format version, or whose checksum does not match is
-// renamed aside (registry.json.corrupt-TIME) and the state rebuilt.
+// rebuilt and then renamed aside (registry.json.corrupt-TIME); if the rebuild
+// fails the file is left in place.
 func (r *Registry) load(exclusive bool) (s *State, rebuilt bool, err error) {
 	path := filepath.Join(r.dir, stateFile)
 	data, err := readLimited(path, maxStateSize+1)
@@ -315,15 +316,18 @@ func (r *Registry) load(exclusive bool) (s *State, rebuilt bool, err error) {
 	if !exclusive {
 		return nil, false, errNeedExclusive
 	}
-	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().UnixNano())
-	if err := os.Rename(path, aside); err != nil {
-		return nil, false, fmt.Errorf("registry %s is corrupt (%v) and cannot be set aside: %w", path, perr, err)
-	}
+	// Rebuild before setting the file aside: if the rebuild fails, the
+	// file stays and the next access tries again (instead of finding no
+	// file and starting empty).
 	s = &State{}
 	if r.rebuild != nil {
 		if s, err = r.rebuild(); err != nil {
-			return nil, false, fmt.Errorf("registry %s was corrupt (%v), set aside as %s; rebuild from mountinfo: %w", path, perr, aside, err)
+			return nil, false, fmt.Errorf("registry %s is corrupt (%v); rebuild from mountinfo: %w", path, perr, err)
 		}
+	}
+	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().UnixNano())
+	if err := os.Rename(path, aside); err != nil {
+		return nil, false, fmt.Errorf("registry %s is corrupt (%v) and cannot be set aside: %w", path, perr, err)
 	}
 	r.report(fmt.Sprintf("registry %s was corrupt (%v): set aside as %s, rebuilt %d entries from mountinfo", path, perr, filepath.Base(aside), len(s.Entries)))
 	return s, true, nil
