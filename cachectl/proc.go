@@ -73,6 +73,14 @@ func (p Proc) Scan() (*Namespaces, error) {
 		ns.MountNS[mnt] = append(ns.MountNS[mnt], pid)
 		ns.NetNS[net] = append(ns.NetNS[net], pid)
 	}
+	if ns.Init == (NSID{}) {
+		// PID 1 unreadable (some sandboxes deny it even to root): take
+		// nsmount's own netns as the host's, so that the host's NFS mounts
+		// are never mistaken for a container's (rebuild, flush).
+		if self, err := NSOfPath("/proc/self/ns/net"); err == nil {
+			ns.Init = self
+		}
+	}
 	return ns, nil
 }
 

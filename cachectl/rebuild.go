@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/nsmount/nsmount/nsmount"
 )
 
 // RebuildFromMountinfo recovers registry entries from the kernel when the
@@ -54,8 +56,11 @@ func rebuild(p Proc) (*State, error) {
 				Source: m.Source, FSType: m.FSType, Params: m.VFSOptions,
 				Created: now, Rebuilt: true, Owner: "rebuilt",
 			}
-			if srv, _, ok := strings.Cut(m.Source, ":"); ok {
-				e.Server = strings.Trim(srv, "[]")
+			// "[2001:db8::1]:/export" as well as "host:/export".
+			if src, err := nsmount.ParseSource(m.Source); err == nil {
+				e.Server = src.Server
+			} else if srv, _, ok := strings.Cut(m.Source, ":"); ok {
+				e.Server = srv
 			}
 			for _, o := range strings.Split(m.VFSOptions, ",") {
 				if v, ok := strings.CutPrefix(o, "addr="); ok {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -213,13 +214,27 @@ func (r *Registry) View(fn func(*State) error) error {
 	})
 	if errors.Is(err, errNeedExclusive) {
 		// The file is corrupt: set it aside and rebuild, which needs the
-		// exclusive lock; then view what was rebuilt.
-		return r.Update(func(s *State) error { return fn(s) })
+		// exclusive lock; then view a copy of what was rebuilt (an Entry
+		// holds no references), so that only the rebuilt state is stored.
+		err := r.Update(func(s *State) error {
+			if err := fn(&State{Entries: slices.Clone(s.Entries)}); err != nil {
+				return err
+			}
+			return errViewed
+		})
+		if err == errViewed {
+			return nil
+		}
+		return err
 	}
 	return err
 }
 
-var errNeedExclusive = errors.New("registry needs repair")
+var (
+	errNeedExclusive = errors.New("registry needs repair")
+	// errViewed makes Update skip the store after a View's repair.
+	errViewed = errors.New("viewed")
+)
 
 // Update calls fn with the current state under an exclusive lock and
 // writes the state back if fn returns nil. A state rebuilt from a corrupt
@@ -233,7 +248,10 @@ func (r *Registry) Update(fn func(*State) error) error {
 		if err := fn(s); err != nil {
 			if rebuilt {
 				if serr := r.store(s); serr != nil {
-					return errors.Join(err, serr)
+					if err == errViewed {
+						return serr
+					}
+					return fmt.Errorf("%w; and storing the rebuilt registry: %w", err, serr)
 				}
 			}
 			return err
@@ -277,7 +295,8 @@ func flock(f *os.File, how int) error {
 
 // load reads the state. A missing file is an empty state. A file that does
 // not parse, has another format version, or whose checksum does not match is
-// renamed aside (registry.json.corrupt-TIME) and the state rebuilt.
+// rebuilt and then renamed aside (registry.json.corrupt-TIME); if the rebuild
+// fails the file is left in place.
 func (r *Registry) load(exclusive bool) (s *State, rebuilt bool, err error) {
 	path := filepath.Join(r.dir, stateFile)
 	data, err := readLimited(path, maxStateSize+1)
@@ -297,15 +316,18 @@ func (r *Registry) load(exclusive bool) (s *State, rebuilt bool, err error) {
 	if !exclusive {
 		return nil, false, errNeedExclusive
 	}
-	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().UnixNano())
-	if err := os.Rename(path, aside); err != nil {
-		return nil, false, fmt.Errorf("registry %s is corrupt (%v) and cannot be set aside: %w", path, perr, err)
-	}
+	// Rebuild before setting the file aside: if the rebuild fails, the
+	// file stays and the next access tries again (instead of finding no
+	// file and starting empty).
 	s = &State{}
 	if r.rebuild != nil {
 		if s, err = r.rebuild(); err != nil {
-			return nil, false, fmt.Errorf("registry %s was corrupt (%v), set aside as %s; rebuild from mountinfo: %w", path, perr, aside, err)
+			return nil, false, fmt.Errorf("registry %s is corrupt (%v); rebuild from mountinfo: %w", path, perr, err)
 		}
+	}
+	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().UnixNano())
+	if err := os.Rename(path, aside); err != nil {
+		return nil, false, fmt.Errorf("registry %s is corrupt (%v) and cannot be set aside: %w", path, perr, err)
 	}
 	r.report(fmt.Sprintf("registry %s was corrupt (%v): set aside as %s, rebuilt %d entries from mountinfo", path, perr, filepath.Base(aside), len(s.Entries)))
 	return s, true, nil
@@ -318,7 +340,9 @@ func decodeState(data []byte) (*State, error) {
 	if err := dec.Decode(&ff); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
-	if dec.More() {
+	// Only white space may follow. (dec.More is false before a stray '}'
+	// or ']': ask for the next token instead.)
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("trailing data")
 	}
 	if ff.Version != formatVersion {

@@ -187,8 +187,12 @@ func nsmountTimeout(d time.Duration) time.Duration {
 	return nsmount.DefaultProbeMountTimeout
 }
 
-// drift lists the differences between the recorded route and now.
+// drift lists the differences between the recorded route and now. An entry
+// rebuilt from mountinfo has no recorded route: nothing to compare.
 func drift(was Route, now routing.Route) []string {
+	if was == (Route{}) {
+		return nil
+	}
 	var d []string
 	if was.Iface != now.Iface {
 		d = append(d, fmt.Sprintf("interface %s -> %s", was.Iface, now.Iface))

@@ -1,0 +1,137 @@
+package cachectl
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+// Real kernel text, captured in the lab VM (Debian 6.1.0-56-cloud-amd64):
+// one container netns with NFSv4.2 and v3 mounts of 198.51.100.1:/export and
+// NFSv4.1 and v3 (proto=tcp6) mounts of [2001:db8::1]:/export. The volumes
+// lines end in "no " (the kernel pads the FSC column).
+const (
+	realVolumes = "NV SERVER   PORT DEV          FSID                              FSC\n" +
+		"v4 c6336401  801 0:33         1:0                               no \n" +
+		"v3 c6336401  801 0:32         1:0                               no \n" +
+		"v4 20010db8000000000000000000000001  801 0:35         1:0                               no \n" +
+		"v3 20010db8000000000000000000000001  801 0:34         1:0                               no \n"
+	realServers = "NV SERVER   PORT USE HOSTNAME\n" +
+		"v4 c6336401  801   1 198.51.100.1\n" +
+		"v3 c6336401  801   1 198.51.100.1\n" +
+		"v4 20010db8000000000000000000000001  801   1 2001:db8::1\n" +
+		"v3 20010db8000000000000000000000001  801   1 2001:db8::1\n"
+	realMountinfo = "59 47 0:33 / /m4 rw,relatime - nfs4 198.51.100.1:/export rw,vers=4.2,rsize=131072,wsize=131072,namlen=255,hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=198.51.100.2,local_lock=none,addr=198.51.100.1\n" +
+		"57 47 0:32 / /m3 rw,relatime - nfs 198.51.100.1:/export rw,vers=3,rsize=131072,wsize=131072,namlen=255,hard,nolock,proto=tcp,timeo=600,retrans=2,sec=sys,mountaddr=198.51.100.1,mountvers=3,mountproto=tcp,local_lock=all,addr=198.51.100.1\n" +
+		"61 47 0:35 / /m6 rw,relatime - nfs4 [2001:db8::1]:/export rw,vers=4.1,rsize=131072,wsize=131072,namlen=255,hard,proto=tcp6,timeo=600,retrans=2,sec=sys,clientaddr=2001:db8::2,local_lock=none,addr=2001:db8::1\n" +
+		"58 47 0:34 / /m63 rw,relatime - nfs [2001:db8::1]:/export rw,vers=3,rsize=131072,wsize=131072,namlen=255,hard,nolock,proto=tcp6,timeo=600,retrans=2,sec=sys,mountaddr=2001:db8::1,mountvers=3,mountproto=tcp6,local_lock=all,addr=2001:db8::1\n"
+)
+
+// rootMountinfo is the non-NFS part of a mount table.
+const rootMountinfo = "47 1 0:26 / / rw,relatime - tmpfs tmpfs rw,size=65536k\n" +
+	"48 47 0:21 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n"
+
+// statLine is a real /proc/PID/stat line with comm and starttime (field
+// 22) substituted.
+func statLine(pid int, comm string, start uint64) string {
+	return fmt.Sprintf("%d (%s) S 14293 14293 5190 0 -1 4194304 100 0 0 0 0 0 0 0 20 0 1 0 %d 3133440 380 18446744073709551615 94176092893184 94176092913065 140730176171344 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n", pid, comm, start)
+}
+
+// fakeProcfs is a procfs tree in a temp dir, for Proc{Root: dir}. Namespace
+// files are regular files under .ns/ (a name procfs never has), hard-linked
+// into /PID/ns/: processes that share a namespace share an inode, and Proc.NS
+// stats them as it stats real nsfs files.
+type fakeProcfs struct {
+	t    *testing.T
+	root string
+}
+
+func newFakeProcfs(t *testing.T) *fakeProcfs {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.Mkdir(filepath.Join(root, ".ns"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return &fakeProcfs{t: t, root: root}
+}
+
+func (f *fakeProcfs) proc() Proc { return Proc{Root: f.root} }
+
+// nsPath returns the file of namespace name, creating it.
+func (f *fakeProcfs) nsPath(name string) string {
+	f.t.Helper()
+	p := filepath.Join(f.root, ".ns", name)
+	if _, err := os.Stat(p); os.IsNotExist(err) {
+		f.write(p, name)
+	}
+	return p
+}
+
+// ns returns the NSID of namespace name, creating it.
+func (f *fakeProcfs) ns(name string) NSID {
+	f.t.Helper()
+	id, err := NSOfPath(f.nsPath(name))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return id
+}
+
+// fakeProcess is what a fake process shows.
+type fakeProcess struct {
+	mnt, net  string // namespace names
+	comm      string
+	start     uint64
+	mountinfo string // "" = no mountinfo file (the process exited)
+	volumes   string // "" and servers "" = no nfsfs dir
+	servers   string
+	// fds maps an fd number to the file it points to.
+	fds map[int]string
+}
+
+func (f *fakeProcfs) add(pid int, p fakeProcess) {
+	f.t.Helper()
+	dir := filepath.Join(f.root, strconv.Itoa(pid))
+	if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o700); err != nil {
+		f.t.Fatal(err)
+	}
+	for kind, name := range map[string]string{"mnt": p.mnt, "net": p.net} {
+		if name == "" {
+			continue
+		}
+		if err := os.Link(f.nsPath(name), filepath.Join(dir, "ns", kind)); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	comm := p.comm
+	if comm == "" {
+		comm = "sleep"
+	}
+	f.write(filepath.Join(dir, "comm"), comm+"\n")
+	f.write(filepath.Join(dir, "stat"), statLine(pid, comm, p.start))
+	if p.mountinfo != "" {
+		f.write(filepath.Join(dir, "mountinfo"), p.mountinfo)
+	}
+	if p.volumes != "" || p.servers != "" {
+		os.MkdirAll(filepath.Join(dir, "net", "nfsfs"), 0o700)
+		f.write(filepath.Join(dir, "net", "nfsfs", "volumes"), p.volumes)
+		f.write(filepath.Join(dir, "net", "nfsfs", "servers"), p.servers)
+	}
+	if len(p.fds) > 0 {
+		os.MkdirAll(filepath.Join(dir, "fd"), 0o700)
+		for fd, target := range p.fds {
+			if err := os.Symlink(target, filepath.Join(dir, "fd", strconv.Itoa(fd))); err != nil {
+				f.t.Fatal(err)
+			}
+		}
+	}
+}
+
+func (f *fakeProcfs) write(path, text string) {
+	f.t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		f.t.Fatal(err)
+	}
+}

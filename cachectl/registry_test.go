@@ -1,0 +1,644 @@
+package cachectl
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// testEntry is a full entry as Manager.Mount records it.
+func testEntry(id string) Entry {
+	return Entry{
+		ID: id,
+		Target: Identity{
+			PID: 4242, PIDStart: 324581,
+			NetNS: NSID{Dev: 4, Ino: 4026532281}, MountNS: NSID{Dev: 4, Ino: 4026532280},
+			Container: "ctr-" + id,
+		},
+		Mountpoint: "/data", MountID: 530, Dev: "0:53",
+		Source: "198.51.100.1:/export", Server: "198.51.100.1", Address: "198.51.100.1",
+		Route:      Route{Iface: "eth0", Source: "198.51.100.2"},
+		ClientAddr: "198.51.100.2",
+		FSType:     "nfs", Version: "4.2",
+		Params:   "vers=4.2,addr=198.51.100.1,clientaddr=198.51.100.2",
+		Request:  RequestRecord{Source: "198.51.100.1:/export", FSType: "nfs", Options: "vers=4.2"},
+		ClientID: "nsmount-0b6c", Owner: "cli",
+		Created: time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC),
+	}
+}
+
+// recorder collects reporter lines.
+type recorder struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (r *recorder) report(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, s)
+}
+
+func (r *recorder) all() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.lines)
+}
+
+// openTest opens a registry in a fresh dir whose rebuild fails the test
+// unless replaced by opts.
+func openTest(t testing.TB, opts ...Option) *Registry {
+	t.Helper()
+	noRebuild := WithRebuild(func() (*State, error) {
+		t.Error("unexpected rebuild")
+		return &State{}, nil
+	})
+	r, err := Open(filepath.Join(t.TempDir(), "nsmDreg"), append([]Option{noRebuild}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func viewState(t testing.TB, r *Registry) *State {
+	t.Helper()
+	var got *State
+	if err := r.View(func(s *State) error { got = s; return nil }); err != nil {
+		t.Fatalf("View: %v", err)
+	}
+	return got
+}
+
+func ids(s *State) []string {
+	var out []string
+	for _, e := range s.Entries {
+		out = append(out, e.ID)
+	}
+	return out
+}
+
+// dirNames lists the registry dir.
+func dirNames(t testing.TB, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func TestRegistryEmpty(t *testing.T) {
+	r := openTest(t)
+	s := viewState(t, r)
+	if len(s.Entries) != 0 {
+		t.Errorf("fresh registry has %d entries", len(s.Entries))
+	}
+	// View alone writes no state file.
+	if _, err := os.Stat(filepath.Join(r.Dir(), stateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("View created %s: %v", stateFile, err)
+	}
+	// An Update of nothing writes "entries": [], not null.
+	if err := r.Update(func(*State) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(r.Dir(), stateFile))
+	if !bytes.Contains(b, []byte(`"entries": []`)) {
+		t.Errorf("empty state written as:\n%s", b)
+	}
+}
+
+func TestRegistryRoundTrip(t *testing.T) {
+	r := openTest(t)
+	e1, e2 := testEntry("4026532280:530"), testEntry("4026532280:531")
+	e2.Route.Gateway, e2.Rebuilt, e2.Target.NetNSPath = "192.0.2.1", true, "/run/netns/nsmD-c1"
+	e2.Mountpoint = "/weird \"path\" <&> ünïcode\t"
+	if err := r.Update(func(s *State) error { s.Put(e2); s.Put(e1); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got := viewState(t, r)
+	// Stored sorted by ID.
+	if want := []Entry{e1, e2}; !reflect.DeepEqual(got.Entries, want) {
+		t.Errorf("View =\n%+v\nwant\n%+v", got.Entries, want)
+	}
+	// Put replaces by ID; Remove returns what it removed.
+	e1b := e1
+	e1b.Mountpoint = "/other"
+	var removed []Entry
+	err := r.Update(func(s *State) error {
+		s.Put(e1b)
+		removed = s.Remove(func(e *Entry) bool { return e.ID == e2.ID })
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0].ID != e2.ID {
+		t.Errorf("Remove returned %v", removed)
+	}
+	if got := viewState(t, r); !reflect.DeepEqual(got.Entries, []Entry{e1b}) {
+		t.Errorf("after Put and Remove: %+v", got.Entries)
+	}
+	if s := viewState(t, r); s.Find("nope") != nil || s.Find(e1.ID).Mountpoint != "/other" {
+		t.Errorf("Find: %+v", s.Entries)
+	}
+}
+
+func TestRegistryUpdateError(t *testing.T) {
+	r := openTest(t)
+	if err := r.Update(func(s *State) error { s.Put(testEntry("a")); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	err := r.Update(func(s *State) error { s.Put(testEntry("b")); return boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("Update = %v, want fn's error", err)
+	}
+	if got := ids(viewState(t, r)); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("a failed Update was stored: %v", got)
+	}
+	// View never stores.
+	if err := r.View(func(s *State) error { s.Put(testEntry("c")); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(viewState(t, r)); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("View stored its changes: %v", got)
+	}
+	if err := r.View(func(*State) error { return boom }); !errors.Is(err, boom) {
+		t.Errorf("View = %v, want fn's error", err)
+	}
+}
+
+func TestRegistryPermissions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nsmD", "run", "nsmount")
+	r, err := Open(dir, WithRebuild(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Update(func(s *State) error { s.Put(testEntry("a")); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		path string
+		want os.FileMode
+	}{
+		{dir, os.ModeDir | 0o700},
+		{filepath.Join(dir, stateFile), 0o600},
+		{filepath.Join(dir, lockFile), 0o600},
+	} {
+		fi, err := os.Stat(tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != tt.want {
+			t.Errorf("%s: mode %v, want %v", filepath.Base(tt.path), fi.Mode(), tt.want)
+		}
+	}
+}
+
+func TestRegistryNoTempFilesLeft(t *testing.T) {
+	r := openTest(t)
+	for i := range 20 {
+		err := r.Update(func(s *State) error {
+			s.Put(testEntry(strconv.Itoa(i)))
+			if i%3 == 0 {
+				return errors.New("refused") // a failed Update writes nothing
+			}
+			return nil
+		})
+		if err != nil && i%3 != 0 {
+			t.Fatal(err)
+		}
+	}
+	if got := dirNames(t, r.Dir()); !slices.Equal(got, []string{lockFile, stateFile}) {
+		t.Errorf("registry dir holds %v", got)
+	}
+}
+
+// TestRegistryConcurrentGoroutines: every Update opens its own lock file
+// description, so goroutines of one process exclude each other too.
+func TestRegistryConcurrentGoroutines(t *testing.T) {
+	r := openTest(t)
+	const workers, each = 8, 50
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*each)
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				errs <- r.Update(func(s *State) error {
+					s.Put(testEntry(fmt.Sprintf("g%d-%03d", w, i)))
+					return nil
+				})
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d Updates from %d goroutines in %v", workers*each, workers, time.Since(start))
+	checkAllEntries(t, r, "g", workers, each)
+}
+
+func checkAllEntries(t *testing.T, r *Registry, prefix string, workers, each int) {
+	t.Helper()
+	s := viewState(t, r)
+	if len(s.Entries) != workers*each {
+		t.Errorf("%d entries, want %d: updates were lost", len(s.Entries), workers*each)
+	}
+	for w := range workers {
+		for i := range each {
+			if id := fmt.Sprintf("%s%d-%03d", prefix, w, i); s.Find(id) == nil {
+				t.Errorf("entry %s lost", id)
+			}
+		}
+	}
+	if got := dirNames(t, r.Dir()); !slices.Equal(got, []string{lockFile, stateFile}) {
+		t.Errorf("registry dir holds %v", got)
+	}
+}
+
+// Environment of the re-executed test binary (the pattern of Go's
+// os/exec tests): the registry dir, the worker number and the count.
+const (
+	envHelperDir    = "NSMD_REGISTRY_HELPER_DIR"
+	envHelperWorker = "NSMD_REGISTRY_HELPER_WORKER"
+	envHelperCount  = "NSMD_REGISTRY_HELPER_COUNT"
+)
+
+// TestRegistryHelperProcess is not a test: it is the child process of
+// TestRegistryConcurrentProcesses.
+func TestRegistryHelperProcess(t *testing.T) {
+	dir := os.Getenv(envHelperDir)
+	if dir == "" {
+		return
+	}
+	w, _ := strconv.Atoi(os.Getenv(envHelperWorker))
+	n, _ := strconv.Atoi(os.Getenv(envHelperCount))
+	r, err := Open(dir, WithRebuild(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		err := r.Update(func(s *State) error {
+			s.Put(testEntry(fmt.Sprintf("p%d-%03d", w, i)))
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRegistryConcurrentProcesses proves the flock between processes:
+// separate processes append to one registry and nothing is lost.
+func TestRegistryConcurrentProcesses(t *testing.T) {
+	r := openTest(t)
+	const procs, each = 8, 50
+	start := time.Now()
+	cmds := make([]*exec.Cmd, procs)
+	outs := make([]*bytes.Buffer, procs)
+	for w := range procs {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestRegistryHelperProcess$", "-test.count=1")
+		cmd.Env = append(os.Environ(), envHelperDir+"="+r.Dir(), envHelperWorker+"="+strconv.Itoa(w), envHelperCount+"="+strconv.Itoa(each))
+		outs[w] = &bytes.Buffer{}
+		cmd.Stdout, cmd.Stderr = outs[w], outs[w]
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds[w] = cmd
+	}
+	for w, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("helper %d: %v\n%s", w, err, outs[w])
+		}
+	}
+	t.Logf("%d Updates from %d processes in %v", procs*each, procs, time.Since(start))
+	checkAllEntries(t, r, "p", procs, each)
+}
+
+// TestRegistryLockExcludes: while one process is inside an Update, another
+// process's Update waits, and then sees the first one's change.
+func TestRegistryLockExcludes(t *testing.T) {
+	r := openTest(t)
+	inside := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		done <- r.Update(func(s *State) error {
+			close(inside)
+			<-release
+			s.Put(testEntry("first"))
+			return nil
+		})
+	}()
+	<-inside
+	// A separate process tries to update meanwhile.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRegistryHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envHelperDir+"="+r.Dir(), envHelperWorker+"=9", envHelperCount+"=1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		t.Fatalf("the other process finished its Update while the lock was held: %v\n%s", err, &out)
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("helper: %v\n%s", err, &out)
+	}
+	if got := ids(viewState(t, r)); !slices.Equal(got, []string{"first", "p9-000"}) {
+		t.Errorf("entries %v, want both updates", got)
+	}
+}
+
+// validFile returns the bytes of a valid registry file holding entries.
+func validFile(t *testing.T, entries ...Entry) []byte {
+	t.Helper()
+	r := openTest(t)
+	err := r.Update(func(s *State) error {
+		for _, e := range entries {
+			s.Put(e)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(r.Dir(), stateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// withState returns a file with raw as state, version and a correct checksum.
+func withState(version int, raw string) []byte {
+	return fmt.Appendf(nil, `{"version":%d,"checksum":%q,"state":%s}`, version, checksum([]byte(raw)), raw)
+}
+
+func TestRegistryCorrupt(t *testing.T) {
+	valid := validFile(t, testEntry("4026532280:530"))
+	half := len(valid) / 2
+	tests := []struct {
+		name string
+		// data is the file content; size, if set, makes it a sparse file of
+		// that size starting with data.
+		data []byte
+		size int64
+		// why is the reason the report line gives.
+		why string
+	}{
+		{name: "garbage", data: []byte("\x00\xffnot json at all"), why: "parse: invalid character"},
+		{name: "empty file", data: nil, why: "parse: EOF"},
+		{name: "torn write", data: valid[:half], why: "parse: unexpected EOF"},
+		{name: "torn after the state", data: bytes.TrimRight(valid, "}\n"), why: "parse: unexpected EOF"},
+		{name: "wrong checksum", data: bytes.Replace(valid, []byte(`"checksum": "sha256:`), []byte(`"checksum": "sha256:00`), 1), why: "checksum mismatch"},
+		{name: "no checksum", data: []byte(`{"version":1,"state":{"entries":[]}}`), why: "checksum mismatch"},
+		{name: "lab's hand-written file", data: []byte(`{"version":1,"checksum":"sha256:00","state":{"entries":[]}}`), why: "checksum mismatch"},
+		{name: "one byte edited in the state", data: bytes.Replace(valid, []byte(`"/data"`), []byte(`"/dbta"`), 1), why: "checksum mismatch"},
+		{name: "digit edited in the state", data: bytes.Replace(valid, []byte(`"mount_id": 530`), []byte(`"mount_id": 531`), 1), why: "checksum mismatch"},
+		{name: "other format version", data: withState(2, `{"entries":[]}`), why: "format version 2, want 1"},
+		{name: "no version", data: []byte(`{"checksum":"` + checksum([]byte(`{"entries":[]}`)) + `","state":{"entries":[]}}`), why: "format version 0, want 1"},
+		{name: "unknown top-level field", data: []byte(`{"version":1,"checksum":"` + checksum([]byte(`{"entries":[]}`)) + `","state":{"entries":[]},"extra":1}`), why: `unknown field "extra"`},
+		{name: "state of the wrong shape", data: withState(1, `{"entries":{"a":1}}`), why: "parse state"},
+		{name: "not an object", data: []byte(`[1,2,3]`), why: "parse: json: cannot unmarshal array"},
+		{name: "trailing object", data: append(slices.Clone(valid), `{"version":1}`...), why: "trailing data"},
+		{name: "trailing garbage", data: append(slices.Clone(valid), "xyz"...), why: "trailing data"},
+		{name: "trailing brace", data: append(slices.Clone(valid), "}\n"...), why: "trailing data"},
+		{name: "trailing bracket", data: append(slices.Clone(valid), "]"...), why: "trailing data"},
+		{name: "valid file twice", data: append(slices.Clone(valid), valid...), why: "trailing data"},
+		{name: "oversized", data: valid, size: maxStateSize + 1, why: fmt.Sprintf("larger than %d bytes", maxStateSize)},
+	}
+	rebuilt := testEntry("rebuilt:1")
+	rebuilt.Rebuilt = true
+	for _, tt := range tests {
+		for _, via := range []string{"Update", "View"} {
+			t.Run(tt.name+"/"+via, func(t *testing.T) {
+				var rec recorder
+				calls := 0
+				r := openTest(t, WithReporter(rec.report), WithRebuild(func() (*State, error) {
+					calls++
+					return &State{Entries: []Entry{rebuilt}}, nil
+				}))
+				path := filepath.Join(r.Dir(), stateFile)
+				if err := os.WriteFile(path, tt.data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if tt.size > 0 {
+					if err := os.Truncate(path, tt.size); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var seen []string
+				fn := func(s *State) error { seen = ids(s); return nil }
+				var err error
+				if via == "Update" {
+					err = r.Update(fn)
+				} else {
+					err = r.View(fn)
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", via, err)
+				}
+				if calls != 1 {
+					t.Errorf("rebuild called %d times, want 1", calls)
+				}
+				if !slices.Equal(seen, []string{rebuilt.ID}) {
+					t.Errorf("%s saw %v, want the rebuilt state", via, seen)
+				}
+				// The corrupt file is set aside, byte for byte.
+				var aside string
+				for _, n := range dirNames(t, r.Dir()) {
+					if strings.HasPrefix(n, stateFile+".corrupt-") {
+						if aside != "" {
+							t.Errorf("two files set aside: %s, %s", aside, n)
+						}
+						aside = n
+					}
+				}
+				if aside == "" {
+					t.Fatalf("no %s.corrupt-* in %v", stateFile, dirNames(t, r.Dir()))
+				}
+				if fi, err := os.Stat(filepath.Join(r.Dir(), aside)); err != nil {
+					t.Error(err)
+				} else if tt.size > 0 && fi.Size() != tt.size {
+					t.Errorf("aside file has %d bytes, want %d", fi.Size(), tt.size)
+				} else if tt.size == 0 {
+					if b, _ := os.ReadFile(filepath.Join(r.Dir(), aside)); !bytes.Equal(b, tt.data) {
+						t.Errorf("aside file differs from the corrupt file")
+					}
+				}
+				// One report line names the aside file and the reason.
+				lines := rec.all()
+				if len(lines) != 1 || !strings.Contains(lines[0], aside) || !strings.Contains(lines[0], tt.why) || !strings.Contains(lines[0], "rebuilt 1 entries") {
+					t.Errorf("report lines %q, want one naming %s and %q", lines, aside, tt.why)
+				}
+				if len(lines) == 1 && strings.Contains(lines[0], "\n") {
+					t.Errorf("report line has a newline: %q", lines[0])
+				}
+				// The rebuilt state was written back: the next access
+				// neither rebuilds nor reports.
+				if got := ids(viewState(t, r)); !slices.Equal(got, []string{rebuilt.ID}) {
+					t.Errorf("after repair: %v", got)
+				}
+				if calls != 1 || len(rec.all()) != 1 {
+					t.Errorf("repair not stored: rebuild called %d times, %d report lines", calls, len(rec.all()))
+				}
+			})
+		}
+	}
+}
+
+// TestRegistryAcceptsReformatted: the checksum covers the content, not the
+// layout, so a re-indented file is still valid.
+func TestRegistryAcceptsReformatted(t *testing.T) {
+	valid := validFile(t, testEntry("a"), testEntry("b"))
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, valid); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{
+		"as written":       valid,
+		"compact":          compact.Bytes(),
+		"crlf and spaces":  append(bytes.ReplaceAll(valid, []byte("\n"), []byte("\r\n")), "  \n\n"...),
+		"no final newline": bytes.TrimRight(valid, "\n"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := openTest(t)
+			if err := os.WriteFile(filepath.Join(r.Dir(), stateFile), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got := ids(viewState(t, r)); !slices.Equal(got, []string{"a", "b"}) {
+				t.Errorf("entries %v", got)
+			}
+		})
+	}
+}
+
+// TestRegistryViewRepairDoesNotStore: a View that repairs a corrupt file
+// stores the rebuilt state, not the changes the view function makes.
+func TestRegistryViewRepairDoesNotStore(t *testing.T) {
+	r := openTest(t, WithRebuild(func() (*State, error) { return &State{Entries: []Entry{testEntry("rebuilt")}}, nil }))
+	if err := os.WriteFile(filepath.Join(r.Dir(), stateFile), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := r.View(func(s *State) error {
+		s.Put(testEntry("added-by-view"))
+		s.Entries[0].Mountpoint = "/changed-by-view"
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := viewState(t, r)
+	if got := ids(s); !slices.Equal(got, []string{"rebuilt"}) || s.Entries[0].Mountpoint != "/data" {
+		t.Errorf("View stored its changes: %+v", s.Entries)
+	}
+}
+
+func TestRegistryRebuildNil(t *testing.T) {
+	r, err := Open(filepath.Join(t.TempDir(), "nsmD"), WithRebuild(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(r.Dir(), stateFile), []byte("garbage"), 0o600)
+	if got := viewState(t, r); len(got.Entries) != 0 {
+		t.Errorf("entries %v, want none", ids(got))
+	}
+}
+
+// TestRegistryRebuildFails: when the rebuild fails the error says why, and
+// the corrupt file is not lost: the next access tries the rebuild again
+// instead of starting from an empty registry.
+func TestRegistryRebuildFails(t *testing.T) {
+	fail := true
+	calls := 0
+	var rec recorder
+	r := openTest(t, WithReporter(rec.report), WithRebuild(func() (*State, error) {
+		calls++
+		if fail {
+			return nil, errors.New("scan processes: no procfs")
+		}
+		return &State{Entries: []Entry{testEntry("rebuilt")}}, nil
+	}))
+	os.WriteFile(filepath.Join(r.Dir(), stateFile), []byte("garbage"), 0o600)
+	err := r.Update(func(*State) error { t.Error("fn called without a state"); return nil })
+	if err == nil || !strings.Contains(err.Error(), "scan processes: no procfs") || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("Update = %v, want the corruption and the rebuild error", err)
+	}
+	fail = false
+	if got := ids(viewState(t, r)); !slices.Equal(got, []string{"rebuilt"}) {
+		t.Errorf("after a failed rebuild the next access sees %v, want the rebuilt state", got)
+	}
+	if calls != 2 {
+		t.Errorf("rebuild called %d times, want 2", calls)
+	}
+}
+
+// TestRegistryReadError: a state file that cannot be read is an error, not
+// a corruption (nothing set aside, nothing rebuilt).
+func TestRegistryReadError(t *testing.T) {
+	r := openTest(t)
+	if err := os.Mkdir(filepath.Join(r.Dir(), stateFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err := r.View(func(*State) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "read registry") {
+		t.Errorf("View = %v, want a read error", err)
+	}
+}
+
+func BenchmarkRegistryUpdate200(b *testing.B) {
+	r := openTest(b, WithRebuild(nil))
+	err := r.Update(func(s *State) error {
+		for i := range 200 {
+			e := testEntry(fmt.Sprintf("4026532280:%d", 1000+i))
+			e.MountID = uint64(1000 + i)
+			s.Put(e)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	extra := testEntry("4026532280:999999")
+	for b.Loop() {
+		err := r.Update(func(s *State) error {
+			s.Put(extra)
+			s.Remove(func(e *Entry) bool { return e.ID == extra.ID })
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	fi, _ := os.Stat(filepath.Join(r.Dir(), stateFile))
+	b.ReportMetric(float64(fi.Size()), "file-bytes")
+}

@@ -1,0 +1,224 @@
+package cachectl
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/routing"
+)
+
+func TestDrift(t *testing.T) {
+	a := netip.MustParseAddr
+	rec := Route{Iface: "eth0", Source: "198.51.100.2"}
+	now := routing.Route{Dst: a("198.51.100.1"), Iface: "eth0", Source: a("198.51.100.2")}
+	tests := []struct {
+		name string
+		was  Route
+		now  routing.Route
+		want []string
+	}{
+		{name: "same", was: rec, now: now},
+		// A rebuilt entry (registry recovered from mountinfo) does not know
+		// its route: nothing to compare, no drift.
+		{name: "route not recorded (rebuilt entry)", was: Route{}, now: now},
+		{name: "same, other table", was: Route{Iface: "eth0", Source: "198.51.100.2", Table: 100}, now: now},
+		{name: "interface", was: rec, now: with(now, func(r *routing.Route) { r.Iface = "eth1" }),
+			want: []string{"interface eth0 -> eth1"}},
+		{name: "gateway added", was: rec, now: with(now, func(r *routing.Route) { r.Gateway = a("192.0.2.1") }),
+			want: []string{"gateway none -> 192.0.2.1"}},
+		{name: "gateway removed", was: Route{Iface: "eth0", Gateway: "192.0.2.1", Source: "198.51.100.2"}, now: now,
+			want: []string{"gateway 192.0.2.1 -> none"}},
+		{name: "same gateway", was: Route{Iface: "eth0", Gateway: "192.0.2.1", Source: "198.51.100.2"},
+			now: with(now, func(r *routing.Route) { r.Gateway = a("192.0.2.1") })},
+		{name: "source", was: rec, now: with(now, func(r *routing.Route) { r.Source = a("198.51.100.3") }),
+			want: []string{"source 198.51.100.2 -> 198.51.100.3"}},
+		{name: "everything, IPv6",
+			was:  Route{Iface: "eth0", Gateway: "2001:db8::1", Source: "2001:db8::2"},
+			now:  routing.Route{Iface: "eth1", Gateway: a("2001:db8:1::1"), Source: a("2001:db8:1::2")},
+			want: []string{"interface eth0 -> eth1", "gateway 2001:db8::1 -> 2001:db8:1::1", "source 2001:db8::2 -> 2001:db8:1::2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := drift(tt.was, tt.now); !slices.Equal(got, tt.want) {
+				t.Errorf("drift = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func with(r routing.Route, edit func(*routing.Route)) routing.Route {
+	edit(&r)
+	return r
+}
+
+func TestVerdict(t *testing.T) {
+	yes, no := true, false
+	ok := &nsmount.Health{}
+	tests := []struct {
+		name   string
+		ms     MountStatus
+		want   string
+		advice string // substring
+	}{
+		{name: "not probed, no drift", ms: MountStatus{}, want: "unknown"},
+		{name: "healthy", ms: MountStatus{Health: ok, Reachable: &yes}, want: "ok"},
+		{name: "healthy, not reachability-checked", ms: MountStatus{Health: ok}, want: "ok"},
+		{name: "hung", ms: MountStatus{Health: &nsmount.Health{Hung: true}, Reachable: &no, Drift: []string{"x"}},
+			want: "hung", advice: "does not answer"},
+		{name: "ESTALE", ms: MountStatus{Health: &nsmount.Health{Errno: unix.ESTALE}, Drift: []string{"x"}},
+			want: "stale", advice: "nsmount remount"},
+		{name: "other errno", ms: MountStatus{Health: &nsmount.Health{Errno: unix.EIO, Error: "statfs: input/output error"}},
+			want: "broken", advice: "the mount fails: statfs: input/output error"},
+		{name: "probe failed without errno", ms: MountStatus{Health: &nsmount.Health{Error: "helper: exit status 1"}},
+			want: "broken", advice: "helper: exit status 1"},
+		{name: "port does not answer", ms: MountStatus{Health: ok, Reachable: &no, ReachError: "connect: connection refused", Drift: []string{"x"}},
+			want: "unreachable", advice: "connection refused"},
+		{name: "drift beats a healthy probe", ms: MountStatus{Health: ok, Reachable: &yes, Drift: []string{"interface eth0 -> eth1"}},
+			want: "drift", advice: "route changed"},
+		{name: "drift, not probed", ms: MountStatus{Drift: []string{"source a -> b"}}, want: "drift"},
+		{name: "no route", ms: MountStatus{RouteError: "network is unreachable"},
+			want: "unreachable", advice: "no route from the container's network: network is unreachable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, advice := verdict(&tt.ms)
+			if got != tt.want || !strings.Contains(advice, tt.advice) {
+				t.Errorf("verdict = %q, %q; want %q, advice containing %q", got, advice, tt.want, tt.advice)
+			}
+			if (got == "ok" || got == "unknown") != (advice == "") {
+				t.Errorf("verdict %q with advice %q", got, advice)
+			}
+		})
+	}
+}
+
+func TestParseStalePolicy(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    StalePolicy
+		wantErr bool
+	}{
+		{"", StaleFlush, false},
+		{"flush", StaleFlush, false},
+		{"refuse", StaleRefuse, false},
+		{"share", StaleShare, false},
+		{"Flush", "", true},
+		{" flush", "", true},
+		{"kill", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseStalePolicy(tt.in)
+			if got != tt.want || (err != nil) != tt.wantErr {
+				t.Fatalf("ParseStalePolicy(%q) = %q, %v", tt.in, got, err)
+			}
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, nsmount.ErrInvalidArgument) {
+				t.Errorf("error %v is not ErrInvalidArgument", err)
+			}
+			if want := `stale policy "` + tt.in + `": want flush, refuse or share`; err.Error() != want {
+				t.Errorf("error %q, want %q", err, want)
+			}
+		})
+	}
+}
+
+func TestActionString(t *testing.T) {
+	base := Action{NetNS: NSID{Dev: 4, Ino: 4026532281}, Dev: "0:51", Server: netip.MustParseAddr("2001:db8::1")}
+	mount := &MountRef{MountNS: NSID{Dev: 4, Ino: 4026532290}, PID: 200, MountID: 611, Mountpoint: "/old"}
+	holder := &Holder{PID: 300, Comm: "my app", What: "fd 3", Path: "/data/f (deleted)"}
+	const prefix = "netns 4026532281 superblock 0:51 (server 2001:db8::1): "
+	tests := []struct {
+		kind  string
+		edit  func(*Action)
+		want  string
+		field string
+	}{
+		{kind: "umount", edit: func(a *Action) { a.Mount = mount },
+			want: prefix + "umount /old (mount 611) in mount namespace 4026532290 (pid 200)"},
+		{kind: "umount", edit: func(a *Action) { a.Mount, a.Error = mount, "busy: files are open on it" },
+			want: prefix + "umount /old (mount 611) in mount namespace 4026532290 (pid 200): busy: files are open on it"},
+		{kind: "kill", edit: func(a *Action) { a.Holder = holder },
+			want: prefix + "kill pid 300 (my app), holding fd 3 /data/f (deleted)"},
+		{kind: "holder", edit: func(a *Action) { a.Holder = holder },
+			want: prefix + "left pid 300 (my app) holding fd 3 /data/f (deleted) (use --kill to end it)"},
+		{kind: "shutdown", want: prefix + "shut down the superblock (/sys/fs/nfs/0:51/shutdown)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.kind, func(t *testing.T) {
+			a := base
+			a.Kind = tt.kind
+			if tt.edit != nil {
+				tt.edit(&a)
+			}
+			if got := a.String(); got != tt.want {
+				t.Errorf("String =\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPlanFlush(t *testing.T) {
+	netns := NSID{Dev: 4, Ino: 4026532281}
+	sb := Superblock{
+		Volume:  Volume{Dev: "0:51", Server: netip.MustParseAddr("198.51.100.1")},
+		Mounts:  []MountRef{{PID: 200, MountID: 611, Mountpoint: "/old"}, {PID: 201, MountID: 612, Mountpoint: "/old2"}},
+		Holders: []Holder{{PID: 300, What: "fd 3"}, {PID: 301, What: "cwd"}},
+		Stale:   true,
+	}
+	for _, kill := range []bool{false, true} {
+		acts := planFlush(netns, sb, kill)
+		var got []string
+		for _, a := range acts {
+			s := a.Kind
+			switch {
+			case a.Holder != nil:
+				s += " " + a.Holder.What
+			case a.Mount != nil:
+				s += " " + a.Mount.Mountpoint
+			}
+			got = append(got, s)
+			if a.NetNS != netns || a.Dev != "0:51" || a.Server != sb.Server || a.Done {
+				t.Errorf("action %+v", a)
+			}
+		}
+		holder := map[bool]string{false: "holder", true: "kill"}[kill]
+		// The host kernel has no NFS: no /sys/fs/nfs/DEV/shutdown, no
+		// shutdown action.
+		want := []string{holder + " fd 3", holder + " cwd", "umount /old", "umount /old2"}
+		if !slices.Equal(got, want) {
+			t.Errorf("kill=%v: plan %q, want %q", kill, got, want)
+		}
+	}
+	if acts := planFlush(netns, Superblock{Volume: Volume{Dev: "0:52"}}, true); len(acts) != 0 {
+		t.Errorf("plan for a superblock without mounts or holders: %+v", acts)
+	}
+}
+
+func TestStaleError(t *testing.T) {
+	err := staleError(netip.MustParseAddr("198.51.100.1"), []Superblock{
+		{Volume: Volume{Dev: "0:51"}, Why: "mounted at /old", Holders: []Holder{{PID: 300, Comm: "sleep", What: "fd 3", Path: "/data/f"}}},
+		{Volume: Volume{Dev: "0:52"}, Why: "mounted nowhere"},
+	})
+	msg := err.Error()
+	for _, want := range []string{
+		"stale NFS state for 198.51.100.1",
+		"superblock 0:51: mounted at /old; held open by pid 300 (sleep) fd 3 /data/f | superblock 0:52: mounted nowhere",
+		"nsmount flush",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not contain %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, "\n") {
+		t.Errorf("error has a newline: %q", msg)
+	}
+}
