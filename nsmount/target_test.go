@@ -682,3 +682,57 @@ func TestTargetOutlivesProcess(t *testing.T) {
 		t.Errorf("Do entered %s, want the original %s", got, want)
 	}
 }
+
+// TestHelperSurvivesThreadExit: helpers are started with Pdeathsig, which
+// fires when the forking OS thread exits, not the process. Threads do exit
+// here: every Do ends its thread. A helper forked from a thread that a
+// later Do then takes and ends was killed mid-request (status probes came
+// back "signal: killed" under load). Each probe of a tmpfs must get the
+// helper's own answer, "not an NFS mount", while Do calls end threads.
+func TestHelperSurvivesThreadExit(t *testing.T) {
+	tgt, _ := openTarget(t)
+	dir := tempDir(t)
+	mountTmpfsIn(t, tgt, dir)
+	ctx := context.Background()
+
+	stop := make(chan struct{})
+	var churn sync.WaitGroup
+	for range 4 {
+		churn.Add(1)
+		go func() {
+			defer churn.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := tgt.Do(nsmount.NetNS, func() error { return nil }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	const n = 40
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := nsmount.ProbeMount(ctx, tgt, dir, 0, 20*time.Second)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	churn.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, nsmount.ErrNotMounted) {
+			t.Errorf("ProbeMount of a tmpfs = %v, want ErrNotMounted", err)
+		}
+	}
+	waitNoThreadAway(t)
+}
