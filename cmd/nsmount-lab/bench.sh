@@ -1,5 +1,6 @@
 # nsmount-lab bench: nsmount next to nsenter + nfs-utils' mount.nfs, in one
-# VM, same server, same container, sequential runs.
+# VM, same server, same container, sequential runs; then nsmount status
+# with STATUS_N tracked mounts, one in each of STATUS_N containers.
 set -e
 lab_netns srv1
 lab_container c1
@@ -30,3 +31,20 @@ if out=$(nsenter -t $PID -n -m --root=/ --wd=/ /sbin/mount.nfs nfs.lab.test:/exp
 else
 	echo "NOTE nsenter + mount.nfs by name: fails, it resolves with the VM's files: $out"
 fi
+
+# nsmount status with STATUS_N tracked mounts: STATUS_N light containers
+# (own net, mount and UTS namespaces), each with a veth to srv1 and one
+# NFSv4.2 mount.
+STATUS_N=${BENCH_STATUS_N:-200}
+ip -n srv1 addr add 192.0.2.1/32 dev lo
+mkdir -p /data
+i=0
+while [ $i -lt "$STATUS_N" ]; do
+	lab_light_routed s$i srv1 203.0.113.$((i % 250 + 1)) 192.0.2.1 >/dev/null
+	nsmount mount --pid "$(lab_pid s$i)" -o vers=4.2 192.0.2.1:/export /data >/dev/null
+	i=$((i + 1))
+done
+echo "NOTE status: $STATUS_N containers with one mount each; VM memory available $(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo) MiB"
+nsmount-lab time -n 5 --name "nsmount status --no-probe, $STATUS_N mounts" -- nsmount status --no-probe
+nsmount-lab time -n 3 --name "nsmount status, $STATUS_N mounts" -- nsmount status
+nsmount-lab time -n 10 --name "nsmount mount v4.2, $STATUS_N other mounts" --after "$UMOUNT" -- nsmount mount --pid $PID -o vers=4.2 198.51.100.1:/export /data
