@@ -157,6 +157,24 @@ lab_check_fails c2-own-mountns test "$(readlink /proc/$(lab_pid c1)/ns/mnt)" = "
 lab_check_fails usage-error lab_veth a b
 lab_check_fails no-such-container lab_pid nope
 lab_check_fails duplicate-container lab_container c1
+
+mkdir -p /data
+lab_light_routed l1 srv1 192.0.2.77 198.51.100.1
+L1=$(lab_pid l1)
+lab_check_fails light-own-netns test "$(readlink /proc/$L1/ns/net)" = "$(readlink /proc/self/ns/net)"
+lab_check_fails light-own-mntns test "$(readlink /proc/$L1/ns/mnt)" = "$(readlink /proc/self/ns/mnt)"
+light_whoami() { lab_mount l1 "$@" /data >/dev/null && lab_exec l1 cat /data/whoami; }
+lab_check_output light-v42-srv1 srv1 light_whoami -t nfs4 -o vers=4.2 198.51.100.1:/export
+lab_check_fails light-mount-stays-inside grep -q ' /data ' /proc/self/mountinfo
+lab_check_output light-veth-in-srv1 hl1 ip -n srv1 -o link show hl1
+lab_stop l1
+lab_check_fails light-stopped kill -0 $L1
+lab_check_fails light-forgotten lab_pid l1
+lab_check_fails light-failing-setup lab_light_container l2 false
+C2=$(lab_pid c2)
+lab_check stop-in-subshell lab_stop c2
+lab_check c2-ended sh -c "! [ -e /proc/$C2 ] || grep -q '^State:.Z' /proc/$C2/status"
+lab_check_fails c2-root-unmounted grep -q ' /ct/c2 ' /proc/self/mountinfo
 `
 
 func TestLabHelpers(t *testing.T) {

@@ -1,5 +1,8 @@
 # nsmount-lab bench: nsmount next to nsenter + nfs-utils' mount.nfs, in one
-# VM, same server, same container, sequential runs.
+# VM, same server, same container, sequential runs; then detection to
+# recovery under nsmount watch (route change, server re-export); then
+# nsmount status with STATUS_N tracked mounts, one in each of STATUS_N
+# containers.
 set -e
 lab_netns srv1
 lab_container c1
@@ -30,3 +33,61 @@ if out=$(nsenter -t $PID -n -m --root=/ --wd=/ /sbin/mount.nfs nfs.lab.test:/exp
 else
 	echo "NOTE nsenter + mount.nfs by name: fails, it resolves with the VM's files: $out"
 fi
+
+# Detection to recovery under nsmount watch: container c2 reaches srvA
+# (eth0) and srvB (eth1, once a /32 route says so) at 203.0.113.10. Times
+# are from the change to the mount reading the right server again.
+lab_netns srvA
+lab_netns srvB
+lab_container c2
+lab_veth srvA eth0 203.0.113.10/24 c2 eth0 203.0.113.2/24
+lab_veth srvB eth0 198.51.100.1/24 c2 eth1 198.51.100.2/24
+ip -n srvB addr add 203.0.113.10/32 dev eth0
+lab_nfsd srvA srvA
+lab_nfsd srvB srvB
+C2=$(lab_pid c2)
+nsmount mount --pid $C2 -o vers=4.2 203.0.113.10:/export /data
+echo x > /proc/$C2/root/data/marker
+nsmount watch --interval 1s --probe-interval 1s --timeout 2s >/tmp/bench-watch.log 2>&1 &
+WATCH=$!
+sleep 1.5
+up() { awk '{print $1}' /proc/uptime; }
+# until_reads FILE WANT: seconds until FILE in c2 contains WANT (max 60).
+until_reads() {
+	_t0=$(up)
+	_i=0
+	until grep -q "$2" "/proc/$C2/root$1" 2>/dev/null || [ $_i -ge 600 ]; do sleep 0.1; _i=$((_i + 1)); done
+	awk -v a="$_t0" -v b="$(up)" 'BEGIN{printf "%.2f", b - a}'
+}
+for run in 1 2; do
+	ip -n c2 route replace 203.0.113.10/32 via 198.51.100.1 dev eth1
+	echo "NOTE recovery, route change to another server at the same address (run $run, to srvB): $(until_reads /data/whoami srvB) s"
+	ip -n c2 route del 203.0.113.10/32
+	echo "NOTE recovery, route change back (run $run, to srvA): $(until_reads /data/whoami srvA) s"
+done
+MOUNTD=$(for p in $(ip netns pids srvA); do [ "$(cat /proc/$p/comm)" = rpc.mountd ] && echo $p; done | head -n 1)
+for fsid in 71 72 73; do
+	nsenter -t $MOUNTD -n -m sh -c "exportfs -ua && exportfs -o rw,no_root_squash,insecure,no_subtree_check,fsid=$fsid '*:/export' && exportfs -f"
+	echo "NOTE recovery, server re-export with new file handles (fsid $fsid, ESTALE): $(until_reads /data/marker x) s"
+done
+kill $WATCH
+wait $WATCH || true
+grep -c remounted /tmp/bench-watch.log | sed 's/^/NOTE watch remounts during the recovery runs: /'
+nsmount umount --pid $C2 /data
+
+# nsmount status with STATUS_N tracked mounts: STATUS_N light containers
+# (own net, mount and UTS namespaces), each with a veth to srv1 and one
+# NFSv4.2 mount.
+STATUS_N=${BENCH_STATUS_N:-200}
+ip -n srv1 addr add 192.0.2.1/32 dev lo
+mkdir -p /data
+i=0
+while [ $i -lt "$STATUS_N" ]; do
+	lab_light_routed s$i srv1 203.0.113.$((i % 250 + 1)) 192.0.2.1 >/dev/null
+	nsmount mount --pid "$(lab_pid s$i)" -o vers=4.2 192.0.2.1:/export /data >/dev/null
+	i=$((i + 1))
+done
+echo "NOTE status: $STATUS_N containers with one mount each; VM memory available $(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo) MiB"
+nsmount-lab time -n 5 --name "nsmount status --no-probe, $STATUS_N mounts" -- nsmount status --no-probe
+nsmount-lab time -n 3 --name "nsmount status, $STATUS_N mounts" -- nsmount status
+nsmount-lab time -n 10 --name "nsmount mount v4.2, $STATUS_N other mounts" --after "$UMOUNT" -- nsmount mount --pid $PID -o vers=4.2 198.51.100.1:/export /data

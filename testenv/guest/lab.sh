@@ -214,6 +214,85 @@ lab_container() {
 	echo "lab: container $_name pid $_pid netns $_ns root $_root"
 }
 
+# lab_light_container NAME [SETUP]: start a lightweight container NAME, for
+# scenarios that need many: a sleep process in a new network namespace
+# (anonymous: no /run/netns entry, so it ends with its processes), a new
+# mount namespace (a private copy of the VM's: the same root and files, so
+# a directory made in the VM, e.g. /data, is there too; mounts made inside
+# stay inside) and a new UTS namespace. Nothing is copied: it costs one
+# unshare. SETUP, if given, is a shell command run inside the new
+# namespaces first, by dash with -e, as the container's PID ($$); e.g.
+# `ip link add eth0 type veth peer name h1 netns srv`. The container fails
+# if SETUP fails. lab_pid, lab_exec and lab_stop work with it. Prints the
+# PID.
+lab_light_container() {
+	[ $# -eq 1 ] || [ $# -eq 2 ] || lab_die lab_light_container "usage: lab_light_container NAME [SETUP]" || return
+	[ ! -e "$LAB_STATE/ct/$1.pid" ] || lab_die lab_light_container "container $1 exists" || return
+	_log=$LAB_STATE/log/ct-$1.log
+	_fifo=$LAB_STATE/ct/$1.ready
+	mkfifo "$_fifo" || lab_die lab_light_container "mkfifo $_fifo failed" || return
+	# The container reports on fd 3 once set up, then becomes sleep; this
+	# shell waits on the FIFO (EOF: the container exited first).
+	unshare -n -m -u --propagation private -- sh -ec "${2:-:}
+echo ready >&3
+exec 3>&- sleep 2147483647" </dev/null >"$_log" 2>&1 3>"$_fifo" &
+	_pid=$!
+	_ready=
+	read -r _ready <"$_fifo"
+	rm -f "$_fifo"
+	if [ "$_ready" != ready ]; then
+		cat "$_log" >&2
+		lab_die lab_light_container "container $1 exited during setup (log $_log)"
+		return
+	fi
+	echo "$_pid" >"$LAB_STATE/ct/$1.pid"
+	echo "lab: light container $1 pid $_pid"
+}
+
+# lab_light_routed NAME NS ADDR PEER: a lab_light_container NAME whose
+# eth0 is a veth to named netns NS, point to point: ADDR peer PEER in the
+# container (PEER is an address NS already has, e.g. on its lo), and in NS
+# the end hNAME, up, with a /32 route to ADDR. IPv4. Many containers can
+# share one PEER this way, without a bridge.
+lab_light_routed() {
+	[ $# -eq 4 ] || lab_die lab_light_routed "usage: lab_light_routed NAME NS ADDR PEER" || return
+	[ -e "/run/netns/$2" ] || lab_die lab_light_routed "no netns $2" || return
+	lab_light_container "$1" "ip -b - <<EOF
+link set lo up
+link add eth0 type veth peer name h$1 netns $2
+addr add $3 peer $4 dev eth0
+link set eth0 up
+EOF
+ip -n $2 -b - <<EOF
+link set h$1 up
+route add $3/32 dev h$1
+EOF"
+}
+
+# lab_stop NAME: end container NAME: kill its process, wait until it is
+# gone (reaping it if this shell started it) and forget it. A
+# lab_container's root tmpfs (/ct/NAME) is unmounted; a named netns stays
+# (ip netns del it). Other processes in its namespaces are not touched.
+lab_stop() {
+	[ $# -eq 1 ] || lab_die lab_stop "usage: lab_stop NAME" || return
+	_pid=$(lab_pid "$1") || return
+	kill -KILL "$_pid" 2>/dev/null
+	wait "$_pid" 2>/dev/null || :
+	# Not this shell's child (e.g. lab_stop in a subshell): wait until it
+	# is gone or a zombie (its namespaces are released at exit).
+	_i=0
+	while [ -e "/proc/$_pid" ] && ! grep -q '^State:.Z' "/proc/$_pid/status" 2>/dev/null; do
+		_i=$((_i + 1))
+		[ $_i -lt 1000 ] || lab_die lab_stop "container $1 (pid $_pid) still alive after 10s" || return
+		sleep 0.01
+	done
+	rm -f "$LAB_STATE/ct/$1.pid"
+	if grep -q " /ct/$1 " /proc/self/mountinfo; then
+		umount "/ct/$1" && rmdir "/ct/$1" || lab_die lab_stop "unmounting /ct/$1 failed" || return
+	fi
+	echo "lab: stopped container $1 (pid $_pid)"
+}
+
 # lab_pid NAME: print the PID of container NAME.
 lab_pid() {
 	[ $# -eq 1 ] || lab_die lab_pid "usage: lab_pid NAME" || return
