@@ -153,20 +153,13 @@ func entryOf(mnt *nsmount.Mounted, req nsmount.Request, o MountOptions) Entry {
 // checkStale applies policy to the stale superblocks of p's server in netns.
 func (m *Manager) checkStale(ctx context.Context, netns NSID, p *nsmount.Plan, policy StalePolicy, kill bool) error {
 	var st *NetNSState
-	var gone []Gone
-	err := m.Registry.Update(func(s *State) error {
-		w, err := Observe(m.Proc)
-		if err != nil {
-			return err
-		}
-		gone = w.Reconcile(s)
+	gone, err := m.reconciled(func(s *State, w *World) error {
+		var err error
 		st, err = w.NetNS(netns, s, true)
-		m.reportDrift(s, w, netns, p)
+		m.reportDrift(s, netns, p)
 		return err
 	})
-	for _, g := range gone {
-		m.report("registry: forgot %s at %s: %s", g.Entry.Source, g.Entry.Mountpoint, g.Why)
-	}
+	m.reportGone(gone)
 	if err != nil {
 		return fmt.Errorf("check stale NFS state in netns %s: %w", netns, err)
 	}
@@ -195,7 +188,7 @@ func (m *Manager) checkStale(ctx context.Context, netns NSID, p *nsmount.Plan, p
 
 // reportDrift warns when live mounts of the same server in this netns were
 // made through another route: the new mount will share their client.
-func (m *Manager) reportDrift(s *State, w *World, netns NSID, p *nsmount.Plan) {
+func (m *Manager) reportDrift(s *State, netns NSID, p *nsmount.Plan) {
 	if p.Route == nil {
 		return
 	}
@@ -234,6 +227,15 @@ func (m *Manager) Unmount(ctx context.Context, t *nsmount.Target, target string,
 // Reconcile removes the registry entries whose mount or namespace is gone,
 // reports and returns them.
 func (m *Manager) Reconcile() ([]Gone, error) {
+	gone, err := m.reconciled(nil)
+	m.reportGone(gone)
+	return gone, err
+}
+
+// reconciled observes the kernel under the registry's exclusive lock,
+// removes the entries whose mount or namespace is gone (returned, not
+// reported), then calls fn (if set) with the state and the observation.
+func (m *Manager) reconciled(fn func(*State, *World) error) ([]Gone, error) {
 	var gone []Gone
 	err := m.Registry.Update(func(s *State) error {
 		w, err := Observe(m.Proc)
@@ -241,12 +243,18 @@ func (m *Manager) Reconcile() ([]Gone, error) {
 			return err
 		}
 		gone = w.Reconcile(s)
+		if fn != nil {
+			return fn(s, w)
+		}
 		return nil
 	})
+	return gone, err
+}
+
+func (m *Manager) reportGone(gone []Gone) {
 	for _, g := range gone {
 		m.report("registry: forgot %s at %s: %s", g.Entry.Source, g.Entry.Mountpoint, g.Why)
 	}
-	return gone, err
 }
 
 // FlushOptions select what Flush removes.
@@ -319,14 +327,7 @@ type FlushReport struct {
 // mount gets a new client, connection and route.
 func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, error) {
 	var states []*NetNSState
-	err := m.Registry.Update(func(s *State) error {
-		w, err := Observe(m.Proc)
-		if err != nil {
-			return err
-		}
-		for _, g := range w.Reconcile(s) {
-			m.report("registry: forgot %s at %s: %s", g.Entry.Source, g.Entry.Mountpoint, g.Why)
-		}
+	gone, err := m.reconciled(func(s *State, w *World) error {
 		for netns := range w.NS.NetNS {
 			if o.NetNS != nil && netns != *o.NetNS || o.NetNS == nil && netns == w.NS.Init {
 				continue
@@ -339,6 +340,7 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 		}
 		return nil
 	})
+	m.reportGone(gone)
 	if err != nil {
 		return nil, err
 	}

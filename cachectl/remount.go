@@ -22,14 +22,7 @@ type Remounted struct {
 func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*Entry, error) {
 	var found *Entry
 	mntns := nsid(t.MountNSInode())
-	err := m.Registry.Update(func(s *State) error {
-		w, err := Observe(m.Proc)
-		if err != nil {
-			return err
-		}
-		for _, g := range w.Reconcile(s) {
-			m.report("registry: forgot %s at %s: %s", g.Entry.Source, g.Entry.Mountpoint, g.Why)
-		}
+	gone, err := m.reconciled(func(s *State, _ *World) error {
 		for i := range s.Entries {
 			if e := s.Entries[i]; e.Target.MountNS == mntns && e.Mountpoint == mountpoint {
 				found = &e
@@ -37,6 +30,7 @@ func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*Entry, error
 		}
 		return nil
 	})
+	m.reportGone(gone)
 	if err != nil {
 		return nil, err
 	}

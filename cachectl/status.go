@@ -67,12 +67,8 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 	rep := &Report{}
 	var w *World
 	var entries []Entry
-	err := m.Registry.Update(func(s *State) error {
-		var err error
-		if w, err = Observe(m.Proc); err != nil {
-			return err
-		}
-		rep.Gone = w.Reconcile(s)
+	gone, err := m.reconciled(func(s *State, world *World) error {
+		w = world
 		nets := map[NSID]bool{}
 		for _, e := range s.Entries {
 			if o.NetNS == nil || e.Target.NetNS == *o.NetNS {
@@ -92,6 +88,7 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 		}
 		return nil
 	})
+	rep.Gone = gone // shown in the report, not reported again
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +160,7 @@ func (m *Manager) mountStatus(ctx context.Context, w *World, e Entry, o StatusOp
 	}
 	if o.Probe {
 		if router != nil {
-			err := router.Probe(ctx, netip.AddrPortFrom(addr, 2049), nsmountTimeout(o.Timeout))
+			err := router.Probe(ctx, netip.AddrPortFrom(addr, 2049), orDefault(o.Timeout, nsmount.DefaultProbeMountTimeout))
 			reach := err == nil
 			ms.Reachable = &reach
 			if err != nil {
@@ -178,13 +175,6 @@ func (m *Manager) mountStatus(ctx context.Context, w *World, e Entry, o StatusOp
 	}
 	ms.Verdict, ms.Advice = verdict(&ms)
 	return ms
-}
-
-func nsmountTimeout(d time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return nsmount.DefaultProbeMountTimeout
 }
 
 // drift lists the differences between the recorded route and now. An entry
