@@ -54,3 +54,19 @@ check_says() {
 	*) echo "LAB-CHECK FAIL $_name: output lacks \"$_want\": $(printf '%s' "$_out" | tr '\n' ' ' | tail -c 600)" ;;
 	esac
 }
+
+# two_servers_one_address: container c1 reaches srvA (203.0.113.10, on
+# eth0) and srvB (also 203.0.113.10, behind 198.51.100.1 on eth1) once a
+# /32 route via eth1 says so; sets C1 and X (the shared address).
+two_servers_one_address() {
+	lab_netns srvA
+	lab_netns srvB
+	lab_container c1
+	lab_veth srvA eth0 203.0.113.10/24 c1 eth0 203.0.113.2/24
+	lab_veth srvB eth0 198.51.100.1/24 c1 eth1 198.51.100.2/24
+	ip -n srvB addr add 203.0.113.10/32 dev eth0
+	lab_nfsd srvA srvA
+	lab_nfsd srvB srvB
+	C1=$(lab_pid c1)
+	X=203.0.113.10
+}

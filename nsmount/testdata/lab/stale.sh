@@ -6,16 +6,7 @@
 # change does not reach srvB. nsmount status names the holder, mount
 # refuses or flushes, and the next mount reaches srvB.
 set -u
-lab_netns srvA
-lab_netns srvB
-lab_container c1
-lab_veth srvA eth0 203.0.113.10/24 c1 eth0 203.0.113.2/24
-lab_veth srvB eth0 198.51.100.1/24 c1 eth1 198.51.100.2/24
-ip -n srvB addr add 203.0.113.10/32 dev eth0
-lab_nfsd srvA srvA
-lab_nfsd srvB srvB
-C1=$(lab_pid c1)
-X=203.0.113.10
+two_servers_one_address
 to_b() { ip -n c1 route replace $X/32 via 198.51.100.1 dev eth1; }
 to_a() { ip -n c1 route del $X/32 2>/dev/null || true; }
 whoami_at() { cat /proc/$C1/root$1/whoami 2>&1; }

@@ -4,16 +4,7 @@
 # new server, remounts after the server re-exports with new file handles
 # (ESTALE), and reports a dead server within seconds.
 set -u
-lab_netns srvA
-lab_netns srvB
-lab_container c1
-lab_veth srvA eth0 203.0.113.10/24 c1 eth0 203.0.113.2/24
-lab_veth srvB eth0 198.51.100.1/24 c1 eth1 198.51.100.2/24
-ip -n srvB addr add 203.0.113.10/32 dev eth0
-lab_nfsd srvA srvA
-lab_nfsd srvB srvB
-C1=$(lab_pid c1)
-X=203.0.113.10
+two_servers_one_address
 now() { awk '{print $1}' /proc/uptime; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b - a}'; }
 # wait_read FILE WANT SECONDS: poll until FILE (inside c1) contains WANT.
