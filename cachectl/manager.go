@@ -260,8 +260,12 @@ func (m *Manager) reportGone(gone []Gone) {
 // FlushOptions select what Flush removes.
 type FlushOptions struct {
 	// NetNS limits the flush to one network namespace; nil means every
-	// network namespace but the host's.
+	// network namespace but the host's. The zero NSID selects none (with
+	// Orphans: only orphans).
 	NetNS *NSID
+	// Orphans also flushes orphan superblocks (see World.Orphans): those of
+	// network namespaces with no process left, kept alive by a mount.
+	Orphans bool
 	// Server limits the flush to superblocks of one server address.
 	Server netip.Addr
 	// Kill ends processes that hold stale superblocks open (SIGKILL).
@@ -301,7 +305,11 @@ func (a Action) String() string {
 	case "shutdown":
 		s = "shut down the superblock (/sys/fs/nfs/" + a.Dev + "/shutdown)"
 	}
-	s = fmt.Sprintf("netns %s superblock %s (server %s): %s", a.NetNS, a.Dev, a.Server, s)
+	netns := a.NetNS.String()
+	if a.NetNS == (NSID{}) {
+		netns = "(gone)"
+	}
+	s = fmt.Sprintf("netns %s superblock %s (server %s): %s", netns, a.Dev, a.Server, s)
 	if a.Error != "" {
 		s += ": " + a.Error
 	}
@@ -327,6 +335,7 @@ type FlushReport struct {
 // mount gets a new client, connection and route.
 func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, error) {
 	var states []*NetNSState
+	var orphans []Superblock
 	gone, err := m.reconciled(func(s *State, w *World) error {
 		for netns := range w.NS.NetNS {
 			if o.NetNS != nil && netns != *o.NetNS || o.NetNS == nil && netns == w.NS.Init {
@@ -338,6 +347,21 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 			}
 			states = append(states, st)
 		}
+		if o.Orphans {
+			if orphans = w.Orphans(s); len(orphans) > 0 {
+				stale := map[string]bool{}
+				for _, sb := range orphans {
+					stale[sb.Dev] = true
+				}
+				h, err := w.Proc.Holders(stale)
+				if err != nil {
+					return err
+				}
+				for i := range orphans {
+					orphans[i].Holders = h[orphans[i].Dev]
+				}
+			}
+		}
 		return nil
 	})
 	m.reportGone(gone)
@@ -345,6 +369,13 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 		return nil, err
 	}
 	rep := &FlushReport{DryRun: o.DryRun}
+	var orphanSet []Superblock
+	for _, sb := range orphans {
+		if !o.Server.IsValid() || sb.Server == o.Server {
+			orphanSet = append(orphanSet, sb)
+			rep.Actions = append(rep.Actions, planFlush(NSID{}, sb, o.Kill)...)
+		}
+	}
 	for _, st := range states {
 		for _, sb := range st.StaleFor(o.Server) {
 			rep.Actions = append(rep.Actions, planFlush(st.NetNS, sb, o.Kill)...)
@@ -354,6 +385,7 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 		for _, st := range states {
 			rep.Remaining = append(rep.Remaining, st.StaleFor(o.Server)...)
 		}
+		rep.Remaining = append(rep.Remaining, orphanSet...)
 		return rep, nil
 	}
 	// Holders first: a copy with open files cannot be unmounted.
@@ -379,6 +411,20 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 				rep.Flushed = append(rep.Flushed, sb.Dev)
 				m.report("flushed: netns %s superblock %s (server %s) is gone", st.NetNS, sb.Dev, sb.Server)
 			}
+		}
+	}
+	// An orphan has no namespace to read its volumes through: it is gone
+	// when every mount of it is.
+	for _, sb := range orphanSet {
+		left := false
+		for _, a := range rep.Actions {
+			left = left || a.Dev == sb.Dev && a.NetNS == (NSID{}) && a.Kind == "umount" && !a.Done
+		}
+		if left {
+			rep.Remaining = append(rep.Remaining, sb)
+		} else {
+			rep.Flushed = append(rep.Flushed, sb.Dev)
+			m.report("flushed: orphan superblock %s (server %s) is unmounted everywhere", sb.Dev, sb.Server)
 		}
 	}
 	return rep, nil

@@ -52,6 +52,10 @@ type Report struct {
 	Taken  time.Time     `json:"taken"`
 	Mounts []MountStatus `json:"mounts"`
 	NetNS  []*NetNSState `json:"netns"`
+	// Orphans are NFS superblocks of network namespaces with no process
+	// left, kept alive by a mount (see World.Orphans); reported when no
+	// network namespace was selected.
+	Orphans []Superblock `json:"orphans,omitempty"`
 	// Gone are registry entries removed because their mount or namespace
 	// is gone.
 	Gone []Gone `json:"gone"`
@@ -85,6 +89,9 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 				return err
 			}
 			rep.NetNS = append(rep.NetNS, st)
+		}
+		if o.NetNS == nil {
+			rep.Orphans = w.Orphans(s)
 		}
 		return nil
 	})

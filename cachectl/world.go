@@ -233,3 +233,66 @@ func (w *World) NetNS(ns NSID, s *State, holders bool) (*NetNSState, error) {
 	}
 	return out, nil
 }
+
+// orphanWhy explains an orphan superblock.
+const orphanWhy = "its network namespace has no process left: this mount keeps that namespace's NFS client (connection, route, identity) alive"
+
+// Orphans returns the NFS superblocks that are mounted in some mount
+// namespace of w but belong to no network namespace with a process. The
+// network namespace they were mounted from is gone for every user (its last
+// process exited, e.g. a container's teardown), but a copy of the mount
+// (propagated into another mount namespace, or bind-mounted) keeps the
+// superblock, its nfs_client and the kernel's struct net alive. They are
+// always stale, unless a live entry of s accounts for them (a mount made
+// with --netns PATH into a namespace that no process is in). Their NetNS is
+// unknown; Server comes from the mount source when it is an address.
+func (w *World) Orphans(s *State) []Superblock {
+	known := map[string]bool{}
+	for i := range s.Entries {
+		if ok, _ := w.Live(&s.Entries[i]); ok {
+			known[s.Entries[i].Dev] = true
+		}
+	}
+	for _, pids := range w.NS.NetNS {
+		// The first process still there reads the namespace's volumes. A
+		// namespace all of whose processes exited since the scan is gone
+		// too: its superblocks died with it, or are orphans now.
+		for _, pid := range pids {
+			vols, err := w.Proc.Volumes(pid)
+			if err != nil {
+				continue
+			}
+			for _, v := range vols {
+				known[v.Dev] = true
+			}
+			break
+		}
+	}
+	var out []Superblock
+	for dev, refs := range w.Mounts {
+		if known[dev] {
+			continue
+		}
+		sb := Superblock{Volume: Volume{Dev: dev, Server: sourceServer(refs[0].Source)}, Mounts: refs, Stale: true, Why: orphanWhy}
+		out = append(out, sb)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Dev < out[j].Dev })
+	return out
+}
+
+// sourceServer returns the server address of an NFS mount source
+// ("ADDR:/path", "[V6]:/path"); the zero Addr when it is a name.
+func sourceServer(source string) netip.Addr {
+	host, _, ok := strings.Cut(source, ":/")
+	if i := strings.LastIndex(source, "]:/"); strings.HasPrefix(source, "[") && i > 0 {
+		host, ok = source[1:i], true
+	}
+	if !ok {
+		return netip.Addr{}
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}

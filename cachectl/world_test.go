@@ -469,3 +469,63 @@ func BenchmarkObserve(b *testing.B) {
 	b.ReportMetric(float64(pids), "procs")
 	b.ReportMetric(float64(mounts), "nfs-superblocks")
 }
+
+func TestOrphans(t *testing.T) {
+	w := newWorldFixture(t)
+	world := w.observe(t)
+	tests := []struct {
+		name    string
+		entries []Entry
+		want    []string // "dev server mountid..."
+	}{
+		{
+			name: "superblocks in no netns with a process",
+			want: []string{"0:70 203.0.113.10 532", "0:80 192.0.2.1 700"},
+		},
+		{
+			name: "a live entry accounts for its superblock",
+			entries: []Entry{w.entry("elsewhere", func(e *Entry) {
+				e.MountID, e.Dev, e.Mountpoint = 532, "0:70", "/elsewhere"
+			})},
+			want: []string{"0:80 192.0.2.1 700"},
+		},
+		{
+			name:    "an entry whose mount is gone does not",
+			entries: []Entry{w.entry("gone", func(e *Entry) { e.MountID, e.Dev = 999, "0:70" })},
+			want:    []string{"0:70 203.0.113.10 532", "0:80 192.0.2.1 700"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, sb := range world.Orphans(&State{Entries: tt.entries}) {
+				if !sb.Stale || sb.Why != orphanWhy {
+					t.Errorf("%s: Stale %v Why %q", sb.Dev, sb.Stale, sb.Why)
+				}
+				s := sb.Dev + " " + sb.Server.String()
+				for _, m := range sb.Mounts {
+					s += fmt.Sprintf(" %d", m.MountID)
+				}
+				got = append(got, s)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("orphans %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSourceServer(t *testing.T) {
+	for _, tt := range []struct{ source, want string }{
+		{"198.51.100.1:/export", "198.51.100.1"},
+		{"[2001:db8::1]:/export", "2001:db8::1"},
+		{"[::ffff:192.0.2.1]:/x", "192.0.2.1"},
+		{"nfs.example.test:/export", "invalid IP"},
+		{"198.51.100.1", "invalid IP"},
+		{"", "invalid IP"},
+	} {
+		if got := sourceServer(tt.source).String(); got != tt.want {
+			t.Errorf("sourceServer(%q) = %s, want %s", tt.source, got, tt.want)
+		}
+	}
+}

@@ -160,6 +160,13 @@ func printStatus(cmd *cobra.Command, rep *cachectl.Report) error {
 			fmt.Fprintf(out, "    fix: nsmount flush --pid %d --server %s (add --kill to end the processes holding it)\n", st.PID, sb.Server)
 		}
 	}
+	for _, sb := range rep.Orphans {
+		fmt.Fprintf(out, "orphan superblock %s server %s: STALE\n    why: %s\n", sb.Dev, sb.Server, sb.Why)
+		for _, m := range sb.Mounts {
+			fmt.Fprintf(out, "    mounted at %s in mount namespace %s (pid %d)\n", m.Mountpoint, m.MountNS, m.PID)
+		}
+		fmt.Fprintf(out, "    fix: nsmount flush --server %s\n", sb.Server)
+	}
 	return nil
 }
 
@@ -182,7 +189,9 @@ func newFlushCommand() *cobra.Command {
 		Use:   "flush [flags]",
 		Short: "Remove stale NFS client state: unmount stale copies, name (or --kill) their holders",
 		Long: `flush removes NFS superblocks that no nsmount mount uses any more, in the
-target's network namespace (or every network namespace but the host's): it
+target's network namespace (or every network namespace but the host's, and
+orphans: superblocks of network namespaces with no process left, kept alive
+by a copy of their mount in another mount namespace): it
 unmounts the copies that other mount namespaces still hold (never lazily: a
 copy with open files is busy and stays), ends the processes that hold them open
 only with --kill, and checks that the superblock is gone. The kernel frees an
@@ -204,7 +213,7 @@ client, connection and route. Every action is printed; --dry-run only plans.`,
 			if err != nil {
 				return err
 			}
-			rep, err := mgr.Flush(cmd.Context(), cachectl.FlushOptions{NetNS: ns, Server: addr.Unmap(), Kill: kill, DryRun: dryRun, Timeout: timeout})
+			rep, err := mgr.Flush(cmd.Context(), cachectl.FlushOptions{NetNS: ns, Orphans: ns == nil, Server: addr.Unmap(), Kill: kill, DryRun: dryRun, Timeout: timeout})
 			if err != nil {
 				return err
 			}
