@@ -383,12 +383,18 @@ func (p *cniPlugin) del(args *skel.CmdArgs) error {
 // or one that no longer is a network namespace, means the namespace is gone.
 //
 // containerID is CNI_CONTAINERID, not a containerd container ID.
+//
+// When the namespace is gone, what can be left of its NFS client state is
+// orphan superblocks: copies of its mounts in other mount namespaces keep
+// them (and the dead namespace's nfs_client) alive. Those of the servers
+// recorded at ADD are flushed.
 func flushContainer(ctx context.Context, stateDir, containerID, ifName, netnsPath string, warn func(string)) error {
 	reg, err := cachectl.Open(stateDir, cachectl.WithReporter(warn))
 	if err != nil {
 		return fmt.Errorf("flush container %s: %w", containerID, err)
 	}
 	mgr := &cachectl.Manager{Registry: reg, Report: warn}
+	gone := true
 	if netnsPath != "" {
 		t, err := nsmount.OpenNetNS(netnsPath)
 		switch {
@@ -397,6 +403,7 @@ func flushContainer(ctx context.Context, stateDir, containerID, ifName, netnsPat
 		case err != nil:
 			return fmt.Errorf("flush container %s: %w", containerID, err)
 		default:
+			gone = false
 			id, _ := cachectl.NSOfPath(netnsPath)
 			t.Close()
 			rep, err := mgr.Flush(ctx, cachectl.FlushOptions{NetNS: &id})
@@ -407,8 +414,39 @@ func flushContainer(ctx context.Context, stateDir, containerID, ifName, netnsPat
 			}
 		}
 	}
+	if gone {
+		flushOrphans(ctx, mgr, stateDir, containerID, ifName, warn)
+	}
 	if _, err := mgr.Reconcile(); err != nil {
 		warn(fmt.Sprintf("reconcile registry: %v", err))
 	}
 	return nsmount.RemoveCNIRecord(stateDir, containerID, ifName)
+}
+
+// flushOrphans flushes the orphan superblocks of the servers recorded at ADD
+// for (containerID, ifName); without a record (DEL twice, or ADD never
+// recorded) there is nothing to attribute to this container.
+func flushOrphans(ctx context.Context, mgr *cachectl.Manager, stateDir, containerID, ifName string, warn func(string)) {
+	rec, err := nsmount.ReadCNIRecord(stateDir, containerID, ifName)
+	if err != nil {
+		if !errors.Is(err, nsmount.ErrTargetNotFound) {
+			warn(fmt.Sprintf("read record: %v", err))
+		}
+		return
+	}
+	none := cachectl.NSID{}
+	seen := map[netip.Addr]bool{}
+	for _, sc := range rec.Servers {
+		addr := sc.Address.Unmap()
+		if !addr.IsValid() || seen[addr] {
+			continue
+		}
+		seen[addr] = true
+		rep, err := mgr.Flush(ctx, cachectl.FlushOptions{NetNS: &none, Orphans: true, Server: addr})
+		if err != nil {
+			warn(fmt.Sprintf("flush orphan NFS state of server %s: %v", addr, err))
+		} else if len(rep.Remaining) > 0 {
+			warn(fmt.Sprintf("%d orphan NFS superblock(s) of server %s remain: %s", len(rep.Remaining), addr, rep.Remaining[0].Why))
+		}
+	}
 }
