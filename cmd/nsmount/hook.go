@@ -206,17 +206,25 @@ func (h *hook) createRuntime(ctx context.Context, state *specs.State, policyPath
 		return invalid("container %s: OCI state has no pid", state.ID)
 	}
 	var spec *specs.Spec
-	value, ok := state.Annotations[nsmount.MountsAnnotation]
-	if state.Annotations == nil {
+	annotations := state.Annotations
+	if annotations == nil {
 		// Runtimes omit empty annotations from the state; the bundle's
 		// config.json is authoritative then.
 		var err error
 		if spec, err = readBundleSpec(state.Bundle); err != nil {
 			return fmt.Errorf("container %s: %w", state.ID, err)
 		}
-		value, ok = spec.Annotations[nsmount.MountsAnnotation]
+		annotations = spec.Annotations
 	}
+	value, ok := annotations[nsmount.MountsAnnotation]
 	if !ok {
+		return nil
+	}
+	if isSandbox(annotations) {
+		// A CRI runtime that passes pod annotations to every container
+		// (containerd's pod_annotations) gives them to the pod's sandbox
+		// (pause) container too: its mounts would serve nobody.
+		h.printf("pod sandbox: %s ignored", nsmount.MountsAnnotation)
 		return nil
 	}
 	vols, err := nsmount.ParseMountsAnnotation(value)
@@ -405,6 +413,22 @@ func (h *hook) teardown(ctx context.Context, state *specs.State) error {
 		}
 	}
 	return nil
+}
+
+// sandboxAnnotations mark a CRI pod's sandbox container, by runtime.
+var sandboxAnnotations = map[string]string{
+	"io.kubernetes.cri.container-type":  "sandbox", // containerd
+	"io.kubernetes.cri-o.ContainerType": "sandbox", // CRI-O
+}
+
+// isSandbox reports whether annotations are those of a CRI pod sandbox.
+func isSandbox(annotations map[string]string) bool {
+	for k, v := range sandboxAnnotations {
+		if annotations[k] == v {
+			return true
+		}
+	}
+	return false
 }
 
 // invalid is an ErrInvalidArgument with a formatted message.

@@ -182,6 +182,9 @@ func (e *hookEnv) bundle(t *testing.T, id, annotation, netns, policy string, hos
 	}
 	if annotation != "-" {
 		spec.Annotations = map[string]string{nsmount.MountsAnnotation: annotation}
+		if strings.HasPrefix(id, "nsmA-sandbox") {
+			spec.Annotations["io.kubernetes.cri.container-type"] = "sandbox"
+		}
 	}
 	data, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
@@ -276,6 +279,10 @@ func TestHookRunc(t *testing.T) {
 		check      func(t *testing.T, bundle string)
 	}{
 		{name: "no-annotation", annotation: "-", start: true},
+		// A CRI pod's sandbox gets the pod's annotations too: ignored (the
+		// mount would fail: the server is unreachable).
+		{name: "sandbox", annotation: `[` + entry + `}]`, start: true,
+			want: []string{"nsmount: container nsmA-sandbox: pod sandbox: nsmount.io/mounts ignored"}},
 		{name: "empty-list", annotation: "[]", start: true},
 		{name: "denied", annotation: `[{"server": "203.0.113.5", "export": "/export", "target": "/data"}]`,
 			want: []string{"exit status 11", `nsmount: container nsmA-denied: mount 203.0.113.5:/export on /data: denied by policy ` + e.policy + `: server \"203.0.113.5\" is not allowed`}},
