@@ -96,6 +96,8 @@ lab_check "hook, one NFS mount, in web" test "$(nfs_mounts /proc/$WEB/mountinfo)
 lab_check "hook, none in the VM" test "$(nfs_mounts /proc/self/mountinfo)" = 0
 lab_check "hook, one NFS client, in web's netns" test "$(nfs_clients $WEB)" = 1
 lab_check "hook, nosuid,nodev enforced" grep -q ' /data .*nosuid,nodev' /proc/$WEB/mountinfo
+lab_check "hook, web's netns got its own NFSv4 identity" sh -c "ip netns exec web cat /sys/fs/nfs/net/nfs_client/identifier | grep -Eq '^[0-9a-f]{8}-'"
+lab_check "hook, web's sysfs superblock is read-only again" sh -c "grep ' /sys ' /proc/$WEB/mountinfo | grep -q 'sysfs ro\$'"
 lab_check "hook, registry has web's mount" test "$(registry_entries)" = 1
 check_says "hook, nsmount list --container web" "198.51.100.10:/export" nsmount list --container web --namespace lab
 check_says "hook, logged the mount" "mounted" cat $HOOKLOG
