@@ -61,27 +61,93 @@ func clientIdentity(set bool) (string, bool, error) {
 		return "", false, fmt.Errorf("fsmount sysfs: %w", err)
 	}
 	defer unix.Close(mfd)
-	fd, err := unix.Openat(mfd, identifierPath, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if errors.Is(err, unix.ENOENT) {
-		return "", false, nil
+	cur, err := readIdentity(mfd)
+	if err != nil || cur == "" {
+		return "", false, err // "" with nil: the kernel has no identifier
+	}
+	if !set || cur != "(null)" {
+		return cur, false, nil
+	}
+	id := newIdentity()
+	err = writeIdentity(mfd, id)
+	if errors.Is(err, unix.EROFS) {
+		// The netns's sysfs superblock is read-only: see withWritableSysfs.
+		err = withWritableSysfs(mfd, func() error { return writeIdentity(mfd, id) })
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("open %s: %w", identifierPath, err)
+		return "", false, err
+	}
+	return id, true, nil
+}
+
+// readIdentity reads the identifier below the sysfs root mfd; "" (and no
+// error) when the kernel has none.
+func readIdentity(mfd int) (string, error) {
+	fd, err := unix.Openat(mfd, identifierPath, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("open %s: %w", identifierPath, err)
 	}
 	defer unix.Close(fd)
 	buf := make([]byte, 256)
 	n, err := unix.Read(fd, buf)
 	if err != nil {
-		return "", false, fmt.Errorf("read %s: %w", identifierPath, err)
+		return "", fmt.Errorf("read %s: %w", identifierPath, err)
 	}
-	if cur := strings.TrimSpace(string(buf[:n])); !set || cur != "" && cur != "(null)" {
-		return cur, false, nil
+	if cur := strings.TrimSpace(string(buf[:n])); cur != "" {
+		return cur, nil
 	}
-	id := newIdentity()
-	if _, err := unix.Pwrite(fd, []byte(id), 0); err != nil {
-		return "", false, fmt.Errorf("write %s: %w", identifierPath, err)
+	return "(null)", nil
+}
+
+// writeIdentity writes id as the identifier below the sysfs root mfd.
+func writeIdentity(mfd int, id string) error {
+	fd, err := unix.Openat(mfd, identifierPath, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open %s for writing: %w", identifierPath, err)
 	}
-	return id, true, nil
+	defer unix.Close(fd)
+	if _, err := unix.Write(fd, []byte(id)); err != nil {
+		return fmt.Errorf("write %s: %w", identifierPath, err)
+	}
+	return nil
+}
+
+// withWritableSysfs runs fn with the sysfs superblock of the detached mount
+// mfd read-write, and makes it read-only again after.
+//
+// sysfs has one superblock per network namespace, shared by every mount of
+// it: once a container runtime has mounted the container's /sys read-only
+// (runc does, before createRuntime hooks run), a new sysfs made in that
+// netns is the same read-only superblock, and the identifier cannot be
+// written (EROFS). The superblock is reconfigured read-write just for the
+// write. The container's own /sys mount keeps its read-only mount flag
+// throughout, so the container never sees a writable /sys.
+func withWritableSysfs(mfd int, fn func() error) error {
+	reconf := func(flag string) error {
+		pfd, err := unix.Fspick(mfd, "", unix.FSPICK_EMPTY_PATH|unix.FSPICK_CLOEXEC|unix.FSPICK_NO_AUTOMOUNT)
+		if err != nil {
+			return fmt.Errorf("fspick sysfs: %w", err)
+		}
+		defer unix.Close(pfd)
+		if err := unix.FsconfigSetFlag(pfd, flag); err != nil {
+			return fmt.Errorf("sysfs %s: %w", flag, err)
+		}
+		if err := unix.FsconfigReconfigure(pfd); err != nil {
+			return fmt.Errorf("reconfigure sysfs %s: %w", flag, err)
+		}
+		return nil
+	}
+	if err := reconf("rw"); err != nil {
+		return fmt.Errorf("the target netns's sysfs is read-only: %w", err)
+	}
+	err := fn()
+	if rerr := reconf("ro"); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("making the target netns's sysfs read-only again: %w", rerr))
+	}
+	return err
 }
 
 // newIdentity returns a random UUID (version 4) string.

@@ -87,3 +87,19 @@ func TestLabChurn(t *testing.T) {
 	t.Parallel()
 	testenv.RunT(t, labScript(t, "churn.sh"))
 }
+
+// TestLabContainerd runs containerd and runc in the VM: a container whose
+// spec carries the annotation and the nsmount hook gets its mount at
+// createRuntime from its own (CNI-made) netns and its own process reads and
+// writes the file; policy and annotation refusals fail creation; `nsmount
+// mount --container` mounts into a running one; the CNI chained plugin's
+// ADD, CHECK, DEL (twice, and without a netns) run through libcni; removing
+// the containers leaves no mount, NFS client, registry entry or process.
+func TestLabContainerd(t *testing.T) {
+	t.Parallel()
+	files, err := testenv.ContainerdGuestFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.RunT(t, labScript(t, "containerd.sh"), testenv.WithFiles(files...), testenv.WithMemory(1536))
+}

@@ -217,6 +217,71 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (_ *Containerd, re
 	return c, nil
 }
 
+// AttachContainerd connects to a containerd daemon started by someone else
+// (a lab script in the guest, say) at address, to run containers in
+// namespace ns the way RunContainer does: runc state under dir/runc,
+// container logs in dir/ID.log, cgroups under /ns. Other fields of cfg
+// apply as in NewContainerd; Containerd is not used. The caller must not
+// Close it unless the containers it ran should go: Close removes them (the
+// daemon stays). Each container's files stay in dir until RemoveContainer.
+func AttachContainerd(ctx context.Context, address, ns, dir string, cfg ContainerdConfig) (*Containerd, error) {
+	var err error
+	for _, b := range []struct {
+		path *string
+		name string
+	}{{&cfg.Runc, "runc"}, {&cfg.Busybox, "busybox"}} {
+		if *b.path == "" {
+			*b.path = b.name
+		}
+		if *b.path, err = exec.LookPath(*b.path); err != nil {
+			return nil, fmt.Errorf("find %s: %w", b.name, err)
+		}
+	}
+	if cfg.Snapshotter == "" {
+		cfg.Snapshotter = "native"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 20 * time.Second
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	c := &Containerd{
+		Address:   address,
+		Namespace: ns,
+		Dir:       dir,
+		cfg:       cfg,
+		runcRoot:  filepath.Join(dir, "runc"),
+		cgroup:    "/" + ns,
+		exited:    make(chan struct{}),
+		ids:       map[string]string{},
+	}
+	client, err := containerd.New(address, containerd.WithDefaultNamespace(ns), containerd.WithTimeout(cfg.ReadyTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("containerd client of %s: %w", address, err)
+	}
+	if ok, err := client.IsServing(ctx); err != nil || !ok {
+		client.Close()
+		return nil, fmt.Errorf("containerd at %s not serving: %v", address, err)
+	}
+	c.client = client
+	return c, nil
+}
+
+// RemoveContainer kills the container's task, deletes it (runc then runs
+// the poststop hooks) and deletes the container with its snapshot.
+func (c *Containerd) RemoveContainer(ctx context.Context, id string) error {
+	container, err := c.client.LoadContainer(ctx, id)
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	if err := c.removeContainer(ctx, container); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(c.Dir, id+".log"))
+	return nil
+}
+
 // config is the daemon's configuration: version 2, which containerd 1.6,
 // 1.7 and 2.x read. Plugins that would touch host paths (/opt/containerd) or
 // are not needed are disabled; CRI above all.

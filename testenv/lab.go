@@ -280,8 +280,8 @@ func writeLabArchive(w io.Writer, nsmount, labBin string) error {
 }
 
 // writeRunArchive concatenates the base and lab archives with a third one
-// holding the script, into a new file in dir.
-func (l *Lab) writeRunArchive(dir, script string) (string, error) {
+// holding the run's extra files and the script, into a new file in dir.
+func (l *Lab) writeRunArchive(ctx context.Context, dir, script string, rc runConfig) (string, error) {
 	name := filepath.Join(dir, "initrd")
 	f, err := os.Create(name)
 	if err != nil {
@@ -302,6 +302,9 @@ func (l *Lab) writeRunArchive(dir, script string) (string, error) {
 		return "", fmt.Errorf("writing initrd: %w", err)
 	}
 	a := newArchive(bw)
+	if err := writeFiles(ctx, a, rc.files); err != nil {
+		return "", err
+	}
 	if err := a.file("/lab/script.sh", []byte(script), 0o755); err != nil {
 		return "", err
 	}

@@ -13,7 +13,7 @@ import (
 )
 
 // labModules are the kernel modules the guest loads, before dependencies.
-var labModules = []string{"nfs", "nfsv3", "nfsv4", "nfsd", "veth"}
+var labModules = []string{"nfs", "nfsv3", "nfsv4", "nfsd", "veth", "bridge"}
 
 // sigMagic ends a kernel module that carries an appended signature.
 const sigMagic = "~Module signature appended~\n"

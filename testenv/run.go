@@ -82,7 +82,11 @@ func ParseChecks(output string) []Check {
 // the run timed out (ErrTimeout) or the VM ended without reporting
 // (ErrNoExit); it then quotes the last console lines, and the partial
 // Result is returned too. qemu never outlives Run.
-func (l *Lab) Run(ctx context.Context, script string, out io.Writer) (*Result, error) {
+func (l *Lab) Run(ctx context.Context, script string, out io.Writer, opts ...RunOption) (*Result, error) {
+	rc := runConfig{memory: l.cfg.Memory}
+	for _, o := range opts {
+		o(&rc)
+	}
 	if out == nil {
 		out = io.Discard
 	}
@@ -105,11 +109,11 @@ func (l *Lab) Run(ctx context.Context, script string, out io.Writer) (*Result, e
 		return nil, fmt.Errorf("creating run dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	initrd, err := l.writeRunArchive(dir, script)
+	initrd, err := l.writeRunArchive(ctx, dir, script, rc)
 	if err != nil {
 		return nil, err
 	}
-	return l.runQemu(ctx, initrd, out)
+	return l.runQemu(ctx, initrd, rc.memory, out)
 }
 
 // guestTimeout is how long the guest lets the script run: the run timeout
@@ -120,7 +124,7 @@ func guestTimeout(d time.Duration) int {
 }
 
 // qemuArgs returns the qemu command line for one run.
-func (l *Lab) qemuArgs(initrd string) []string {
+func (l *Lab) qemuArgs(initrd string, memory int) []string {
 	accel := "tcg,thread=multi"
 	cpu := "qemu64"
 	if l.cfg.Accel == "kvm" {
@@ -129,7 +133,7 @@ func (l *Lab) qemuArgs(initrd string) []string {
 	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check rdinit=/init lab.timeout=%d",
 		guestTimeout(l.cfg.Timeout))
 	return []string{
-		"-accel", accel, "-cpu", cpu, "-m", strconv.Itoa(l.cfg.Memory), "-smp", "1", "-M", "pc",
+		"-accel", accel, "-cpu", cpu, "-m", strconv.Itoa(memory), "-smp", "1", "-M", "pc",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-kernel", l.kernel.vmlinuz(), "-initrd", initrd, "-append", appendLine,
@@ -137,8 +141,8 @@ func (l *Lab) qemuArgs(initrd string) []string {
 }
 
 // runQemu runs the VM until it powers off or ctx ends.
-func (l *Lab) runQemu(ctx context.Context, initrd string, out io.Writer) (*Result, error) {
-	cmd := exec.Command("qemu-system-x86_64", l.qemuArgs(initrd)...)
+func (l *Lab) runQemu(ctx context.Context, initrd string, memory int, out io.Writer) (*Result, error) {
+	cmd := exec.Command("qemu-system-x86_64", l.qemuArgs(initrd, memory)...)
 	// Own process group, killed as a whole; SIGKILL if this process dies.
 	// The thread that forks stays locked until qemu is reaped, because
 	// Pdeathsig fires when the forking thread exits.

@@ -54,11 +54,11 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 // Each LAB-CHECK line becomes a subtest of t that fails with the check's
 // detail. The test fails if the lab fails, the script exits non-zero or
 // prints no checks.
-func RunT(t *testing.T, script string) *Result {
+func RunT(t *testing.T, script string, opts ...RunOption) *Result {
 	t.Helper()
 	lab := Shared(t)
 	ctx := t.Context()
-	res, err := lab.Run(ctx, script, t.Output())
+	res, err := lab.Run(ctx, script, t.Output(), opts...)
 	if err != nil {
 		t.Fatalf("lab run: %v", err)
 	}

@@ -293,6 +293,51 @@ lab_stop() {
 	echo "lab: stopped container $1 (pid $_pid)"
 }
 
+# lab_containerd [CONFIG]: start containerd (the run must install it, e.g.
+# with testenv.ContainerdGuestFiles) with CONFIG (a file; default: a
+# version 2 config with root /var/lib/containerd, state /run/containerd,
+# socket /run/containerd/containerd.sock, CRI and unneeded snapshotters
+# off) and wait until its socket exists (20s at most). Needs /sys/fs/cgroup
+# (cgroup2, mounted by /init). Log: /run/lab/log/containerd.log. Prints the
+# daemon's PID.
+lab_containerd() {
+	[ $# -le 1 ] || lab_die lab_containerd "usage: lab_containerd [CONFIG]" || return
+	command -v containerd >/dev/null || lab_die lab_containerd "containerd is not installed in this run" || return
+	_conf=${1:-}
+	if [ -z "$_conf" ]; then
+		_conf=/etc/containerd/config.toml
+		mkdir -p /etc/containerd /var/lib/containerd
+		cat >"$_conf" <<-'EOT'
+		version = 2
+		root = "/var/lib/containerd"
+		state = "/run/containerd"
+		disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt",
+		  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+		  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
+		  "io.containerd.snapshotter.v1.overlayfs",
+		  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+		[grpc]
+		  address = "/run/containerd/containerd.sock"
+		EOT
+	fi
+	_log=$LAB_STATE/log/containerd.log
+	containerd --config "$_conf" >"$_log" 2>&1 </dev/null &
+	_pid=$!
+	_i=0
+	while [ ! -S /run/containerd/containerd.sock ]; do
+		if ! kill -0 "$_pid" 2>/dev/null; then
+			tail -n 10 "$_log" >&2
+			lab_die lab_containerd "containerd exited (log $_log)"
+			return
+		fi
+		_i=$((_i + 1))
+		[ $_i -lt 2000 ] || lab_die lab_containerd "no socket after 20s (log $_log)" || return
+		sleep 0.01
+	done
+	echo "$_pid" >"$LAB_STATE/containerd.pid"
+	echo "lab: containerd pid $_pid"
+}
+
 # lab_pid NAME: print the PID of container NAME.
 lab_pid() {
 	[ $# -eq 1 ] || lab_die lab_pid "usage: lab_pid NAME" || return

@@ -1,0 +1,106 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"path/filepath"
+)
+
+// HostFile is a host file installed in the guest for one Run, beyond what
+// every run has (see WithFiles).
+type HostFile struct {
+	// Src is the host path; symlinks are followed.
+	Src string
+	// Dst is the guest path; "" means the same path as Src (with /bin,
+	// /sbin, /lib and /lib64 mapped to /usr, as in the guest).
+	Dst string
+	// Libs adds the shared libraries and dynamic loader that Src needs
+	// (ldd), at their host paths.
+	Libs bool
+}
+
+// RunOption configures one Run.
+type RunOption func(*runConfig)
+
+// runConfig is what RunOptions set.
+type runConfig struct {
+	files  []HostFile
+	memory int // MiB; 0 means the lab's Config.Memory
+}
+
+// WithFiles installs host files in the guest of this run, in an archive
+// unpacked after the standard ones (so a file may replace one of theirs).
+// Big programs cost boot time and guest memory: give the run more with
+// WithMemory.
+func WithFiles(files ...HostFile) RunOption {
+	return func(rc *runConfig) { rc.files = append(rc.files, files...) }
+}
+
+// WithMemory sets the guest RAM of this run, in MiB.
+func WithMemory(mib int) RunOption {
+	return func(rc *runConfig) { rc.memory = mib }
+}
+
+// ContainerdGuestFiles are the host's containerd (Debian 1.6), its runc shim,
+// runc, and the CNI plugins bridge, host-local and loopback (in
+// /usr/lib/cni, as in Debian), with their libraries: what a guest needs to
+// run containers through containerd and to network them with CNI.
+// Guest memory of 1536 MiB leaves room for them.
+func ContainerdGuestFiles() ([]HostFile, error) {
+	var files []HostFile
+	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "runc"} {
+		p, err := lookTool(name)
+		if err != nil {
+			return nil, fmt.Errorf("%w (install containerd and runc: testenv/install-deps.sh)", err)
+		}
+		files = append(files, HostFile{Src: p, Dst: "/usr/bin/" + name, Libs: true})
+	}
+	for _, name := range []string{"bridge", "host-local", "loopback"} {
+		p := filepath.Join("/usr/lib/cni", name)
+		if _, err := filepath.EvalSymlinks(p); err != nil {
+			return nil, fmt.Errorf("CNI plugin %s not found (install containernetworking-plugins: testenv/install-deps.sh): %w", p, err)
+		}
+		files = append(files, HostFile{Src: p, Dst: "/usr/lib/cni/" + name, Libs: true})
+	}
+	return files, nil
+}
+
+// writeFiles adds files (and, when asked, their libraries) to a.
+func writeFiles(ctx context.Context, a *archive, files []HostFile) error {
+	seen := map[string]bool{}
+	add := func(src, dst string) error {
+		dst = guestPath(dst)
+		if seen[dst] {
+			return nil
+		}
+		seen[dst] = true
+		real, err := filepath.EvalSymlinks(src)
+		if err != nil {
+			return fmt.Errorf("guest file %s: %w", src, err)
+		}
+		return a.hostFile(real, dst)
+	}
+	for _, f := range files {
+		dst := f.Dst
+		if dst == "" {
+			dst = f.Src
+		}
+		if err := add(f.Src, path.Clean("/"+dst)); err != nil {
+			return err
+		}
+		if !f.Libs {
+			continue
+		}
+		libs, err := sharedLibs(ctx, f.Src)
+		if err != nil {
+			return err
+		}
+		for _, l := range libs {
+			if err := add(l, l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
