@@ -395,24 +395,32 @@ disabled_plugins = [
 // importCRIImages imports the pause stand-in and the busybox image into
 // the CRI namespace and unpacks them.
 func (c *Containerd) importCRIImages(ctx context.Context) error {
+	return ImportCRIImages(ctx, c.client, c.cfg.Busybox, c.cfg.Snapshotter)
+}
+
+// ImportCRIImages imports, through client, the images that CRI pods need
+// into the CRI namespace, and unpacks them with snapshotter: PauseImageName
+// (busybox running "sleep infinity", the sandbox image) and
+// BusyboxImageName, both built from the static busybox.
+func ImportCRIImages(ctx context.Context, client *containerd.Client, busybox, snapshotter string) error {
 	ctx = namespaces.WithNamespace(ctx, CRINamespace)
 	for _, im := range []struct {
 		name string
 		cmd  []string
 	}{{PauseImageName, []string{"sleep", "infinity"}}, {BusyboxImageName, []string{"sh"}}} {
 		var buf bytes.Buffer
-		if err := WriteBusyboxImageCmd(&buf, c.cfg.Busybox, im.name, im.cmd); err != nil {
+		if err := WriteBusyboxImageCmd(&buf, busybox, im.name, im.cmd); err != nil {
 			return err
 		}
-		imgs, err := c.client.Import(ctx, &buf)
+		imgs, err := client.Import(ctx, &buf)
 		if err != nil {
 			return fmt.Errorf("import %s: %w", im.name, err)
 		}
 		if len(imgs) != 1 {
 			return fmt.Errorf("import %s: got %d images, want 1", im.name, len(imgs))
 		}
-		if err := containerd.NewImage(c.client, imgs[0]).Unpack(ctx, c.cfg.Snapshotter); err != nil {
-			return fmt.Errorf("unpack %s with %s: %w", im.name, c.cfg.Snapshotter, err)
+		if err := containerd.NewImage(client, imgs[0]).Unpack(ctx, snapshotter); err != nil {
+			return fmt.Errorf("unpack %s with %s: %w", im.name, snapshotter, err)
 		}
 	}
 	return nil

@@ -139,7 +139,7 @@ func rootCmd() *cobra.Command {
 	flags(fetch, false)
 	flags(demo, true)
 	flags(bench, true)
-	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), ctrCmd(), cniCmd())
+	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd())
 	return root
 }
 
