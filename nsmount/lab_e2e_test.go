@@ -1,8 +1,11 @@
 package nsmount_test
 
 import (
+	"context"
 	"embed"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/nsmount/nsmount/testenv"
 )
@@ -102,4 +105,30 @@ func TestLabContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.RunT(t, labScript(t, "containerd.sh"), testenv.WithFiles(files...), testenv.WithMemory(1536))
+}
+
+// TestLabNRI runs containerd 2.x (built from the module proxy) with CRI and
+// NRI in the VM, and nsmount nri registered with it: a pod made through
+// the CRI API whose annotation asks for an NFS mount gets it, through the
+// injected hook, in its container from the pod's netns; the container's
+// own process writes and reads the file; refusals fail CreateContainer;
+// stopping and removing leave no mount, NFS client, registry entry or
+// process.
+func TestLabNRI(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	dir, err := testenv.Containerd2(ctx, "", nil)
+	if err != nil {
+		t.Fatalf("containerd %s for the guest: %v", testenv.Containerd2Version, err)
+	}
+	files := []testenv.HostFile{
+		{Src: filepath.Join(dir, "containerd"), Dst: "/usr/bin/containerd"},
+		{Src: filepath.Join(dir, "containerd-shim-runc-v2"), Dst: "/usr/bin/containerd-shim-runc-v2"},
+	}
+	more, err := testenv.ContainerdGuestFiles() // runc and CNI; its containerd 1.6 is shadowed
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.RunT(t, labScript(t, "nri.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
 }

@@ -61,7 +61,34 @@ type ContainerdConfig struct {
 	Snapshotter string
 	// ReadyTimeout bounds the wait for the daemon to serve; 0 means 20s.
 	ReadyTimeout time.Duration
+	// NetNS is the path of a network namespace to run the daemon in, and
+	// with it its shims, hooks and CNI plugins (a bridge that CNI makes is
+	// made there); "" means the caller's.
+	NetNS string
+	// CRI, if set, enables the CRI plugin (and NRI). It needs a containerd
+	// 2.x daemon (see Containerd2): the configuration is then version 3.
+	CRI *CRIConfig
 }
+
+// CRIConfig enables containerd's CRI plugin with private directories.
+// The pod sandbox ("pause") image is a busybox image whose command sleeps
+// forever; it and the busybox image are imported into the k8s.io
+// namespace at start, so nothing is pulled.
+type CRIConfig struct {
+	// CNIBinDir and CNIConfDir are the CNI plugin directory (bridge,
+	// host-local, loopback, ...) and the network configuration directory.
+	CNIBinDir, CNIConfDir string
+	// NRISocket, if set, enables NRI with its socket at this path; plugins
+	// connect to it. Pre-registered plugins are looked for in Dir/nri.
+	NRISocket string
+}
+
+// CRINamespace is the containerd namespace of CRI's pods and containers.
+const CRINamespace = "k8s.io"
+
+// PauseImageName is the pod sandbox image of a CRI-enabled Containerd:
+// busybox running "sleep infinity".
+const PauseImageName = "nsmount.test/pause:latest"
 
 // Containerd is a running private containerd daemon and the containers
 // started through it. Close stops everything.
@@ -166,6 +193,13 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (_ *Containerd, re
 			}
 		}
 	}()
+	if cfg.CRI != nil {
+		for _, d := range []string{"nri/plugins", "nri/conf.d", "s"} {
+			if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(c.config()), 0o600); err != nil {
 		return nil, err
 	}
@@ -174,6 +208,11 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (_ *Containerd, re
 	}
 	if err := c.waitReady(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.CRI != nil {
+		if err := c.importCRIImages(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -247,6 +286,9 @@ func (c *Containerd) RemoveContainer(ctx context.Context, id string) error {
 // 1.7 and 2.x read. Plugins that would touch host paths (/opt/containerd) or
 // are not needed are disabled; CRI above all.
 func (c *Containerd) config() string {
+	if c.cfg.CRI != nil {
+		return c.criConfig()
+	}
 	q := strconv.Quote
 	return fmt.Sprintf(`version = 2
 root = %s
@@ -273,6 +315,121 @@ disabled_plugins = [
 `, q(filepath.Join(c.Dir, "root")), q(filepath.Join(c.Dir, "state")), q(c.Address), q(c.Address+".ttrpc"))
 }
 
+// criConfig is the configuration of a containerd 2.x daemon with CRI and
+// NRI: version 3, every path under c.Dir (pod netns mounts and shim sockets
+// too), the native snapshotter, runc with its private root, the pause
+// stand-in as sandbox image, and CNI from the configured directories.
+func (c *Containerd) criConfig() string {
+	q := strconv.Quote
+	cri := c.cfg.CRI
+	nri := "  disable = true\n"
+	if cri.NRISocket != "" {
+		nri = fmt.Sprintf(`  disable = false
+  socket_path = %s
+  plugin_path = %s
+  plugin_config_path = %s
+`, q(cri.NRISocket), q(filepath.Join(c.Dir, "nri", "plugins")), q(filepath.Join(c.Dir, "nri", "conf.d")))
+	}
+	return fmt.Sprintf(`version = 3
+root = %s
+state = %s
+disabled_plugins = [
+  "io.containerd.internal.v1.opt",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.differ.v1.erofs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.image-verifier.v1.bindir",
+]
+
+[grpc]
+  address = %s
+
+[ttrpc]
+  address = %s
+
+[debug]
+  level = "info"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = %s
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = %s
+
+[plugins."io.containerd.cri.v1.runtime"]
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = true
+  cdi_spec_dirs = []
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      snapshotter = %s
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = %s
+        Root = %s
+        SystemdCgroup = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [%s]
+    conf_dir = %s
+    max_conf_num = 1
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.shim.v1.manager"]
+  socket_dir = %s
+
+[plugins."io.containerd.nri.v1.nri"]
+%s`, q(filepath.Join(c.Dir, "root")), q(filepath.Join(c.Dir, "state")), q(c.Address), q(c.Address+".ttrpc"),
+		q(c.cfg.Snapshotter), q(PauseImageName), q(c.cfg.Snapshotter), q(c.cfg.Runc), q(c.runcRoot),
+		q(cri.CNIBinDir), q(cri.CNIConfDir), q(filepath.Join(c.Dir, "s")), nri)
+}
+
+// importCRIImages imports the pause stand-in and the busybox image into
+// the CRI namespace and unpacks them.
+func (c *Containerd) importCRIImages(ctx context.Context) error {
+	return ImportCRIImages(ctx, c.client, c.cfg.Busybox, c.cfg.Snapshotter)
+}
+
+// ImportCRIImages imports, through client, the images that CRI pods need
+// into the CRI namespace, and unpacks them with snapshotter: PauseImageName
+// (busybox running "sleep infinity", the sandbox image) and
+// BusyboxImageName, both built from the static busybox.
+func ImportCRIImages(ctx context.Context, client *containerd.Client, busybox, snapshotter string) error {
+	ctx = namespaces.WithNamespace(ctx, CRINamespace)
+	for _, im := range []struct {
+		name string
+		cmd  []string
+	}{{PauseImageName, []string{"sleep", "infinity"}}, {BusyboxImageName, []string{"sh"}}} {
+		var buf bytes.Buffer
+		if err := WriteBusyboxImageCmd(&buf, busybox, im.name, im.cmd); err != nil {
+			return err
+		}
+		imgs, err := client.Import(ctx, &buf)
+		if err != nil {
+			return fmt.Errorf("import %s: %w", im.name, err)
+		}
+		if len(imgs) != 1 {
+			return fmt.Errorf("import %s: got %d images, want 1", im.name, len(imgs))
+		}
+		if err := containerd.NewImage(client, imgs[0]).Unpack(ctx, snapshotter); err != nil {
+			return fmt.Errorf("unpack %s with %s: %w", im.name, snapshotter, err)
+		}
+	}
+	return nil
+}
+
+// CgroupParent is the cgroup under which containers must be put (a CRI
+// pod's cgroup_parent) so that Close removes their cgroups.
+func (c *Containerd) CgroupParent() string { return c.cgroup }
+
 // start execs the daemon in its own process group. The daemon gets SIGKILL
 // if the test process dies (Pdeathsig), so the thread that forks it stays
 // locked until the daemon is reaped.
@@ -289,13 +446,31 @@ func (c *Containerd) start() error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = c.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	var netns *os.File
+	if c.cfg.NetNS != "" {
+		if netns, err = os.Open(c.cfg.NetNS); err != nil {
+			logf.Close()
+			return fmt.Errorf("open netns for containerd: %w", err)
+		}
+		defer netns.Close()
+	}
 	started := make(chan error, 1)
 	c.begin = time.Now()
 	go func() {
 		defer close(c.exited)
 		defer logf.Close()
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		if netns != nil {
+			// The thread stays locked: it ends with the goroutine rather
+			// than go back to the pool in another netns.
+			if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
+				started <- fmt.Errorf("enter netns %s: %w", c.cfg.NetNS, err)
+				c.waitErr = err
+				return
+			}
+		} else {
+			defer runtime.UnlockOSThread()
+		}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			c.waitErr = err
@@ -307,6 +482,7 @@ func (c *Containerd) start() error {
 	if err := <-started; err != nil {
 		return fmt.Errorf("start %s: %w", c.cfg.Containerd, err)
 	}
+
 	c.cmd = cmd
 	return nil
 }

@@ -31,6 +31,12 @@ var imageEpoch = time.Unix(0, 0).UTC()
 // directories a container runtime mounts over. busybox must be static: it
 // is the whole image.
 func WriteBusyboxImage(w io.Writer, busybox, name string) error {
+	return WriteBusyboxImageCmd(w, busybox, name, []string{"sh"})
+}
+
+// WriteBusyboxImageCmd is WriteBusyboxImage with cmd as the image's
+// command (e.g. "sleep", "infinity" for a pod sandbox image).
+func WriteBusyboxImageCmd(w io.Writer, busybox, name string, cmd []string) error {
 	bin, err := os.ReadFile(busybox)
 	if err != nil {
 		return err
@@ -51,7 +57,7 @@ func WriteBusyboxImage(w io.Writer, busybox, name string) error {
 		Platform: ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},
 		Config: ocispec.ImageConfig{
 			Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-			Cmd: []string{"sh"},
+			Cmd: cmd,
 		},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDesc.Digest}},
 	})

@@ -2,7 +2,7 @@
 // nested-VM lab of package testenv).
 //
 //	nsmount-lab run [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH] SCRIPT|-
-//	nsmount-lab fetch [--kernel VER] [--cache DIR] [--nsmount PATH]
+//	nsmount-lab fetch [--kernel VER] [--cache DIR] [--nsmount PATH]   (also builds containerd 2.x)
 //	nsmount-lab demo [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH]
 //	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
 //
@@ -98,7 +98,7 @@ func rootCmd() *cobra.Command {
 	}
 	fetch := &cobra.Command{
 		Use:   "fetch",
-		Short: "Fetch the kernel and build the initramfs archives (CI warm-up)",
+		Short: "Fetch the kernel, build the initramfs archives and containerd " + testenv.Containerd2Version + " (CI warm-up)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			lab, err := newLab(c.Context(), cfg)
@@ -106,7 +106,15 @@ func rootCmd() *cobra.Command {
 				return err
 			}
 			fmt.Printf("lab ready: kernel %s\n", lab.KernelVersion())
-			return lab.Close()
+			if err := lab.Close(); err != nil {
+				return err
+			}
+			dir, err := testenv.Containerd2(c.Context(), cfg.CacheDir, os.Stderr)
+			if err != nil {
+				return &exitError{code: exitLab, err: err}
+			}
+			fmt.Printf("containerd %s ready: %s\n", testenv.Containerd2Version, dir)
+			return nil
 		},
 	}
 	demo := &cobra.Command{
@@ -131,7 +139,7 @@ func rootCmd() *cobra.Command {
 	flags(fetch, false)
 	flags(demo, true)
 	flags(bench, true)
-	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), ctrCmd(), cniCmd())
+	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd())
 	return root
 }
 
