@@ -70,3 +70,35 @@ two_servers_one_address() {
 	C1=$(lab_pid c1)
 	X=203.0.113.10
 }
+
+# wait_for SECONDS CMD...: run CMD (a command or a function: it is run anew
+# each time, so arguments like "$(count)" must live inside a function)
+# every 0.1s until it succeeds, for at most SECONDS.
+wait_for() {
+	_n=$(($1 * 10))
+	shift
+	while ! "$@" >/dev/null 2>&1; do
+		_n=$((_n - 1))
+		[ $_n -gt 0 ] || return 1
+		sleep 0.1
+	done
+}
+
+# registry_entries: number of entries in nsmount's registry.
+registry_entries() { cat /run/nsmount/registry.json 2>/dev/null | grep -c '"mountpoint"'; }
+
+# registry_is N: nsmount's registry has N entries.
+registry_is() { test "$(registry_entries)" = "$1"; }
+
+# all_nfs_mounts: NFS mounts in every mount namespace of the VM.
+all_nfs_mounts() {
+	for _p in /proc/[0-9]*; do
+		_ns=$(readlink "$_p/ns/mnt" 2>/dev/null) && echo "$_ns $_p"
+	done | sort -u -k1,1 | while read -r _ns _p; do
+		nfs_mounts "$_p/mountinfo"
+	done | awk '{ n += $1 } END { print n + 0 }'
+}
+
+# server_clients N: the NFS server whose mount namespace $SRVPID is in
+# (e.g. its rpc.mountd) knows N NFSv4 clients.
+server_clients() { test "$(nsenter -t "$SRVPID" -m ls /proc/fs/nfsd/clients | grep -c .)" = "$1"; }

@@ -12,34 +12,8 @@ S=198.51.100.10
 POLICY=/etc/nsmount/policy.json
 HOOKLOG=/run/lab/log/hook.log
 
-# wait_for SECONDS CMD...: retry CMD every 0.1s until it succeeds.
-wait_for() {
-	_n=$(($1 * 10))
-	shift
-	while ! "$@" >/dev/null 2>&1; do
-		_n=$((_n - 1))
-		[ $_n -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
-# registry_entries: number of entries in nsmount's registry.
-registry_entries() { cat /run/nsmount/registry.json 2>/dev/null | grep -c '"mountpoint"'; }
-
-# all_nfs_mounts: NFS mounts in every mount namespace of the VM.
-all_nfs_mounts() {
-	for _p in /proc/[0-9]*; do
-		_ns=$(readlink "$_p/ns/mnt" 2>/dev/null) && echo "$_ns $_p"
-	done | sort -u -k1,1 | while read -r _ns _p; do
-		nfs_mounts "$_p/mountinfo"
-	done | awk '{ n += $1 } END { print n + 0 }'
-}
-
 # sidecar_mounts N: the sidecar has N NFS mounts.
 sidecar_mounts() { test "$(nfs_mounts /proc/$SIDE/mountinfo)" = "$1"; }
-
-# server_clients N: the server knows N NFSv4 clients.
-server_clients() { test "$(nsenter -t "$SRVPID" -m ls /proc/fs/nfsd/clients | grep -c .)" = "$1"; }
 
 # netns_clients NS: NFS clients in named netns NS.
 netns_clients() { ip netns exec "$1" sh -c 'tail -n +2 /proc/net/nfsfs/servers | grep -c . || true'; }

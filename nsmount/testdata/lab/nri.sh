@@ -1,6 +1,7 @@
 # containerd 2.x with CRI and NRI in the guest (the run installs it), and
-# `nsmount nri` registered with it: a pod made through the CRI API, as the
-# kubelet would, whose annotation asks for an NFS mount. nsmount nri checks
+# `nsmount nri` registered with it, nsmount-cni chained in the CNI config
+# that CRI runs: a pod made through the CRI API, as the kubelet would, whose
+# annotation asks for an NFS mount. nsmount nri checks
 # it at CreateContainer and injects nsmount hook; the container's own
 # process writes and reads the NFS file from the pod's netns. Refusals
 # fail CreateContainer. Stop and removal leave no mount, no NFS client, no
@@ -12,29 +13,6 @@ S=198.51.100.10
 POLICY=/etc/nsmount/policy.json
 NRILOG=/run/lab/log/nri.log
 LOGS=/run/lab/cri/logs
-
-# wait_for SECONDS CMD...: retry CMD every 0.1s until it succeeds.
-wait_for() {
-	_n=$(($1 * 10))
-	shift
-	while ! "$@" >/dev/null 2>&1; do
-		_n=$((_n - 1))
-		[ $_n -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
-# registry_entries: number of entries in nsmount's registry.
-registry_entries() { cat /run/nsmount/registry.json 2>/dev/null | grep -c '"mountpoint"'; }
-
-# all_nfs_mounts: NFS mounts in every mount namespace of the VM.
-all_nfs_mounts() {
-	for _p in /proc/[0-9]*; do
-		_ns=$(readlink "$_p/ns/mnt" 2>/dev/null) && echo "$_ns $_p"
-	done | sort -u -k1,1 | while read -r _ns _p; do
-		nfs_mounts "$_p/mountinfo"
-	done | awk '{ n += $1 } END { print n + 0 }'
-}
 
 # --- the node: containerd 2.x (CRI, NRI), CNI, an NFS server ----------------
 
@@ -81,9 +59,11 @@ cat >/etc/cni/net.d/10-labnet.conflist <<'EOF'
 {"cniVersion": "1.0.0", "name": "labnet", "plugins": [
   {"type": "bridge", "bridge": "labbr0", "isGateway": false,
    "ipam": {"type": "host-local", "dataDir": "/run/lab/ipam",
-            "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": "198.51.100.100", "rangeEnd": "198.51.100.200"}]]}}
+            "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": "198.51.100.100", "rangeEnd": "198.51.100.200"}]]}},
+  {"type": "nsmount-cni", "servers": ["198.51.100.10"], "required": true}
 ]}
 EOF
+ln -s /usr/bin/nsmount /usr/lib/cni/nsmount-cni
 cat >$POLICY <<EOF
 {"version": 1, "allow": [
   {"name": "lab", "servers": ["$S"], "networks": ["198.51.100.0/24"],
@@ -118,6 +98,7 @@ ANN='[{"server": "198.51.100.10", "export": "/export", "target": "/data", "optio
 POD=$($CRI runp --annotation "nsmount.io/mounts.container.app=$ANN" web 2>/tmp/err)
 lab_check "cri - pod web runs" test -n "$POD"
 [ -n "$POD" ] || { cat /tmp/err; tail -n 30 /run/lab/log/containerd.log; exit 1; }
+lab_check "cni - containerd ran nsmount-cni: a record of the pod sandbox" grep -q "\"cni_container_id\": \"$POD\"" /run/nsmount/cni/*.json
 set -- $($CRI inspectp "$POD")
 PODPID=${2:-0} PODNETNS=${3:-}
 lab_log "pod $POD pid $PODPID netns $PODNETNS"
@@ -167,16 +148,17 @@ lab_check "refusals left no registry entry" test "$(registry_entries)" = 1
 lab_check "cri - stop app" $CRI stop "$APP"
 lab_check "stop - no NFS mount in any mount namespace" test "$(all_nfs_mounts)" = 0
 lab_check "stop - no NFS client in the pod's netns" test "$(nfs_clients $PODPID)" = 0
-lab_check "stop - registry forgot app's mount" wait_for 5 test "$(registry_entries)" = 0
+lab_check "stop - registry forgot app's mount" wait_for 5 registry_is 0
 lab_check "cri - remove app" $CRI rm "$APP"
 lab_check "cri - stop side" $CRI stop "$SIDE"
 lab_check "cri - remove side" $CRI rm "$SIDE"
 lab_check "cri - stop pod" $CRI stopp "$POD"
 lab_check "cri - remove pod" $CRI rmp "$POD"
 lab_check "the pod's netns is gone" wait_for 5 test ! -e "$PODNETNS"
+lab_check_fails "cni - containerd's DEL removed the record" sh -c 'ls /run/nsmount/cni/*.json' 
 lab_check "no NFS mount in any mount namespace" test "$(all_nfs_mounts)" = 0
 lab_check "no registry entry" test "$(registry_entries)" = 0
-lab_check "the server has no NFSv4 client" wait_for 5 test "$(nsenter -t $SRVPID -m ls /proc/fs/nfsd/clients | grep -c .)" = 0
+lab_check "the server has no NFSv4 client" wait_for 5 server_clients 0
 lab_check_fails "no shim, runc or helper process" pidof containerd-shim-runc-v2 runc nsmount-helper
 lab_check_fails "the pod's and app's processes are gone" sh -c "kill -0 $PID || kill -0 $PODPID"
 lab_check_fails "no nsmount process but the plugin" sh -c "pidof nsmount | tr ' ' '\n' | grep -vx $NRIPID"
