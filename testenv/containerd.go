@@ -147,17 +147,9 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (_ *Containerd, re
 	if os.Geteuid() != 0 {
 		return nil, errors.New("containerd needs root")
 	}
-	var err error
-	for _, b := range []struct {
-		path *string
-		name string
-	}{{&cfg.Containerd, "containerd"}, {&cfg.Shim, "containerd-shim-runc-v2"}, {&cfg.Runc, "runc"}, {&cfg.Busybox, "busybox"}} {
-		if *b.path == "" {
-			*b.path = b.name
-		}
-		if *b.path, err = exec.LookPath(*b.path); err != nil {
-			return nil, fmt.Errorf("find %s: %w", b.name, err)
-		}
+	if err := findBinaries(program{&cfg.Containerd, "containerd"}, program{&cfg.Shim, "containerd-shim-runc-v2"},
+		program{&cfg.Runc, "runc"}, program{&cfg.Busybox, "busybox"}); err != nil {
+		return nil, err
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "nsmount-ctrd"
@@ -217,6 +209,28 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (_ *Containerd, re
 	return c, nil
 }
 
+// program is a binary of ContainerdConfig: its path (empty: look up name).
+type program struct {
+	path *string
+	name string
+}
+
+// findBinaries resolves each program's path, or its name when the path is
+// empty, in $PATH.
+func findBinaries(progs ...program) error {
+	for _, b := range progs {
+		if *b.path == "" {
+			*b.path = b.name
+		}
+		p, err := exec.LookPath(*b.path)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", b.name, err)
+		}
+		*b.path = p
+	}
+	return nil
+}
+
 // AttachContainerd connects to a containerd daemon started by someone else
 // (a lab script in the guest, say) at address, to run containers in
 // namespace ns the way RunContainer does: runc state under dir/runc,
@@ -225,17 +239,8 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (_ *Containerd, re
 // Close it unless the containers it ran should go: Close removes them (the
 // daemon stays). Each container's files stay in dir until RemoveContainer.
 func AttachContainerd(ctx context.Context, address, ns, dir string, cfg ContainerdConfig) (*Containerd, error) {
-	var err error
-	for _, b := range []struct {
-		path *string
-		name string
-	}{{&cfg.Runc, "runc"}, {&cfg.Busybox, "busybox"}} {
-		if *b.path == "" {
-			*b.path = b.name
-		}
-		if *b.path, err = exec.LookPath(*b.path); err != nil {
-			return nil, fmt.Errorf("find %s: %w", b.name, err)
-		}
+	if err := findBinaries(program{&cfg.Runc, "runc"}, program{&cfg.Busybox, "busybox"}); err != nil {
+		return nil, err
 	}
 	if cfg.Snapshotter == "" {
 		cfg.Snapshotter = "native"

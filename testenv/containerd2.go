@@ -92,7 +92,7 @@ func containerd2Complete(dir string) bool {
 }
 
 // lockFile takes an exclusive flock on path (created if needed), waiting
-// until ctx ends. The returned function releases it; so does the kernel if
+// until ctx ends (the cache lock, the containerd build lock). The returned function releases it; so does the kernel if
 // the process dies.
 func lockFile(ctx context.Context, path string) (func(), error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o644)

@@ -11,9 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // kernelMeta is the Debian metapackage that names the current cloud kernel.
@@ -106,26 +103,7 @@ func fetchKernel(ctx context.Context, cacheDir, version string, log io.Writer) (
 // processes (go test runs packages in parallel) do not fetch or build the
 // same files at once. The returned function releases the lock.
 func lockCache(ctx context.Context, cacheDir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(cacheDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("opening cache lock: %w", err)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("locking cache: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for cache lock: %w", ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return lockFile(ctx, filepath.Join(cacheDir, ".lock"))
 }
 
 // lastLines returns the last n non-empty lines of s joined by " | ".
