@@ -102,3 +102,18 @@ all_nfs_mounts() {
 # server_clients N: the NFS server whose mount namespace $SRVPID is in
 # (e.g. its rpc.mountd) knows N NFSv4 clients.
 server_clients() { test "$(nsenter -t "$SRVPID" -m ls /proc/fs/nfsd/clients | grep -c .)" = "$1"; }
+
+# nfsd_on_bridge BRIDGE ADDR: an NFS server srv1 (exporting /srv/srv1) at
+# ADDR/24 in netns srv1, hung on a new bridge BRIDGE (the one CNI's bridge
+# plugin then uses). The VM itself has no address there, so only the
+# containers' netns reach the server. Sets SRVPID (see server_clients).
+nfsd_on_bridge() {
+	ip link add "$1" type bridge && ip link set "$1" up || return
+	lab_netns srv1 >/dev/null || return
+	ip link add srv1h type veth peer name eth0 netns srv1 &&
+		ip link set srv1h master "$1" up &&
+		ip -n srv1 addr add "$2/24" dev eth0 &&
+		ip -n srv1 link set eth0 up || return
+	lab_nfsd srv1 srv1 >/dev/null || return
+	SRVPID=$(pidof rpc.mountd)
+}

@@ -37,16 +37,7 @@ cat >$POLICY <<EOF
    "exports": ["/export"], "targets": ["/data"], "options": ["vers"]}
 ]}
 EOF
-# The server hangs on the CNI bridge; the VM itself has no address there,
-# so only the containers' netns reach it.
-ip link add labbr0 type bridge && ip link set labbr0 up
-lab_netns srv1 >/dev/null
-ip link add srv1h type veth peer name eth0 netns srv1
-ip link set srv1h master labbr0 up
-ip -n srv1 addr add $S/24 dev eth0
-ip -n srv1 link set eth0 up
-lab_nfsd srv1 srv1 >/dev/null || exit 1
-SRVPID=$(pidof rpc.mountd)
+nfsd_on_bridge labbr0 $S || exit 1
 lab_check_fails "the VM has no route to the server" ip route get $S
 
 ANN='[{"server": "198.51.100.10", "export": "/export", "target": "/data", "options": "vers=4.2", "mkdir": true}]'

@@ -75,16 +75,7 @@ lab_containerd /etc/containerd/config.toml >/dev/null || exit 1
 lab_log "containerd $(containerd --version | cut -d' ' -f3) up"
 lab_check "cri - images imported into k8s.io" $CRI images --busybox "$(command -v busybox)"
 
-# The server hangs on the CNI bridge; the VM itself has no address there,
-# so only the pods' netns reach it.
-ip link add labbr0 type bridge && ip link set labbr0 up
-lab_netns srv1 >/dev/null
-ip link add srv1h type veth peer name eth0 netns srv1
-ip link set srv1h master labbr0 up
-ip -n srv1 addr add $S/24 dev eth0
-ip -n srv1 link set eth0 up
-lab_nfsd srv1 srv1 >/dev/null || exit 1
-SRVPID=$(pidof rpc.mountd)
+nfsd_on_bridge labbr0 $S || exit 1
 lab_check_fails "the VM has no route to the server" ip route get $S
 
 nsmount nri --socket /run/nri/nri.sock --policy $POLICY --log $NRILOG >/run/lab/log/nri.out 2>&1 &
