@@ -348,18 +348,9 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 			states = append(states, st)
 		}
 		if o.Orphans {
-			if orphans = w.Orphans(s); len(orphans) > 0 {
-				stale := map[string]bool{}
-				for _, sb := range orphans {
-					stale[sb.Dev] = true
-				}
-				h, err := w.Proc.Holders(stale)
-				if err != nil {
-					return err
-				}
-				for i := range orphans {
-					orphans[i].Holders = h[orphans[i].Dev]
-				}
+			var err error
+			if orphans, err = w.Orphans(s, true); err != nil {
+				return err
 			}
 		}
 		return nil

@@ -91,7 +91,10 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 			rep.NetNS = append(rep.NetNS, st)
 		}
 		if o.NetNS == nil {
-			rep.Orphans = w.Orphans(s)
+			var err error
+			if rep.Orphans, err = w.Orphans(s, true); err != nil {
+				return err
+			}
 		}
 		return nil
 	})

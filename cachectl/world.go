@@ -246,7 +246,9 @@ const orphanWhy = "its network namespace has no process left: this mount keeps t
 // always stale, unless a live entry of s accounts for them (a mount made
 // with --netns PATH into a namespace that no process is in). Their NetNS is
 // unknown; Server comes from the mount source when it is an address.
-func (w *World) Orphans(s *State) []Superblock {
+// holders, if true, also looks for processes that hold them open (as
+// NetNS does for stale superblocks).
+func (w *World) Orphans(s *State, holders bool) ([]Superblock, error) {
 	known := map[string]bool{}
 	for i := range s.Entries {
 		if ok, _ := w.Live(&s.Entries[i]); ok {
@@ -277,7 +279,20 @@ func (w *World) Orphans(s *State) []Superblock {
 		out = append(out, sb)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Dev < out[j].Dev })
-	return out
+	if holders && len(out) > 0 {
+		devs := map[string]bool{}
+		for _, sb := range out {
+			devs[sb.Dev] = true
+		}
+		h, err := w.Proc.Holders(devs)
+		if err != nil {
+			return nil, err
+		}
+		for i := range out {
+			out[i].Holders = h[out[i].Dev]
+		}
+	}
+	return out, nil
 }
 
 // sourceServer returns the server address of an NFS mount source

@@ -498,7 +498,11 @@ func TestOrphans(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string
-			for _, sb := range world.Orphans(&State{Entries: tt.entries}) {
+			orphans, err := world.Orphans(&State{Entries: tt.entries}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, sb := range orphans {
 				if !sb.Stale || sb.Why != orphanWhy {
 					t.Errorf("%s: Stale %v Why %q", sb.Dev, sb.Stale, sb.Why)
 				}

@@ -165,6 +165,9 @@ func printStatus(cmd *cobra.Command, rep *cachectl.Report) error {
 		for _, m := range sb.Mounts {
 			fmt.Fprintf(out, "    mounted at %s in mount namespace %s (pid %d)\n", m.Mountpoint, m.MountNS, m.PID)
 		}
+		for _, h := range sb.Holders {
+			fmt.Fprintf(out, "    held open by pid %d (%s): %s %s\n", h.PID, h.Comm, h.What, h.Path)
+		}
 		fmt.Fprintf(out, "    fix: nsmount flush --server %s\n", sb.Server)
 	}
 	return nil
