@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -75,7 +76,7 @@ container is left and the error names the cause.`,
 			}
 			pid, err := cd.RunContainer(ctx, args[0], opts)
 			if err != nil {
-				return &exitError{code: 1, err: fmt.Errorf("%s", strings.ReplaceAll(err.Error(), "\n", " "))}
+				return &exitError{code: 1, err: errors.New(strings.ReplaceAll(err.Error(), "\n", " "))}
 			}
 			fmt.Println(pid)
 			return nil
