@@ -39,9 +39,9 @@ const (
 )
 
 func newHookCommand() *cobra.Command {
-	var stage, policyPath, logPath string
+	var stage, policyPath, logPath, owner string
 	cmd := &cobra.Command{
-		Use:   "hook [--stage createRuntime|poststop] [--policy PATH] [--log FILE]",
+		Use:   "hook [--stage createRuntime|poststop] [--policy PATH] [--log FILE] [--owner hook|nri]",
 		Short: "OCI runtime hook: mount the NFS volumes a container's annotation asks for",
 		Long: `hook is an OCI runtime hook (runc, crun). It reads the container's state
 (JSON) on stdin. At createRuntime it mounts what the container's
@@ -61,13 +61,16 @@ Without the annotation it does nothing. One line per mount goes to stderr
 			if err != nil {
 				return err
 			}
+			if owner != "hook" && owner != "nri" {
+				return usageError{fmt.Errorf("--owner %q: want hook or nri", owner)}
+			}
 			stage := stage
 			if stage == "" {
 				if stage, err = stageOf(state.Status); err != nil {
 					return err
 				}
 			}
-			h := &hook{id: state.ID, out: cmd.ErrOrStderr(), logPath: logPath}
+			h := &hook{id: state.ID, out: cmd.ErrOrStderr(), logPath: logPath, owner: owner}
 			defer h.close()
 			h.stateDir, _ = cmd.Flags().GetString("state-dir")
 			switch stage {
@@ -87,6 +90,7 @@ Without the annotation it does nothing. One line per mount goes to stderr
 	cmd.Flags().StringVar(&stage, "stage", "", "hook stage: createRuntime or poststop (default: from the state's status)")
 	cmd.Flags().StringVar(&policyPath, "policy", nsmount.DefaultPolicyPath, "host policy file deciding what annotations may mount")
 	cmd.Flags().StringVar(&logPath, "log", "", "also append what the hook does to FILE")
+	cmd.Flags().StringVar(&owner, "owner", "hook", "who the registry names as the mounts' owner: hook, or nri when nsmount nri injected the hook")
 	return cmd
 }
 
@@ -144,6 +148,8 @@ type hook struct {
 	out     io.Writer
 	logPath string   // "" without --log
 	log     *os.File // opened on first use
+	owner   string   // the registry entries' owner
+
 	// stateDir is the registry; opened (and created) on first use, so a
 	// container without the annotation touches nothing.
 	stateDir string
@@ -273,7 +279,7 @@ func (h *hook) createRuntime(ctx context.Context, state *specs.State, policyPath
 	defer t.Close()
 	var done []string
 	for _, p := range todo {
-		m, err := mgr.Mount(ctx, t, p.req, cachectl.MountOptions{Owner: "hook", Container: state.ID})
+		m, err := mgr.Mount(ctx, t, p.req, cachectl.MountOptions{Owner: h.owner, Container: state.ID})
 		if err != nil {
 			if !p.vol.Required {
 				h.printf("warning: optional mount %s skipped: %v", p.vol, err)

@@ -304,7 +304,7 @@ func selectMounts(pod, ctr map[string]string, name string) (value, from string, 
 // hookAdjustment sets the container's mounts annotation to value and adds
 // nsmount hook as its createRuntime and poststop hooks.
 func hookAdjustment(o nriOptions, value string) *api.ContainerAdjustment {
-	common := []string{"--state-dir", o.stateDir}
+	common := []string{"--state-dir", o.stateDir, "--owner", "nri"}
 	if o.log != "" {
 		common = append(common, "--log", o.log)
 	}

@@ -66,14 +66,14 @@ func TestHookAdjustment(t *testing.T) {
 		{
 			name:    "with log",
 			opts:    nriOptions{nsmount: "/usr/local/bin/nsmount", policy: "/etc/nsmount/policy.json", stateDir: "/run/nsmount", log: "/var/log/nsmount.log"},
-			create:  []string{"nsmount", "hook", "--stage", "createRuntime", "--policy", "/etc/nsmount/policy.json", "--state-dir", "/run/nsmount", "--log", "/var/log/nsmount.log"},
-			destroy: []string{"nsmount", "hook", "--stage", "poststop", "--state-dir", "/run/nsmount", "--log", "/var/log/nsmount.log"},
+			create:  []string{"nsmount", "hook", "--stage", "createRuntime", "--policy", "/etc/nsmount/policy.json", "--state-dir", "/run/nsmount", "--owner", "nri", "--log", "/var/log/nsmount.log"},
+			destroy: []string{"nsmount", "hook", "--stage", "poststop", "--state-dir", "/run/nsmount", "--owner", "nri", "--log", "/var/log/nsmount.log"},
 		},
 		{
 			name:    "without log",
 			opts:    nriOptions{nsmount: "/opt/nsmount", policy: "/p.json", stateDir: "/s"},
-			create:  []string{"nsmount", "hook", "--stage", "createRuntime", "--policy", "/p.json", "--state-dir", "/s"},
-			destroy: []string{"nsmount", "hook", "--stage", "poststop", "--state-dir", "/s"},
+			create:  []string{"nsmount", "hook", "--stage", "createRuntime", "--policy", "/p.json", "--state-dir", "/s", "--owner", "nri"},
+			destroy: []string{"nsmount", "hook", "--stage", "poststop", "--state-dir", "/s", "--owner", "nri"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
