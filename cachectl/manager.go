@@ -136,6 +136,7 @@ func entryOf(mnt *nsmount.Mounted, req nsmount.Request, o MountOptions) Entry {
 		},
 		ClientID: mnt.ClientID, Owner: o.Owner, Created: time.Now().UTC(),
 	}
+	e.CreatedTicks, _ = BootTicks()
 	if mnt.Route.Gateway.IsValid() {
 		e.Route.Gateway = mnt.Route.Gateway.String()
 	}

@@ -46,13 +46,16 @@ func TestEntryOf(t *testing.T) {
 		ClientAddr: "2001:db8:1::2",
 		FSType:     "nfs", Version: "4.1", Params: mnt.Params,
 		Request:  RequestRecord{Source: "[2001:db8::1]:/export", Options: "vers=4.1,ro", ResolveFrom: "container"},
-		ClientID: "nsmount-1", Owner: "hook", Created: e.Created,
+		ClientID: "nsmount-1", Owner: "hook", Created: e.Created, CreatedTicks: e.CreatedTicks,
 	}
 	if e != want {
 		t.Errorf("entryOf =\n%+v\nwant\n%+v", e, want)
 	}
 	if time.Since(e.Created) > time.Minute || e.Created.Location() != time.UTC {
 		t.Errorf("Created %v", e.Created)
+	}
+	if now, _ := BootTicks(); e.CreatedTicks == 0 || e.CreatedTicks > now {
+		t.Errorf("CreatedTicks %d, now %d", e.CreatedTicks, now)
 	}
 	// A directly connected server: no gateway recorded.
 	mnt.Route.Gateway = netip.Addr{}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -140,6 +141,22 @@ func (p Proc) StartTime(pid int) (uint64, error) {
 		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
 	}
 	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// userHZ is the unit of process start times in /proc/PID/stat (USER_HZ:
+// 100 on every architecture Linux containers run on).
+const userHZ = 100
+
+// BootTicks returns the time since boot in the unit of StartTime, so that
+// "started before now" is StartTime(pid) <= BootTicks(). Both read
+// CLOCK_BOOTTIME (process start times do since Linux 5.5), through the
+// caller's time namespace.
+func BootTicks() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
+	}
+	return uint64(ts.Nano()) / (uint64(time.Second) / userHZ), nil
 }
 
 // Comm returns pid's command name, or "?".

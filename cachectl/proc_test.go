@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -426,5 +427,35 @@ func TestHoldersReal(t *testing.T) {
 	}
 	if hs, err := (Proc{}).Holders(nil); err != nil || len(hs) != 0 {
 		t.Errorf("Holders(nil) = %v, %v", hs, err)
+	}
+}
+
+// TestBootTicksOrdersWithStartTime checks BootTicks against the kernel's own
+// start times: this test process started before the first reading, and a
+// process started after a reading has a start time at or after it.
+func TestBootTicksOrdersWithStartTime(t *testing.T) {
+	before, err := BootTicks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := Proc{}.StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if self > before {
+		t.Errorf("this process started at %d, after BootTicks() = %d", self, before)
+	}
+	time.Sleep(20 * time.Millisecond) // two ticks: the child starts strictly later
+	cmd := exec.Command("sleep", "10")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	child, err := Proc{}.StartTime(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if child <= before {
+		t.Errorf("a process started after BootTicks() = %d has start time %d", before, child)
 	}
 }

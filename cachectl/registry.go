@@ -101,6 +101,12 @@ type Entry struct {
 	// Owner is who asked: "cli", "hook", "cni", "nri".
 	Owner   string    `json:"owner,omitempty"`
 	Created time.Time `json:"created"`
+	// CreatedTicks is when the mount was made on the clock of process
+	// start times (clock ticks since boot, /proc/PID/stat field 22). The
+	// kernel reuses namespace inodes and mount IDs: a mount namespace in
+	// which every process started after CreatedTicks is a successor that
+	// got the same inode, not the one mounted in. Zero: unknown.
+	CreatedTicks uint64 `json:"created_ticks,omitempty"`
 	// Rebuilt marks an entry recovered from mountinfo after the registry
 	// file was found corrupt: only what the kernel shows is known.
 	Rebuilt bool `json:"rebuilt,omitempty"`

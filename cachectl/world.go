@@ -99,12 +99,26 @@ func (w *World) Live(e *Entry) (bool, string) {
 		// cannot be read: trust the entry.
 		return true, ""
 	}
+	if e.CreatedTicks != 0 && !w.startedBy(e.Target.MountNS, e.CreatedTicks) {
+		return false, fmt.Sprintf("mount namespace %s is gone (its inode now names a namespace whose processes all started after the mount)", e.Target.MountNS)
+	}
 	for _, m := range w.Mounts[e.Dev] {
 		if m.MountNS == e.Target.MountNS && m.MountID == e.MountID {
 			return true, ""
 		}
 	}
 	return false, fmt.Sprintf("mount %d (%s at %s) is no longer in mount namespace %s", e.MountID, e.Source, e.Mountpoint, e.Target.MountNS)
+}
+
+// startedBy reports whether a process of mount namespace ns started at or
+// before ticks (see Entry.CreatedTicks).
+func (w *World) startedBy(ns NSID, ticks uint64) bool {
+	for _, pid := range w.NS.MountNS[ns] {
+		if start, err := w.Proc.StartTime(pid); err == nil && start <= ticks {
+			return true
+		}
+	}
+	return false
 }
 
 // Gone is a registry entry removed because its mount or namespace is gone.

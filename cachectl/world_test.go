@@ -175,6 +175,12 @@ func TestLiveAndReconcile(t *testing.T) {
 			why: "mount 530 (198.51.100.1:/export at /data) is no longer in mount namespace"},
 		{name: "mount ID of another namespace", e: w.entry("otherns", func(e *Entry) { e.MountID = 610 }),
 			why: "mount 610"},
+		{name: "made after the namespace's first process started", e: w.entry("ticked", func(e *Entry) {
+			e.CreatedTicks = 5000 // c1's PID 100 started at 5000
+		}), live: true},
+		{name: "namespace inode reused by a successor", e: w.entry("successor", func(e *Entry) {
+			e.CreatedTicks = 4999 // every process of c1 started later
+		}), why: fmt.Sprintf("mount namespace %s is gone (its inode now names a namespace whose processes all started after the mount)", w.c1)},
 		{name: "namespace without process", e: w.entry("dead", func(e *Entry) { e.Target.MountNS = w.dead }),
 			why: fmt.Sprintf("mount namespace %s is gone (no process left in it)", w.dead)},
 		{name: "namespace pinned by path", e: w.entry("pinned", func(e *Entry) {
@@ -205,10 +211,10 @@ func TestLiveAndReconcile(t *testing.T) {
 			t.Errorf("gone %s without a reason", g.Entry.ID)
 		}
 	}
-	if want := []string{"unmounted", "reused", "otherns", "dead", "repinned", "unpinned"}; !slices.Equal(goneIDs, want) {
+	if want := []string{"unmounted", "reused", "otherns", "successor", "dead", "repinned", "unpinned"}; !slices.Equal(goneIDs, want) {
 		t.Errorf("Reconcile removed %v, want %v", goneIDs, want)
 	}
-	if want := []string{"live", "side", "pinned"}; !slices.Equal(ids(&s), want) {
+	if want := []string{"live", "side", "ticked", "pinned"}; !slices.Equal(ids(&s), want) {
 		t.Errorf("Reconcile kept %v, want %v", ids(&s), want)
 	}
 	if gone := world.Reconcile(&s); len(gone) != 0 {

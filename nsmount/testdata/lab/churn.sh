@@ -262,6 +262,44 @@ cycle k$CYCLES 192.0.2.250 4.2
 lab_log "$KILLED containers destroyed with their mounts in $(since "$T") s"
 failures killed-cycles
 
+# --- a successor in the same namespace inode ------------------------------
+# The kernel reuses mount namespace inodes, mount IDs and NFS superblock
+# device numbers: a container created right after one died with its
+# nsmount mount (no nsmount command in between), mounting the same way,
+# gets all three back. A mount that this registry did not make (here:
+# another nsmount with its own --state-dir) must not keep the dead
+# container's entry alive: it would be taken for this registry's, with the
+# old container's server, route and identity. (A busybox mount(2) lands on
+# another mount ID: the same procedure is what reproduces the reuse.)
+# mount_key PID PATH: "<mntns inode>:<mount ID> <dev>" of the mount at PATH.
+mount_key() {
+	_ino=$(readlink "/proc/$1/ns/mnt" | tr -dc 0-9)
+	awk -v p="$2" -v i="$_ino" '$5 == p { k = i ":" $1 " " $3 } END { print k }' "/proc/$1/mountinfo"
+}
+OTHER="--state-dir $LAB_STATE/other-registry"
+ct_up y0 192.0.2.240 && ct_mount y0 4.2 || fail "y0: create, mount"
+OLD=$(mount_key "$PID" /data)
+lab_stop y0 >/dev/null || fail "y0: stop"
+ct_up y1 192.0.2.241 || fail "y1: create"
+# Mount IDs are freed an RCU grace period after their namespace: retry a
+# few times until the old one is free.
+n=0
+while :; do
+	nsmount $OTHER mount --pid "$PID" -o vers=4.2 $S:/export /data >/dev/null || { fail "y1: other mount"; break; }
+	NEW=$(mount_key "$PID" /data)
+	[ "$NEW" != "$OLD" ] && [ $n -lt 10 ] || break
+	n=$((n + 1))
+	nsmount $OTHER umount --pid "$PID" /data >/dev/null || { fail "y1: other umount"; break; }
+	sleep 0.3
+done
+lab_log "successor: y0's nsmount mount was $OLD, y1's is $NEW ($n retries)"
+failures successor-setup
+lab_check_output successor-reuses-inode-mount-id-dev "$OLD" echo "$NEW"
+nsmount status --no-probe >/dev/null
+lab_check successor-does-not-revive-entry sh -c "! grep -q '\"id\": *\"${OLD%% *}\"' /run/nsmount/registry.json"
+nsmount $OTHER umount --pid "$PID" /data >/dev/null || fail "y1: other umount"
+lab_stop y1 >/dev/null || fail "y1: stop"
+failures successor-teardown
 expect after-churn "$MID" $LEAKY
 slab_near after-churn-netns_slab "$MID"
 lab_log "counts after churn: $COUNTS"
