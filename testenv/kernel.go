@@ -13,8 +13,14 @@ import (
 	"strings"
 )
 
-// kernelMeta is the Debian metapackage that names the current cloud kernel.
-const kernelMeta = "linux-image-cloud-amd64"
+// DefaultKernelPackage is the Debian metapackage that names the current
+// cloud kernel (Debian 12: 6.1).
+const DefaultKernelPackage = "linux-image-cloud-amd64"
+
+// NewerKernelPackage names Debian 12's newer cloud kernel line (6.12, from
+// bookworm-security): it has what 6.1 lacks (MOVE_MOUNT_BENEATH,
+// /sys/fs/nfs/DEV/shutdown), and lab tests of those run on it.
+const NewerKernelPackage = "linux-image-6.12-cloud-amd64"
 
 // kernel is an extracted Debian kernel package in the cache.
 type kernel struct {
@@ -32,11 +38,12 @@ func (k *kernel) modDir() string {
 	return filepath.Join(k.dir, "lib", "modules", k.version)
 }
 
-// resolveKernelVersion asks apt which kernel the cloud metapackage depends on.
-func resolveKernelVersion(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "apt-cache", "depends", kernelMeta).Output()
+// resolveKernelVersion asks apt which kernel the metapackage meta depends
+// on.
+func resolveKernelVersion(ctx context.Context, meta string) (string, error) {
+	out, err := exec.CommandContext(ctx, "apt-cache", "depends", meta).Output()
 	if err != nil {
-		return "", fmt.Errorf("running apt-cache depends %s: %w", kernelMeta, err)
+		return "", fmt.Errorf("running apt-cache depends %s: %w", meta, err)
 	}
 	v, err := parseAptDepends(out)
 	if err != nil {

@@ -38,9 +38,12 @@ type Config struct {
 	// Default: $NSMOUNT_LAB_CACHE, else /var/cache/nsmount-lab.
 	CacheDir string
 	// KernelVersion pins the Debian kernel, e.g. "6.1.0-56-cloud-amd64".
-	// Default: $NSMOUNT_LAB_KERNEL, else what linux-image-cloud-amd64
-	// depends on (apt-cache depends).
+	// Default: $NSMOUNT_LAB_KERNEL (when KernelPackage is not set), else
+	// what KernelPackage depends on (apt-cache depends).
 	KernelVersion string
+	// KernelPackage is the metapackage that names the kernel when
+	// KernelVersion is not set (default DefaultKernelPackage).
+	KernelPackage string
 	// Accel is the qemu accelerator: "tcg" (default) or "kvm".
 	// Default: $NSMOUNT_LAB_ACCEL, else "tcg".
 	Accel string
@@ -73,7 +76,10 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	env(&c.CacheDir, EnvCache, DefaultCacheDir)
-	env(&c.KernelVersion, EnvKernel, "")
+	if c.KernelPackage == "" {
+		env(&c.KernelVersion, EnvKernel, "")
+		c.KernelPackage = DefaultKernelPackage
+	}
 	env(&c.Accel, EnvAccel, "tcg")
 	env(&c.Nsmount, EnvNsmount, "")
 	env(&c.LabBin, EnvLabBin, "")
@@ -160,7 +166,7 @@ func (l *Lab) prepareCache(ctx context.Context) error {
 	defer unlock()
 	ver := l.cfg.KernelVersion
 	if ver == "" {
-		if ver, err = resolveKernelVersion(ctx); err != nil {
+		if ver, err = resolveKernelVersion(ctx, l.cfg.KernelPackage); err != nil {
 			return err
 		}
 	}

@@ -6,10 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/ulikunitz/xz"
 )
 
 // labModules are the kernel modules the guest loads, before dependencies.
@@ -82,16 +86,27 @@ func normModName(s string) string {
 	return strings.ReplaceAll(s, "-", "_")
 }
 
-// indexModules maps module names to .ko paths under a kernel module tree
-// (lib/modules/KVER).
+// moduleName returns the module name of a module file: plain ".ko" (Debian
+// 12's 6.1) or xz-compressed ".ko.xz" (its 6.12, CONFIG_MODULE_COMPRESS_XZ).
+func moduleName(file string) (string, bool) {
+	for _, suffix := range []string{".ko", ".ko.xz"} {
+		if n, ok := strings.CutSuffix(file, suffix); ok {
+			return normModName(n), true
+		}
+	}
+	return "", false
+}
+
+// indexModules maps module names to module file paths (.ko or .ko.xz)
+// under a kernel module tree (lib/modules/KVER).
 func indexModules(modDir string) (map[string]string, error) {
 	idx := make(map[string]string)
 	err := filepath.WalkDir(modDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && strings.HasSuffix(p, ".ko") {
-			idx[normModName(strings.TrimSuffix(d.Name(), ".ko"))] = p
+		if name, ok := moduleName(d.Name()); ok && !d.IsDir() {
+			idx[name] = p
 		}
 		return nil
 	})
@@ -146,8 +161,53 @@ func moduleClosure(roots []string, deps depFunc) ([]string, error) {
 	return order, nil
 }
 
-// ResolveModules returns the .ko paths of roots and their dependencies under
-// modDir (lib/modules/KVER of an extracted kernel package), in load order.
+// plainModule returns the path of module file p uncompressed: p itself, or
+// for a .ko.xz the .ko beside it, decompressed on first use (into a temporary
+// file renamed into place: a partial file is never used). The guest's
+// busybox insmod loads plain images only.
+func plainModule(p string) (string, error) {
+	plain, ok := strings.CutSuffix(p, ".xz")
+	if !ok {
+		return p, nil
+	}
+	if _, err := os.Stat(plain); err == nil {
+		return plain, nil
+	}
+	in, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	r, err := xz.NewReader(in)
+	if err != nil {
+		return "", fmt.Errorf("decompress %s: %w", p, err)
+	}
+	out, err := os.CreateTemp(filepath.Dir(p), ".ko-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(out.Name())
+	if _, err := io.Copy(out, io.LimitReader(r, maxModuleSize)); err != nil {
+		out.Close()
+		return "", fmt.Errorf("decompress %s: %w", p, err)
+	}
+	if err := out.Close(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(out.Name(), plain); err != nil {
+		return "", fmt.Errorf("decompress %s: %w", p, err)
+	}
+	return plain, nil
+}
+
+// maxModuleSize bounds a decompressed module (the largest lab module,
+// nfsd, is under 2 MiB).
+const maxModuleSize = 64 << 20
+
+// ResolveModules returns the plain .ko paths of roots and their
+// dependencies under modDir (lib/modules/KVER of an extracted kernel
+// package), in load order; compressed modules are decompressed beside
+// their .ko.xz.
 func ResolveModules(modDir string, roots []string) ([]string, error) {
 	idx, err := indexModules(modDir)
 	if err != nil {
@@ -158,7 +218,12 @@ func ResolveModules(modDir string, roots []string) ([]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("module %s not found in %s", name, modDir)
 		}
-		return ModuleDepends(p)
+		plain, err := plainModule(p)
+		if err != nil {
+			return nil, err
+		}
+		idx[name] = plain
+		return ModuleDepends(plain)
 	}
 	names, err := moduleClosure(roots, deps)
 	if err != nil {

@@ -9,11 +9,19 @@ import (
 	"time"
 )
 
-// shared is the lab of this test binary, created by the first Shared call.
-var shared struct {
+// sharedLab is a lab shared by the tests of this test binary, created on
+// first use.
+type sharedLab struct {
 	once sync.Once
 	lab  *Lab
 	err  error
+}
+
+// shared holds this test binary's labs by kernel metapackage ("" for the
+// default Config).
+var shared struct {
+	mu   sync.Mutex
+	labs map[string]*sharedLab
 }
 
 // Shared returns the lab shared by all tests of this test binary, creating
@@ -21,24 +29,38 @@ var shared struct {
 // If the lab cannot be created the test fails with the reason, unless
 // NSMOUNT_LAB=off, in which case it is skipped with a message saying so.
 // The lab's temporary files live until the process exits.
-func Shared(t testing.TB) *Lab {
+func Shared(t testing.TB) *Lab { return SharedKernel(t, "") }
+
+// SharedKernel is Shared for the kernel that metapackage pkg names (e.g.
+// NewerKernelPackage); "" is the default kernel.
+func SharedKernel(t testing.TB, pkg string) *Lab {
 	t.Helper()
 	if os.Getenv(EnvLab) == "off" {
 		t.Skip("lab disabled by NSMOUNT_LAB=off")
 	}
-	shared.once.Do(func() {
+	shared.mu.Lock()
+	if shared.labs == nil {
+		shared.labs = map[string]*sharedLab{}
+	}
+	s := shared.labs[pkg]
+	if s == nil {
+		s = &sharedLab{}
+		shared.labs[pkg] = s
+	}
+	shared.mu.Unlock()
+	s.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
 		start := time.Now()
-		shared.lab, shared.err = New(ctx, Config{Log: testLogWriter{t}})
-		if shared.err == nil {
-			t.Logf("lab ready in %v (kernel %s)", time.Since(start).Round(time.Millisecond), shared.lab.KernelVersion())
+		s.lab, s.err = New(ctx, Config{KernelPackage: pkg, Log: testLogWriter{t}})
+		if s.err == nil {
+			t.Logf("lab ready in %v (kernel %s)", time.Since(start).Round(time.Millisecond), s.lab.KernelVersion())
 		}
 	})
-	if shared.err != nil {
-		t.Fatalf("nested-VM lab cannot start (set NSMOUNT_LAB=off to skip lab tests): %v", shared.err)
+	if s.err != nil {
+		t.Fatalf("nested-VM lab cannot start (set NSMOUNT_LAB=off to skip lab tests): %v", s.err)
 	}
-	return shared.lab
+	return s.lab
 }
 
 // testLogWriter logs writes to t.
@@ -56,7 +78,12 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 // prints no checks.
 func RunT(t *testing.T, script string, opts ...RunOption) *Result {
 	t.Helper()
-	lab := Shared(t)
+	return RunOnT(t, Shared(t), script, opts...)
+}
+
+// RunOnT is RunT in lab (e.g. SharedKernel's).
+func RunOnT(t *testing.T, lab *Lab, script string, opts ...RunOption) *Result {
+	t.Helper()
 	ctx := t.Context()
 	res, err := lab.Run(ctx, script, t.Output(), opts...)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cavaliergopher/cpio"
+	"github.com/ulikunitz/xz"
 )
 
 func TestParseModinfoDepends(t *testing.T) {
@@ -86,7 +87,9 @@ func TestModuleClosure(t *testing.T) {
 
 // cachedModDir returns the module tree of a kernel in the lab cache, if one
 // has been fetched.
-func cachedModDir(t *testing.T) string {
+// cachedModDirs returns the module trees of the kernels in the lab cache
+// (6.1 with plain modules, 6.12 with .ko.xz once fetched).
+func cachedModDirs(t *testing.T) []string {
 	t.Helper()
 	dir := os.Getenv(EnvCache)
 	if dir == "" {
@@ -96,11 +99,16 @@ func cachedModDir(t *testing.T) string {
 	if len(dirs) == 0 {
 		t.Skipf("no kernel in the lab cache %s yet (run nsmount-lab fetch or the lab tests first)", dir)
 	}
-	return dirs[0]
+	return dirs
 }
 
 func TestResolveModulesRealKernel(t *testing.T) {
-	modDir := cachedModDir(t)
+	for _, modDir := range cachedModDirs(t) {
+		t.Run(filepath.Base(modDir), func(t *testing.T) { testResolveModules(t, modDir) })
+	}
+}
+
+func testResolveModules(t *testing.T, modDir string) {
 	paths, err := ResolveModules(modDir, labModules)
 	if err != nil {
 		t.Fatal(err)
@@ -108,6 +116,9 @@ func TestResolveModulesRealKernel(t *testing.T) {
 	var names []string
 	pos := map[string]int{}
 	for i, p := range paths {
+		if !strings.HasSuffix(p, ".ko") {
+			t.Errorf("%s: not a plain module", p)
+		}
 		n := normModName(strings.TrimSuffix(filepath.Base(p), ".ko"))
 		names = append(names, n)
 		pos[n] = i
@@ -314,6 +325,60 @@ func TestGuestTimeout(t *testing.T) {
 		d, _ := time.ParseDuration(tt.in)
 		if got := guestTimeout(d); got != tt.want {
 			t.Errorf("guestTimeout(%s) = %d, want %d", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestPlainModule decompresses a .ko.xz beside itself once, and leaves a
+// plain .ko alone.
+func TestPlainModule(t *testing.T) {
+	dir := t.TempDir()
+	image := []byte("\x7fELF not really a module")
+	var buf bytes.Buffer
+	w, err := xz.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(image); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	xzPath := filepath.Join(dir, "nfs.ko.xz")
+	if err := os.WriteFile(xzPath, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		p, err := plainModule(xzPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p != filepath.Join(dir, "nfs.ko") {
+			t.Fatalf("run %d: plainModule = %s", i, p)
+		}
+		if got, _ := os.ReadFile(p); !bytes.Equal(got, image) {
+			t.Errorf("run %d: decompressed %q", i, got)
+		}
+	}
+	if p, err := plainModule(filepath.Join(dir, "nfs.ko")); err != nil || p != filepath.Join(dir, "nfs.ko") {
+		t.Errorf("plain: %s, %v", p, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bad.ko.xz"), []byte("not xz"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plainModule(filepath.Join(dir, "bad.ko.xz")); err == nil || !strings.Contains(err.Error(), "decompress") {
+		t.Errorf("corrupt .ko.xz: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bad.ko")); !os.IsNotExist(err) {
+		t.Errorf("corrupt .ko.xz left bad.ko: %v", err)
+	}
+	for _, tt := range []struct {
+		file, name string
+		ok         bool
+	}{{"nfs.ko", "nfs", true}, {"nfs_layout-nfsv41_files.ko.xz", "nfs_layout_nfsv41_files", true}, {"modules.dep", "", false}, {"x.ko.zst", "", false}} {
+		if name, ok := moduleName(tt.file); name != tt.name || ok != tt.ok {
+			t.Errorf("moduleName(%q) = %q, %v", tt.file, name, ok)
 		}
 	}
 }

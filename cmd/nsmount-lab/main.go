@@ -1,9 +1,9 @@
 // Command nsmount-lab runs nsmount scenario scripts in throwaway VMs (the
 // nested-VM lab of package testenv).
 //
-//	nsmount-lab run [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH] SCRIPT|-
-//	nsmount-lab fetch [--kernel VER] [--cache DIR] [--nsmount PATH]   (also builds containerd 2.x)
-//	nsmount-lab demo [--kernel VER] [--cache DIR] [--timeout D] [--nsmount PATH]
+//	nsmount-lab run [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--nsmount PATH] SCRIPT|-
+//	nsmount-lab fetch [--kernel VER|--kernel-package META] [--cache DIR] [--nsmount PATH]
+//	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--nsmount PATH]
 //	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
 //
 // run streams the VM console to stdout and exits with the script's exit
@@ -78,6 +78,7 @@ func rootCmd() *cobra.Command {
 	}
 	flags := func(c *cobra.Command, timeout bool) {
 		c.Flags().StringVar(&cfg.KernelVersion, "kernel", "", "Debian kernel version, e.g. 6.1.0-56-cloud-amd64 (default: $NSMOUNT_LAB_KERNEL or the current cloud kernel)")
+		c.Flags().StringVar(&cfg.KernelPackage, "kernel-package", "", "Debian metapackage naming the kernel when --kernel is not given, e.g. "+testenv.NewerKernelPackage+" (default "+testenv.DefaultKernelPackage+")")
 		c.Flags().StringVar(&cfg.CacheDir, "cache", "", "cache directory (default: $NSMOUNT_LAB_CACHE or "+testenv.DefaultCacheDir+")")
 		c.Flags().StringVar(&cfg.Nsmount, "nsmount", "", "static nsmount binary (default: $NSMOUNT_LAB_NSMOUNT or build ./cmd/nsmount)")
 		if timeout {
@@ -98,16 +99,27 @@ func rootCmd() *cobra.Command {
 	}
 	fetch := &cobra.Command{
 		Use:   "fetch",
-		Short: "Fetch the kernel, build the initramfs archives and containerd " + testenv.Containerd2Version + " (CI warm-up)",
-		Args:  cobra.NoArgs,
+		Short: "Fetch the kernels, build the initramfs archives and containerd " + testenv.Containerd2Version + " (CI warm-up)",
+		Long: `fetch prepares what the tests use: the lab of the given kernel, or without
+--kernel and --kernel-package both the default kernel's and the newer
+kernel's (` + testenv.NewerKernelPackage + `), and containerd ` + testenv.Containerd2Version + `.`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			lab, err := newLab(c.Context(), cfg)
-			if err != nil {
-				return err
+			cfgs := []testenv.Config{cfg}
+			if cfg.KernelVersion == "" && cfg.KernelPackage == "" {
+				newer := cfg
+				newer.KernelPackage = testenv.NewerKernelPackage
+				cfgs = append(cfgs, newer)
 			}
-			fmt.Printf("lab ready: kernel %s\n", lab.KernelVersion())
-			if err := lab.Close(); err != nil {
-				return err
+			for _, cfg := range cfgs {
+				lab, err := newLab(c.Context(), cfg)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("lab ready: kernel %s\n", lab.KernelVersion())
+				if err := lab.Close(); err != nil {
+					return err
+				}
 			}
 			dir, err := testenv.Containerd2(c.Context(), cfg.CacheDir, os.Stderr)
 			if err != nil {
