@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
@@ -24,6 +23,42 @@ type Manager struct {
 	Proc Proc
 	// Report, if set, receives one line per action taken or problem seen.
 	Report func(string)
+	// Shutdowner reaches the superblocks' shutdown knob; nil means the
+	// kernel's (through nsmount.ShutdownState and ShutdownSuperblock).
+	Shutdowner Shutdowner
+}
+
+// shutdowner returns m.Shutdowner, else the kernel's when m reads the real
+// /proc (the PIDs of another procfs cannot be entered), else nil.
+func (m *Manager) shutdowner() Shutdowner {
+	switch {
+	case m.Shutdowner != nil:
+		return m.Shutdowner
+	case m.Proc.Root == "":
+		return kernelShutdowner{}
+	}
+	return nil
+}
+
+// kernelShutdowner is the Shutdowner of the running kernel.
+type kernelShutdowner struct{}
+
+func (kernelShutdowner) ShutdownState(ctx context.Context, pid int, devs []string) (map[string]bool, error) {
+	t, err := nsmount.OpenPID(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	return nsmount.ShutdownState(ctx, t, devs)
+}
+
+func (kernelShutdowner) Shutdown(ctx context.Context, pid int, dev string) error {
+	t, err := nsmount.OpenPID(pid)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return nsmount.ShutdownSuperblock(ctx, t, dev)
 }
 
 func (m *Manager) report(format string, args ...any) {
@@ -77,6 +112,9 @@ type MountOptions struct {
 	Stale StalePolicy
 	// Kill lets the flush end processes that hold stale superblocks open.
 	Kill bool
+	// Shutdown lets the flush shut down stale superblocks held open
+	// (Linux 6.6+; see FlushOptions.Shutdown).
+	Shutdown bool
 	// Owner ("cli", "hook", ...) and Container are recorded with the entry.
 	Owner, Container string
 	// NetNSPath and MountNSPath are recorded for targets opened by path.
@@ -101,7 +139,7 @@ func (m *Manager) Mount(ctx context.Context, t *nsmount.Target, req nsmount.Requ
 				return err
 			}
 		}
-		return m.checkStale(ctx, netns, p, policy, o.Kill)
+		return m.checkStale(ctx, netns, p, policy, o)
 	}
 	mnt, err := nsmount.Mount(ctx, t, req)
 	if err != nil {
@@ -152,7 +190,7 @@ func entryOf(mnt *nsmount.Mounted, req nsmount.Request, o MountOptions) Entry {
 }
 
 // checkStale applies policy to the stale superblocks of p's server in netns.
-func (m *Manager) checkStale(ctx context.Context, netns NSID, p *nsmount.Plan, policy StalePolicy, kill bool) error {
+func (m *Manager) checkStale(ctx context.Context, netns NSID, p *nsmount.Plan, policy StalePolicy, o MountOptions) error {
 	var st *NetNSState
 	gone, err := m.reconciled(func(s *State, w *World) error {
 		var err error
@@ -177,7 +215,7 @@ func (m *Manager) checkStale(ctx context.Context, netns NSID, p *nsmount.Plan, p
 	case StaleRefuse:
 		return nsmount.WithClass(nsmount.ErrStaleState, staleError(p.Address, stale))
 	}
-	rep, err := m.Flush(ctx, FlushOptions{NetNS: &netns, Server: p.Address, Kill: kill})
+	rep, err := m.Flush(ctx, FlushOptions{NetNS: &netns, Server: p.Address, Kill: o.Kill, Shutdown: o.Shutdown})
 	if err != nil {
 		return err
 	}
@@ -243,6 +281,7 @@ func (m *Manager) reconciled(fn func(*State, *World) error) ([]Gone, error) {
 		if err != nil {
 			return err
 		}
+		w.Shutdowner = m.shutdowner()
 		gone = w.Reconcile(s)
 		if fn != nil {
 			return fn(s, w)
@@ -271,6 +310,12 @@ type FlushOptions struct {
 	Server netip.Addr
 	// Kill ends processes that hold stale superblocks open (SIGKILL).
 	Kill bool
+	// Shutdown shuts down stale superblocks that processes hold open
+	// (without Kill; Linux 6.6+, /sys/fs/nfs/DEV/shutdown in their netns):
+	// no process is ended, but every access through the superblock fails
+	// with EIO from then on, and its NFS client is released, so a new
+	// mount of the server gets its own.
+	Shutdown bool
 	// DryRun plans without acting.
 	DryRun bool
 	// Timeout bounds each unmount; zero means nsmount.DefaultMountTimeout.
@@ -282,8 +327,10 @@ type Action struct {
 	// Kind is "umount" (a copy of the superblock in some mount namespace),
 	// "kill" (a process holding it open), "holder" (a process holding it,
 	// left alone without Kill) or "shutdown" (/sys/fs/nfs/DEV/shutdown).
-	Kind       string      `json:"kind"`
-	NetNS      NSID        `json:"netns"`
+	Kind  string `json:"kind"`
+	NetNS NSID   `json:"netns"`
+	// PID is a process in NetNS, to reach its sysfs through (shutdown).
+	PID        int         `json:"pid,omitempty"`
 	Dev        string      `json:"dev"`
 	Server     netip.Addr  `json:"server"`
 	Mount      *MountRef   `json:"mount,omitempty"`
@@ -302,7 +349,11 @@ func (a Action) String() string {
 	case "kill":
 		s = fmt.Sprintf("kill pid %d (%s), holding %s %s", a.Holder.PID, a.Holder.Comm, a.Holder.What, a.Holder.Path)
 	case "holder":
-		s = fmt.Sprintf("left pid %d (%s) holding %s %s (use --kill to end it)", a.Holder.PID, a.Holder.Comm, a.Holder.What, a.Holder.Path)
+		hint := "use --kill to end it"
+		if a.Superblock != nil && a.Superblock.CanShutdown {
+			hint += ", or --shutdown to cut it off"
+		}
+		s = fmt.Sprintf("left pid %d (%s) holding %s %s (%s)", a.Holder.PID, a.Holder.Comm, a.Holder.What, a.Holder.Path, hint)
 	case "shutdown":
 		s = "shut down the superblock (/sys/fs/nfs/" + a.Dev + "/shutdown)"
 	}
@@ -365,12 +416,12 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 	for _, sb := range orphans {
 		if !o.Server.IsValid() || sb.Server == o.Server {
 			orphanSet = append(orphanSet, sb)
-			rep.Actions = append(rep.Actions, planFlush(NSID{}, sb, o.Kill)...)
+			rep.Actions = append(rep.Actions, planFlush(NSID{}, 0, sb, o)...)
 		}
 	}
 	for _, st := range states {
 		for _, sb := range st.StaleFor(o.Server) {
-			rep.Actions = append(rep.Actions, planFlush(st.NetNS, sb, o.Kill)...)
+			rep.Actions = append(rep.Actions, planFlush(st.NetNS, st.PID, sb, o)...)
 		}
 	}
 	if o.DryRun {
@@ -397,7 +448,10 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 	for _, st := range states {
 		now := m.volumesAfter(st, o.Server, 2*time.Second)
 		for _, sb := range st.StaleFor(o.Server) {
-			if now[sb.Dev] {
+			if now[sb.Dev] && rep.done("shutdown", st.NetNS, sb.Dev) {
+				rep.Flushed = append(rep.Flushed, sb.Dev)
+				m.report("flushed: netns %s superblock %s (server %s) is shut down: it stays while held, but its NFS client is released", st.NetNS, sb.Dev, sb.Server)
+			} else if now[sb.Dev] {
 				rep.Remaining = append(rep.Remaining, sb)
 			} else {
 				rep.Flushed = append(rep.Flushed, sb.Dev)
@@ -422,6 +476,17 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 	return rep, nil
 }
 
+// done reports whether an action of kind on superblock dev of netns was
+// carried out.
+func (r *FlushReport) done(kind string, netns NSID, dev string) bool {
+	for _, a := range r.Actions {
+		if a.Kind == kind && a.NetNS == netns && a.Dev == dev && a.Done {
+			return true
+		}
+	}
+	return false
+}
+
 // volumesAfter returns the devs of st's netns, waiting up to grace for the
 // stale superblocks of server to disappear.
 func (m *Manager) volumesAfter(st *NetNSState, server netip.Addr, grace time.Duration) map[string]bool {
@@ -443,9 +508,12 @@ func (m *Manager) volumesAfter(st *NetNSState, server netip.Addr, grace time.Dur
 	}
 }
 
-func planFlush(netns NSID, sb Superblock, kill bool) []Action {
+// planFlush plans the flush of stale superblock sb of netns (pid: a process
+// in it; 0 for an orphan).
+func planFlush(netns NSID, pid int, sb Superblock, o FlushOptions) []Action {
 	var out []Action
-	base := Action{NetNS: netns, Dev: sb.Dev, Server: sb.Server}
+	kill := o.Kill
+	base := Action{NetNS: netns, Dev: sb.Dev, Server: sb.Server, Superblock: &sb}
 	for _, h := range sb.Holders {
 		a := base
 		a.Holder = &h
@@ -461,12 +529,10 @@ func planFlush(netns NSID, sb Superblock, kill bool) []Action {
 		a.Kind = "umount"
 		out = append(out, a)
 	}
-	if len(sb.Holders) > 0 && !kill {
-		if _, err := os.Stat("/sys/fs/nfs/" + sb.Dev + "/shutdown"); err == nil {
-			a := base
-			a.Kind = "shutdown"
-			out = append(out, a)
-		}
+	if len(sb.Holders) > 0 && !kill && o.Shutdown && sb.CanShutdown && pid != 0 {
+		a := base
+		a.Kind, a.PID = "shutdown", pid
+		out = append(out, a)
 	}
 	return out
 }
@@ -486,7 +552,10 @@ func (m *Manager) act(ctx context.Context, a *Action, o FlushOptions) {
 			err = fmt.Errorf("busy: files are open on it (end the holders, or use --kill)")
 		}
 	case "shutdown":
-		err = os.WriteFile("/sys/fs/nfs/"+a.Dev+"/shutdown", []byte("1"), 0)
+		err = errors.New("no shutdown knob here")
+		if s := m.shutdowner(); s != nil {
+			err = s.Shutdown(ctx, a.PID, a.Dev)
+		}
 	}
 	a.Done = err == nil
 	if err != nil {

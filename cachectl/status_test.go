@@ -2,6 +2,7 @@ package cachectl
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -174,32 +175,55 @@ func TestPlanFlush(t *testing.T) {
 		Holders: []Holder{{PID: 300, What: "fd 3"}, {PID: 301, What: "cwd"}},
 		Stale:   true,
 	}
-	for _, kill := range []bool{false, true} {
-		acts := planFlush(netns, sb, kill)
-		var got []string
-		for _, a := range acts {
-			s := a.Kind
-			switch {
-			case a.Holder != nil:
-				s += " " + a.Holder.What
-			case a.Mount != nil:
-				s += " " + a.Mount.Mountpoint
-			}
-			got = append(got, s)
-			if a.NetNS != netns || a.Dev != "0:51" || a.Server != sb.Server || a.Done {
-				t.Errorf("action %+v", a)
-			}
-		}
-		holder := map[bool]string{false: "holder", true: "kill"}[kill]
-		// The host kernel has no NFS: no /sys/fs/nfs/DEV/shutdown, no
-		// shutdown action.
-		want := []string{holder + " fd 3", holder + " cwd", "umount /old", "umount /old2"}
-		if !slices.Equal(got, want) {
-			t.Errorf("kill=%v: plan %q, want %q", kill, got, want)
-		}
+	knob := sb
+	knob.CanShutdown = true
+	tests := []struct {
+		name string
+		pid  int
+		sb   Superblock
+		o    FlushOptions
+		want []string
+	}{
+		{name: "holders named", pid: 100, sb: sb, want: []string{"holder fd 3", "holder cwd", "umount /old", "umount /old2"}},
+		{name: "kill", pid: 100, sb: sb, o: FlushOptions{Kill: true}, want: []string{"kill fd 3", "kill cwd", "umount /old", "umount /old2"}},
+		{name: "shutdown asked, no knob (6.1)", pid: 100, sb: sb, o: FlushOptions{Shutdown: true}, want: []string{"holder fd 3", "holder cwd", "umount /old", "umount /old2"}},
+		{name: "knob, not asked", pid: 100, sb: knob, want: []string{"holder fd 3", "holder cwd", "umount /old", "umount /old2"}},
+		{name: "shutdown", pid: 100, sb: knob, o: FlushOptions{Shutdown: true}, want: []string{"holder fd 3", "holder cwd", "umount /old", "umount /old2", "shutdown pid 100"}},
+		{name: "kill wins over shutdown", pid: 100, sb: knob, o: FlushOptions{Kill: true, Shutdown: true}, want: []string{"kill fd 3", "kill cwd", "umount /old", "umount /old2"}},
+		{name: "orphan: no netns to reach the knob", sb: knob, o: FlushOptions{Shutdown: true}, want: []string{"holder fd 3", "holder cwd", "umount /old", "umount /old2"}},
+		{name: "nothing to do", pid: 100, sb: Superblock{Volume: Volume{Dev: "0:51"}}, o: FlushOptions{Kill: true}},
 	}
-	if acts := planFlush(netns, Superblock{Volume: Volume{Dev: "0:52"}}, true); len(acts) != 0 {
-		t.Errorf("plan for a superblock without mounts or holders: %+v", acts)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, a := range planFlush(netns, tt.pid, tt.sb, tt.o) {
+				s := a.Kind
+				switch {
+				case a.Holder != nil:
+					s += " " + a.Holder.What
+				case a.Mount != nil:
+					s += " " + a.Mount.Mountpoint
+				default:
+					s += fmt.Sprintf(" pid %d", a.PID)
+				}
+				got = append(got, s)
+				if a.NetNS != netns || a.Dev != "0:51" || a.Server != tt.sb.Server || a.Done {
+					t.Errorf("action %+v", a)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("plan %q, want %q", got, tt.want)
+			}
+		})
+	}
+	// The holder's hint names --shutdown only where the kernel has it.
+	for _, tt := range []struct {
+		sb   Superblock
+		want string
+	}{{sb, "(use --kill to end it)"}, {knob, "(use --kill to end it, or --shutdown to cut it off)"}} {
+		if a := planFlush(netns, 100, tt.sb, FlushOptions{})[0]; !strings.HasSuffix(a.String(), tt.want) {
+			t.Errorf("holder action %q, want suffix %q", a.String(), tt.want)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package cachectl
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -33,6 +34,20 @@ type World struct {
 	Mounts map[string][]MountRef
 	// Taken is when the observation was made.
 	Taken time.Time
+	// Shutdowner, if set, tells superblocks that are shut down (Linux
+	// 6.6+) from stale ones; Observe leaves it unset.
+	Shutdowner Shutdowner
+}
+
+// Shutdowner reads and uses the shutdown knob of NFS superblocks
+// (/sys/fs/nfs/DEV/shutdown, Linux 6.6+), in the network namespace of a
+// process.
+type Shutdowner interface {
+	// ShutdownState reports, per superblock in devs, whether it is shut
+	// down; superblocks without the knob are absent.
+	ShutdownState(ctx context.Context, pid int, devs []string) (map[string]bool, error)
+	// Shutdown shuts superblock dev down.
+	Shutdown(ctx context.Context, pid int, dev string) error
 }
 
 // Observe scans p.
@@ -156,9 +171,19 @@ type Superblock struct {
 	// nsmount's. A new mount of the same server in this netns would share
 	// its nfs_client, and with it the old connection, route and identity.
 	Stale bool `json:"stale"`
-	// Why explains Stale for people.
+	// Why explains Stale (or Shutdown) for people.
 	Why string `json:"why,omitempty"`
+	// Shutdown reports a superblock that is shut down (Linux 6.6+): its
+	// NFS client is released, a new mount cannot inherit anything from
+	// it, so it is not stale; it stays while held, failing every access.
+	Shutdown bool `json:"shutdown,omitempty"`
+	// CanShutdown reports that the kernel has the shutdown knob for this
+	// stale superblock (flush --shutdown).
+	CanShutdown bool `json:"can_shutdown,omitempty"`
 }
+
+// shutdownWhy explains a shut-down superblock.
+const shutdownWhy = "shut down: its NFS client is released (a new mount gets its own), and every access through it fails with EIO until its holders let go"
 
 // NetNSState is the NFS client state of one network namespace.
 type NetNSState struct {
@@ -236,6 +261,7 @@ func (w *World) NetNS(ns NSID, s *State, holders bool) (*NetNSState, error) {
 		}
 		out.Superblocks = append(out.Superblocks, sb)
 	}
+	w.markShutdown(pid, out.Superblocks, stale)
 	if holders && len(stale) > 0 {
 		h, err := w.Proc.Holders(stale)
 		if err != nil {
@@ -246,6 +272,36 @@ func (w *World) NetNS(ns NSID, s *State, holders bool) (*NetNSState, error) {
 		}
 	}
 	return out, nil
+}
+
+// markShutdown asks w.Shutdowner about the stale superblocks of sbs (of the
+// netns of pid): shut-down ones are not stale (and leave stale), others
+// with the knob can be shut down. Without an answer they stay stale.
+func (w *World) markShutdown(pid int, sbs []Superblock, stale map[string]bool) {
+	if w.Shutdowner == nil || len(stale) == 0 {
+		return
+	}
+	devs := make([]string, 0, len(stale))
+	for dev := range stale {
+		devs = append(devs, dev)
+	}
+	sort.Strings(devs)
+	down, err := w.Shutdowner.ShutdownState(context.Background(), pid, devs)
+	if err != nil {
+		return
+	}
+	for i := range sbs {
+		sb := &sbs[i]
+		d, ok := down[sb.Dev]
+		switch {
+		case !ok || !sb.Stale:
+		case d:
+			sb.Stale, sb.Shutdown, sb.Why = false, true, shutdownWhy
+			delete(stale, sb.Dev)
+		default:
+			sb.CanShutdown = true
+		}
+	}
 }
 
 // orphanWhy explains an orphan superblock.

@@ -1,7 +1,10 @@
 package cachectl
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -537,5 +540,86 @@ func TestSourceServer(t *testing.T) {
 		if got := sourceServer(tt.source).String(); got != tt.want {
 			t.Errorf("sourceServer(%q) = %s, want %s", tt.source, got, tt.want)
 		}
+	}
+}
+
+// fakeShutdowner answers ShutdownState from down (devs absent: no knob) and
+// records Shutdown calls.
+type fakeShutdowner struct {
+	down  map[string]bool
+	err   error
+	calls []string
+}
+
+func (f *fakeShutdowner) ShutdownState(_ context.Context, pid int, devs []string) (map[string]bool, error) {
+	f.calls = append(f.calls, fmt.Sprintf("state %d %v", pid, devs))
+	out := map[string]bool{}
+	for _, d := range devs {
+		if v, ok := f.down[d]; ok {
+			out[d] = v
+		}
+	}
+	return out, f.err
+}
+
+func (f *fakeShutdowner) Shutdown(_ context.Context, pid int, dev string) error {
+	f.calls = append(f.calls, fmt.Sprintf("shutdown %d %s", pid, dev))
+	return f.err
+}
+
+// TestNetNSShutdown: a shut-down superblock (Linux 6.6+) is not stale (its
+// NFS client is released); a stale one with the knob can be shut down;
+// without an answer, stale stays stale.
+func TestNetNSShutdown(t *testing.T) {
+	w := newWorldFixture(t)
+	entries := State{Entries: []Entry{w.entry("live", nil)}}
+	tests := []struct {
+		name string
+		fake *fakeShutdowner
+		// want maps each superblock to "stale", "stale+knob", "shutdown"
+		// or "" (tracked).
+		want map[string]string
+	}{
+		{name: "no Shutdowner (6.1)", want: map[string]string{"0:50": "", "0:51": "stale", "0:53": "stale", w.heldDev: "stale"}},
+		{name: "knob everywhere, one shut down", fake: &fakeShutdowner{down: map[string]bool{"0:50": false, "0:51": true, "0:53": false, w.heldDev: false}},
+			want: map[string]string{"0:50": "", "0:51": "shutdown", "0:53": "stale+knob", w.heldDev: "stale+knob"}},
+		{name: "the netns cannot be entered", fake: &fakeShutdowner{down: map[string]bool{"0:51": true}, err: errors.New("no such process")},
+			want: map[string]string{"0:50": "", "0:51": "stale", "0:53": "stale", w.heldDev: "stale"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			world := w.observe(t)
+			if tt.fake != nil {
+				world.Shutdowner = tt.fake
+			}
+			st, err := world.NetNS(w.c1Net, &entries, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, sb := range st.Superblocks {
+				switch {
+				case sb.Shutdown && !sb.Stale && sb.Why == shutdownWhy && sb.Holders == nil:
+					got[sb.Dev] = "shutdown"
+				case sb.Stale && sb.CanShutdown:
+					got[sb.Dev] = "stale+knob"
+				case sb.Stale:
+					got[sb.Dev] = "stale"
+				case !sb.Shutdown && !sb.CanShutdown:
+					got[sb.Dev] = ""
+				default:
+					got[sb.Dev] = fmt.Sprintf("%+v", sb)
+				}
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+			if tt.fake != nil && (len(tt.fake.calls) != 1 || !strings.HasPrefix(tt.fake.calls[0], "state 100 ")) {
+				t.Errorf("Shutdowner calls %q, want one state query through pid 100", tt.fake.calls)
+			}
+			if len(st.StaleFor(w.srv4)) != strings.Count(fmt.Sprint(tt.want["0:51"]), "stale") {
+				t.Errorf("StaleFor(%s) = %+v", w.srv4, st.StaleFor(w.srv4))
+			}
+		})
 	}
 }

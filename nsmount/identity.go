@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,17 +47,9 @@ func ClientIdentity(ctx context.Context, t *Target) (string, error) {
 // clientIdentity reads the calling thread's netns's identity and, if set
 // is true and there is none, sets a new one.
 func clientIdentity(set bool) (string, bool, error) {
-	fsfd, err := unix.Fsopen("sysfs", unix.FSOPEN_CLOEXEC)
+	mfd, err := netnsSysfs()
 	if err != nil {
-		return "", false, fmt.Errorf("fsopen sysfs: %w", err)
-	}
-	defer unix.Close(fsfd)
-	if err := unix.FsconfigCreate(fsfd); err != nil {
-		return "", false, fmt.Errorf("create sysfs in target netns: %w", err)
-	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
-	if err != nil {
-		return "", false, fmt.Errorf("fsmount sysfs: %w", err)
+		return "", false, err
 	}
 	defer unix.Close(mfd)
 	cur, err := readIdentity(mfd)
@@ -80,40 +71,41 @@ func clientIdentity(set bool) (string, bool, error) {
 	return id, true, nil
 }
 
+// netnsSysfs returns a detached sysfs mount made in the calling thread's
+// network namespace: it shows that namespace's network-tagged directories
+// (fs/nfs/net, fs/nfs/DEV), whatever the caller's own /sys shows. It is
+// never attached anywhere: it goes with its fd.
+func netnsSysfs() (int, error) {
+	fsfd, err := unix.Fsopen("sysfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("fsopen sysfs: %w", err)
+	}
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return -1, fmt.Errorf("create sysfs in target netns: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("fsmount sysfs: %w", err)
+	}
+	return mfd, nil
+}
+
 // readIdentity reads the identifier below the sysfs root mfd; "" (and no
-// error) when the kernel has none.
+// error) when the kernel has none, "(null)" when none is set.
 func readIdentity(mfd int) (string, error) {
-	fd, err := unix.Openat(mfd, identifierPath, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	cur, err := readSysfs(mfd, identifierPath)
 	if errors.Is(err, unix.ENOENT) {
 		return "", nil
 	}
-	if err != nil {
-		return "", fmt.Errorf("open %s: %w", identifierPath, err)
-	}
-	defer unix.Close(fd)
-	buf := make([]byte, 256)
-	n, err := unix.Read(fd, buf)
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", identifierPath, err)
-	}
-	if cur := strings.TrimSpace(string(buf[:n])); cur != "" {
-		return cur, nil
+	if err != nil || cur != "" {
+		return cur, err
 	}
 	return "(null)", nil
 }
 
 // writeIdentity writes id as the identifier below the sysfs root mfd.
-func writeIdentity(mfd int, id string) error {
-	fd, err := unix.Openat(mfd, identifierPath, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("open %s for writing: %w", identifierPath, err)
-	}
-	defer unix.Close(fd)
-	if _, err := unix.Write(fd, []byte(id)); err != nil {
-		return fmt.Errorf("write %s: %w", identifierPath, err)
-	}
-	return nil
-}
+func writeIdentity(mfd int, id string) error { return writeSysfs(mfd, identifierPath, id) }
 
 // withWritableSysfs runs fn with the sysfs superblock of the detached mount
 // mfd read-write, and makes it read-only again after.

@@ -91,6 +91,17 @@ func TestLabChurn(t *testing.T) {
 	testenv.RunT(t, labScript(t, "churn.sh"))
 }
 
+// TestLabNewerKernel runs on Debian 12's newer kernel (6.12): nsmount
+// remount swaps atomically (MOVE_MOUNT_BENEATH: a reader never misses the
+// file), and flush --shutdown cuts off a stale superblock held open
+// (/sys/fs/nfs/DEV/shutdown in the container's netns): the holder is not
+// ended but gets EIO, the NFS client is released, and the next mount
+// reaches the new route's server with a client of its own.
+func TestLabNewerKernel(t *testing.T) {
+	t.Parallel()
+	testenv.RunOnT(t, testenv.SharedKernel(t, testenv.NewerKernelPackage), labScript(t, "newer_kernel.sh"))
+}
+
 // TestLabContainerd runs containerd and runc in the VM: a container whose
 // spec carries the annotation and the nsmount hook gets its mount at
 // createRuntime from its own (CNI-made) netns and its own process reads and

@@ -112,7 +112,7 @@ func newMountCommand() *cobra.Command {
 		mkdir, asJSON bool
 		mountTimeout  time.Duration
 		stale         string
-		kill          bool
+		kill, down    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "mount [flags] SERVER:/EXPORT TARGET",
@@ -137,7 +137,7 @@ func newMountCommand() *cobra.Command {
 				return err
 			}
 			m, err := mgr.Mount(cmd.Context(), t, req, cachectl.MountOptions{
-				Stale: cachectl.StalePolicy(stale), Kill: kill, Owner: "cli",
+				Stale: cachectl.StalePolicy(stale), Kill: kill, Shutdown: down, Owner: "cli",
 				NetNSPath: tf.netns, MountNSPath: tf.mntns,
 			})
 			if err != nil {
@@ -157,6 +157,7 @@ func newMountCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&mountTimeout, "mount-timeout", nsmount.DefaultMountTimeout, "bound for the mount itself")
 	cmd.Flags().StringVar(&stale, "stale", string(cachectl.StaleFlush), "stale NFS state of the same server in the container's netns: flush (unmount stale copies, refuse if some remain), refuse, or share (inherit it knowingly)")
 	cmd.Flags().BoolVar(&kill, "kill", false, "with --stale flush: end processes that hold stale superblocks open")
+	cmd.Flags().BoolVar(&down, "shutdown", false, "with --stale flush: shut down stale superblocks held open (Linux 6.6+; their holders get EIO, none is ended)")
 	return cmd
 }
 

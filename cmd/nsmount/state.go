@@ -145,10 +145,16 @@ func printStatus(cmd *cobra.Command, rep *cachectl.Report) error {
 		}
 		for _, sb := range st.Superblocks {
 			state := "in use by nsmount"
-			if sb.Stale {
+			switch {
+			case sb.Stale:
 				state = "STALE"
+			case sb.Shutdown:
+				state = "shut down"
 			}
 			fmt.Fprintf(out, "  superblock %s %s server %s: %s\n", sb.Dev, sb.Version, sb.Server, state)
+			if sb.Shutdown {
+				fmt.Fprintf(out, "    why: %s\n", sb.Why)
+			}
 			if !sb.Stale {
 				continue
 			}
@@ -157,7 +163,11 @@ func printStatus(cmd *cobra.Command, rep *cachectl.Report) error {
 			for _, h := range sb.Holders {
 				fmt.Fprintf(out, "    held open by pid %d (%s): %s %s\n", h.PID, h.Comm, h.What, h.Path)
 			}
-			fmt.Fprintf(out, "    fix: nsmount flush --pid %d --server %s (add --kill to end the processes holding it)\n", st.PID, sb.Server)
+			hint := "add --kill to end the processes holding it"
+			if sb.CanShutdown {
+				hint += ", or --shutdown to cut them off"
+			}
+			fmt.Fprintf(out, "    fix: nsmount flush --pid %d --server %s (%s)\n", st.PID, sb.Server, hint)
 		}
 	}
 	for _, sb := range rep.Orphans {
@@ -183,10 +193,11 @@ func routeText(iface, gw, src string) string {
 
 func newFlushCommand() *cobra.Command {
 	var (
-		tf                   targetFlags
-		server               string
-		kill, dryRun, asJSON bool
-		timeout              time.Duration
+		tf             targetFlags
+		server         string
+		kill, down     bool
+		dryRun, asJSON bool
+		timeout        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "flush [flags]",
@@ -199,7 +210,11 @@ unmounts the copies that other mount namespaces still hold (never lazily: a
 copy with open files is busy and stays), ends the processes that hold them open
 only with --kill, and checks that the superblock is gone. The kernel frees an
 nfs_client with its last superblock: the next mount of that server gets a new
-client, connection and route. Every action is printed; --dry-run only plans.`,
+client, connection and route. With --shutdown (Linux 6.6+), a stale
+superblock that processes hold open is shut down instead
+(/sys/fs/nfs/DEV/shutdown, in its netns): nobody is ended, every access
+through it fails with EIO from then on, and its nfs_client is released at
+once. Every action is printed; --dry-run only plans.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ns, err := netnsOf(cmd, &tf)
@@ -216,7 +231,7 @@ client, connection and route. Every action is printed; --dry-run only plans.`,
 			if err != nil {
 				return err
 			}
-			rep, err := mgr.Flush(cmd.Context(), cachectl.FlushOptions{NetNS: ns, Orphans: ns == nil, Server: addr.Unmap(), Kill: kill, DryRun: dryRun, Timeout: timeout})
+			rep, err := mgr.Flush(cmd.Context(), cachectl.FlushOptions{NetNS: ns, Orphans: ns == nil, Server: addr.Unmap(), Kill: kill, Shutdown: down, DryRun: dryRun, Timeout: timeout})
 			if err != nil {
 				return err
 			}
@@ -249,6 +264,7 @@ client, connection and route. Every action is printed; --dry-run only plans.`,
 	tf.register(cmd)
 	cmd.Flags().StringVar(&server, "server", "", "only superblocks of this server address")
 	cmd.Flags().BoolVar(&kill, "kill", false, "end (SIGKILL) processes that hold stale superblocks open")
+	cmd.Flags().BoolVar(&down, "shutdown", false, "shut down stale superblocks held open instead (Linux 6.6+): their holders get EIO, none is ended")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan, change nothing")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultMountTimeout, "bound for each unmount")
