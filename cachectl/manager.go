@@ -23,8 +23,9 @@ type Manager struct {
 	Proc Proc
 	// Report, if set, receives one line per action taken or problem seen.
 	Report func(string)
-	// Shutdowner reaches the superblocks' shutdown knob; nil means the
-	// kernel's (through nsmount.ShutdownState and ShutdownSuperblock).
+	// Shutdowner reaches the superblocks' shutdown knob. nil means the
+	// kernel's (nsmount.ShutdownState and ShutdownSuperblock) when Proc is
+	// the real /proc, and none otherwise (its PIDs cannot be entered).
 	Shutdowner Shutdowner
 }
 
