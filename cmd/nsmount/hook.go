@@ -57,12 +57,12 @@ Without the annotation it does nothing. One line per mount goes to stderr
   }`,
 		Args: exactArgs(0, "no arguments (the OCI state comes on stdin)"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if owner != "hook" && owner != "nri" {
+				return usageError{fmt.Errorf("--owner %q: want hook or nri", owner)}
+			}
 			state, err := readState(cmd.InOrStdin())
 			if err != nil {
 				return err
-			}
-			if owner != "hook" && owner != "nri" {
-				return usageError{fmt.Errorf("--owner %q: want hook or nri", owner)}
 			}
 			stage := stage
 			if stage == "" {

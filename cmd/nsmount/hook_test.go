@@ -394,4 +394,10 @@ func TestHookNoAnnotationNoPolicy(t *testing.T) {
 	if !errors.As(err, &uerr) {
 		t.Errorf("hook with status running and no --stage = %v, want a usage error", err)
 	}
+	cmd = newRootCommand()
+	cmd.SetIn(strings.NewReader(`{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"/b"}`))
+	cmd.SetArgs([]string{"hook", "--owner", "cli"})
+	if err := cmd.Execute(); !errors.As(err, &uerr) || !strings.Contains(err.Error(), `--owner "cli": want hook or nri`) {
+		t.Errorf("hook --owner cli = %v, want a usage error naming hook and nri", err)
+	}
 }
