@@ -4,13 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/routing"
 )
@@ -31,35 +33,34 @@ func TestEntryOf(t *testing.T) {
 		Version: "4.1", Params: "vers=4.1,ro,addr=2001:db8::1,clientaddr=2001:db8:1::2",
 		Dev: "0:53", MountID: 531, PID: 4242, NetNS: 4026532281, MountNS: 4026532280, ClientID: "nsmount-1",
 	}
-	e := entryOf(mnt, nsmount.Request{Source: src, Options: opts, ResolveFrom: "container"}, MountOptions{Owner: "hook", Container: "ctr1", NetNSPath: "/run/netns/nsmD"})
-	nsDev := nsfsDev()
-	if nsDev == 0 {
-		t.Fatal("no nsfs device (stat /proc/self/ns/net)")
-	}
-	want := Entry{
+	netns := nsmount.NSID{Dev: 4, Ino: 4026532281}
+	mntns := nsmount.NSID{Dev: 4, Ino: 4026532280}
+	plan := &nsmount.Plan{NFSPort: 2049}
+	e := entryOf(mnt, plan, MountRequest{Request: nsmount.Request{Source: src, Options: opts, ResolveFrom: "container"}, Owner: "hook", Container: "ctr1", NetNSPath: "/run/netns/nsmD"}, netns, mntns)
+	want := registry.Entry{
 		ID: "4026532280:531",
-		Target: Identity{PID: 4242, NetNS: NSID{Dev: nsDev, Ino: 4026532281}, MountNS: NSID{Dev: nsDev, Ino: 4026532280},
+		Target: registry.Identity{PID: 4242, NetNS: netns, MountNS: mntns,
 			NetNSPath: "/run/netns/nsmD", Container: "ctr1"},
 		Mountpoint: "/data", MountID: 531, Dev: "0:53",
 		Source: "[2001:db8::1]:/export", Server: "2001:db8::1", Address: "2001:db8::1",
-		Route:      Route{Iface: "eth1", Gateway: "2001:db8:1::1", Source: "2001:db8:1::2", Table: 254},
+		Route:      registry.Route{Iface: "eth1", Gateway: "2001:db8:1::1", Source: "2001:db8:1::2", Table: 254},
 		ClientAddr: "2001:db8:1::2",
 		FSType:     "nfs", Version: "4.1", Params: mnt.Params,
-		Request:  RequestRecord{Source: "[2001:db8::1]:/export", Options: "vers=4.1,ro", ResolveFrom: "container"},
-		ClientID: "nsmount-1", Owner: "hook", Created: e.Created, CreatedTicks: e.CreatedTicks,
+		Request:  registry.RequestRecord{Source: "[2001:db8::1]:/export", Options: "vers=4.1,ro", ResolveFrom: "container"},
+		ClientID: "nsmount-1", Owner: "hook", Created: e.Created, CreatedTicks: e.CreatedTicks, Port: 2049,
 	}
-	if e != want {
+	if !reflect.DeepEqual(e, want) {
 		t.Errorf("entryOf =\n%+v\nwant\n%+v", e, want)
 	}
 	if time.Since(e.Created) > time.Minute || e.Created.Location() != time.UTC {
 		t.Errorf("Created %v", e.Created)
 	}
-	if now, _ := BootTicks(); e.CreatedTicks == 0 || e.CreatedTicks > now {
+	if now, _ := kernel.BootTicks(); e.CreatedTicks == 0 || e.CreatedTicks > now {
 		t.Errorf("CreatedTicks %d, now %d", e.CreatedTicks, now)
 	}
 	// A directly connected server: no gateway recorded.
 	mnt.Route.Gateway = netip.Addr{}
-	if e := entryOf(mnt, nsmount.Request{Source: src, FSType: "nfs4"}, MountOptions{}); e.Route.Gateway != "" || e.FSType != "nfs4" {
+	if e := entryOf(mnt, plan, MountRequest{Request: nsmount.Request{Source: src, FSType: "nfs4"}}, netns, mntns); e.Route.Gateway != "" || e.FSType != "nfs4" {
 		t.Errorf("gateway %q fstype %q", e.Route.Gateway, e.FSType)
 	}
 }
@@ -97,7 +98,7 @@ func TestFlushDryRunFixture(t *testing.T) {
 	held := func(kind string) string { return fmt.Sprintf("%s %s pid 300", w.heldDev, kind) }
 	tests := []struct {
 		name    string
-		entries []Entry
+		entries []registry.Entry
 		o       FlushOptions
 		actions []string
 		remain  []string
@@ -107,20 +108,22 @@ func TestFlushDryRunFixture(t *testing.T) {
 			name: "everything, no registry",
 			o:    FlushOptions{},
 			actions: []string{
-				"0:50 umount 530", "0:50 umount 610", "0:51 umount 611", "0:53 umount 531", held("holder"),
+				"0:50 umount 530", "0:50 umount 610", "0:51 umount 611", held("holder"), "0:53 umount 531",
 			},
-			remain: []string{"0:50", "0:51", "0:53", w.heldDev},
+			// Grouped by network namespace and server (the unit a flush
+			// locks), servers in address order.
+			remain: []string{"0:50", "0:51", w.heldDev, "0:53"},
 		},
 		{
 			name:    "one server in one netns, tracked mount kept",
-			entries: []Entry{w.entry("live", nil)},
+			entries: []registry.Entry{w.entry("live", nil)},
 			o:       FlushOptions{NetNS: &w.c1Net, Server: w.srv4},
 			actions: []string{"0:51 umount 611"},
 			remain:  []string{"0:51"},
 		},
 		{
 			name:    "kill the holder; gone entries forgotten",
-			entries: []Entry{w.entry("live", nil), w.entry("unmounted", func(e *Entry) { e.MountID = 540 })},
+			entries: []registry.Entry{w.entry("live", nil), w.entry("unmounted", func(e *registry.Entry) { e.MountID = 540 })},
 			o:       FlushOptions{Server: w.srvLazy, Kill: true},
 			actions: []string{held("kill")},
 			remain:  []string{w.heldDev},
@@ -138,9 +141,8 @@ func TestFlushDryRunFixture(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var rec recorder
-			m := &Manager{Registry: openTest(t), Proc: w.f.proc(), Report: rec.report}
-			err := m.Registry.Update(func(s *State) error { s.Entries = tt.entries; return nil })
+			m := openManager(t, w.f.Proc())
+			err := m.Registry().Update(func(s *registry.State) error { s.Entries = tt.entries; return nil })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -170,8 +172,12 @@ func TestFlushDryRunFixture(t *testing.T) {
 			if !rep.DryRun || !slices.Equal(acts, tt.actions) || !slices.Equal(remain, tt.remain) || len(rep.Flushed) != 0 {
 				t.Errorf("Flush dry run: actions %q remaining %q flushed %q; want %q, %q", acts, remain, rep.Flushed, tt.actions, tt.remain)
 			}
-			if got := rec.all(); !slices.Equal(got, tt.forgot) {
-				t.Errorf("reported %q, want %q", got, tt.forgot)
+			var forgot []string
+			for _, g := range rep.Gone {
+				forgot = append(forgot, fmt.Sprintf("registry: forgot %s at %s: %s", g.Entry.Source, g.Entry.Mountpoint, g.Why))
+			}
+			if !slices.Equal(forgot, tt.forgot) {
+				t.Errorf("forgot %q, want %q", forgot, tt.forgot)
 			}
 			// Reconciled entries are gone from the registry; live ones stay.
 			var want []string
@@ -180,23 +186,9 @@ func TestFlushDryRunFixture(t *testing.T) {
 					want = append(want, e.ID)
 				}
 			}
-			if got := ids(viewState(t, m.Registry)); !slices.Equal(got, want) {
+			if got := ids(viewState(t, m.Registry())); !slices.Equal(got, want) {
 				t.Errorf("registry after Flush: %v, want %v", got, want)
 			}
 		})
-	}
-}
-
-// TestNsfsDev: nsid names namespaces as NSOfPath does.
-func TestNsfsDev(t *testing.T) {
-	self, err := NSOfPath("/proc/self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := nsid(self.Ino); got != self {
-		t.Errorf("nsid(%d) = %+v, want %+v", self.Ino, got, self)
-	}
-	if _, err := NSOfPath("/proc/self/ns/nsmD-missing"); !os.IsNotExist(err) {
-		t.Errorf("NSOfPath of a missing file: %v", err)
 	}
 }

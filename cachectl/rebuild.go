@@ -5,25 +5,26 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/registry"
+
 	"github.com/nsmount/nsmount/nsmount"
 )
 
-// RebuildFromMountinfo recovers registry entries from the kernel when the
-// registry file is lost or corrupt: every NFS mount, in every mount
-// namespace that has a process, whose superblock belongs to the network
-// namespace of that process and that is not the host's (PID 1's) network
-// namespace. What only the original request knew (the server name, the
-// route taken) is not recovered; the entries are marked Rebuilt.
-func RebuildFromMountinfo() (*State, error) {
-	return rebuild(Proc{})
-}
-
-func rebuild(p Proc) (*State, error) {
+// rebuild recovers registry entries from the kernel when the registry file
+// is corrupt: every NFS mount, in every mount namespace that has a process,
+// whose superblock belongs to the network namespace of that process and
+// that is not the host's (PID 1's) network namespace. What only the
+// original request knew (the server name, the route taken, the admission)
+// is not recovered; the entries are marked Rebuilt, and a rebuilt entry is
+// never moved by remount or watch (it has no route to compare, and no
+// admission).
+func rebuild(p kernel.Proc) (*registry.State, error) {
 	w, err := Observe(p)
 	if err != nil {
 		return nil, err
 	}
-	s := &State{}
+	s := &registry.State{}
 	now := time.Now()
 	for mntns, pids := range w.NS.MountNS {
 		netns := w.NS.NetOf[mntns]
@@ -49,9 +50,9 @@ func rebuild(p Proc) (*State, error) {
 			if !inNet[dev] {
 				continue
 			}
-			e := Entry{
+			e := registry.Entry{
 				ID:         fmt.Sprintf("%d:%d", mntns.Ino, m.ID),
-				Target:     Identity{PID: pid, PIDStart: start, NetNS: netns, MountNS: mntns},
+				Target:     registry.Identity{PID: pid, PIDStart: start, NetNS: netns, MountNS: mntns},
 				Mountpoint: m.Mountpoint, MountID: uint64(m.ID), Dev: dev,
 				Source: m.Source, FSType: m.FSType, Params: m.VFSOptions,
 				Created: now, Rebuilt: true, Owner: "rebuilt",
@@ -71,7 +72,7 @@ func rebuild(p Proc) (*State, error) {
 					e.Version = v
 				}
 			}
-			e.Request = RequestRecord{Source: m.Source, FSType: m.FSType}
+			e.Request = registry.RequestRecord{Source: m.Source, FSType: m.FSType}
 			s.Put(e)
 		}
 	}

@@ -5,34 +5,31 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 )
 
 // Remounted is the result of a remount.
 type Remounted struct {
-	Old     Entry            `json:"old"`
-	New     Entry            `json:"new"`
+	Old     registry.Entry   `json:"old"`
+	New     registry.Entry   `json:"new"`
 	Mounted *nsmount.Mounted `json:"mounted"`
 	Elapsed time.Duration    `json:"elapsed"`
 	Why     string           `json:"why,omitempty"`
 }
 
-// FindEntry returns the live entry for mountpoint in the mount namespace
-// of t.
-func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*Entry, error) {
-	var found *Entry
-	mntns := nsid(t.MountNSInode())
-	gone, err := m.reconciled(func(s *State, _ *World) error {
-		for i := range s.Entries {
-			if e := s.Entries[i]; e.Target.MountNS == mntns && e.Mountpoint == mountpoint {
-				found = &e
-			}
-		}
-		return nil
-	})
-	m.reportGone(gone)
+// FindEntry returns the entry of the nsmount mount at mountpoint in the
+// mount namespace of t.
+func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*registry.Entry, error) {
+	s, err := m.state()
 	if err != nil {
 		return nil, err
+	}
+	var found *registry.Entry
+	for _, e := range s.InMountNS(t.MountNS()) {
+		if e.Mountpoint == mountpoint {
+			found = &e
+		}
 	}
 	if found == nil {
 		return nil, nsmount.WithClass(nsmount.ErrNotMounted, fmt.Errorf("no nsmount mount at %s in %s (nsmount status lists them)", mountpoint, t))
@@ -41,45 +38,54 @@ func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*Entry, error
 }
 
 // Remount redoes e's decision (resolve, route, check from the container's
-// network now) and replaces the mount in place with nsmount.Replace: a new
-// superblock first, then the swap, then the old mount is detached. The
-// registry entry is replaced. why is recorded in reports.
-func (m *Manager) Remount(ctx context.Context, e Entry, why string) (*Remounted, error) {
+// network now) and replaces the mount in place (nsmount.ReplacePlan: a new
+// superblock first, then the swap, then the old mount is detached). The
+// new address must be inside e's recorded admission: a mount that a
+// policy admitted is never moved outside it (ErrDenied, nothing touched),
+// and one that needs an admission and has none recorded is not moved at
+// all. The registry entry is replaced; why is recorded in the result.
+func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*Remounted, error) {
 	start := time.Now()
-	w, err := Observe(m.Proc)
-	if err != nil {
-		return nil, err
-	}
-	pid, ok := w.PIDIn(&e)
-	if !ok {
-		return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("no process left in the mount namespace of %s", e.Mountpoint))
-	}
-	t, err := nsmount.OpenPID(pid)
+	t, err := m.openEntry(&e)
 	if err != nil {
 		return nil, err
 	}
 	defer t.Close()
-	if nsid(t.NetNSInode()) != e.Target.NetNS {
-		return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("pid %d is no longer in the network namespace %s was mounted from", pid, e.Mountpoint))
-	}
 	req, err := requestOf(e)
 	if err != nil {
 		return nil, err
 	}
-	mnt, err := nsmount.Replace(ctx, t, req, e.MountID)
+	plan, err := nsmount.Explain(ctx, t, req)
 	if err != nil {
 		return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
 	}
-	ne := entryOf(mnt, req, MountOptions{
-		Owner: e.Owner, Container: e.Target.Container,
-		NetNSPath: e.Target.NetNSPath, MountNSPath: e.Target.MountNSPath,
-	})
-	ne.Target.PIDStart, _ = m.Proc.StartTime(pid)
-	if ne.Owner == "rebuilt" {
-		ne.Owner = ""
+	if e.Admission != nil || e.NeedsAdmission() {
+		if err := e.Admission.Allows(plan.Address); err != nil {
+			return nil, fmt.Errorf("remount %s at %s (owner %s): %w", e.Source, e.Mountpoint, e.Owner, err)
+		}
 	}
-	err = m.Registry.Update(func(s *State) error {
-		s.Remove(func(x *Entry) bool { return x.ID == e.ID })
+	l, err := m.lockServer(ctx, t.NetNS(), plan.Address)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	mnt, err := nsmount.ReplacePlan(ctx, t, plan, e.MountID)
+	if err != nil {
+		return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
+	}
+	owner := e.Owner
+	if owner == "rebuilt" {
+		owner = OwnerCLI
+	}
+	ne := entryOf(mnt, plan, MountRequest{
+		Request: req, Admission: e.Admission, Owner: owner, Container: e.Target.Container,
+		NetNSPath: e.Target.NetNSPath, MountNSPath: e.Target.MountNSPath,
+	}, t.NetNS(), t.MountNS())
+	if pid := t.PID(); pid != 0 {
+		ne.Target.PIDStart, _ = m.proc.StartTime(pid)
+	}
+	err = m.update(func(s *registry.State) error {
+		s.Remove(func(x *registry.Entry) bool { return x.ID == e.ID })
 		s.Put(ne)
 		return nil
 	})
@@ -90,8 +96,37 @@ func (m *Manager) Remount(ctx context.Context, e Entry, why string) (*Remounted,
 	return r, nil
 }
 
+// openEntry opens a process in e's mount namespace, which must still be in
+// e's network namespace: e's own process when it is still there, else any
+// process of that mount namespace.
+func (m *Manager) openEntry(e *registry.Entry) (*nsmount.Target, error) {
+	pid := 0
+	if live, sure := m.quickLive(e); sure && live {
+		pid = e.Target.PID
+	} else {
+		w, err := m.observe()
+		if err != nil {
+			return nil, err
+		}
+		p, ok := w.PIDIn(e)
+		if !ok {
+			return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s at %s: %w", e.Source, e.Mountpoint, errNoProcess))
+		}
+		pid = p
+	}
+	t, err := nsmount.OpenPID(pid)
+	if err != nil {
+		return nil, err
+	}
+	if t.NetNS() != e.Target.NetNS || t.MountNS() != e.Target.MountNS {
+		t.Close()
+		return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("pid %d is no longer in the namespaces %s was mounted from", pid, e.Mountpoint))
+	}
+	return t, nil
+}
+
 // requestOf rebuilds the user's request behind e.
-func requestOf(e Entry) (nsmount.Request, error) {
+func requestOf(e registry.Entry) (nsmount.Request, error) {
 	src := e.Request.Source
 	if src == "" {
 		src = e.Source

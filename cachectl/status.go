@@ -8,6 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/registry"
+
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/routing"
 )
@@ -15,7 +18,7 @@ import (
 // StatusOptions modify Status.
 type StatusOptions struct {
 	// NetNS limits the report to one network namespace.
-	NetNS *NSID
+	NetNS *nsmount.NSID
 	// Probe asks each mount's server (TCP connect from the container's
 	// netns, then a getattr and statfs of the mount root in a helper that is
 	// killed after Timeout). Without it only local state is read.
@@ -29,13 +32,14 @@ type StatusOptions struct {
 
 // MountStatus is the state of one tracked mount.
 type MountStatus struct {
-	Entry Entry `json:"entry"`
+	Entry registry.Entry `json:"entry"`
 	// RouteNow is the route the container's netns uses to the recorded
 	// address now; Drift lists how it differs from the recorded one.
 	RouteNow   *routing.Route `json:"route_now,omitempty"`
 	RouteError string         `json:"route_error,omitempty"`
 	Drift      []string       `json:"drift,omitempty"`
-	// Reachable is the TCP check of the server's NFS port (with Probe).
+	// Reachable is the TCP check of the server's NFS port, the one the
+	// mount was made with (with Probe).
 	Reachable  *bool  `json:"reachable,omitempty"`
 	ReachError string `json:"reach_error,omitempty"`
 	// Health is the filesystem's own answer (with Probe).
@@ -69,38 +73,42 @@ type Report struct {
 // namespace's NFSv4 client identity.
 func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) {
 	rep := &Report{}
-	var w *World
-	var entries []Entry
-	gone, err := m.reconciled(func(s *State, world *World) error {
-		w = world
-		nets := map[NSID]bool{}
-		for _, e := range s.Entries {
-			if o.NetNS == nil || e.Target.NetNS == *o.NetNS {
-				entries = append(entries, e)
-				nets[e.Target.NetNS] = true
-			}
-		}
-		if o.NetNS != nil {
-			nets[*o.NetNS] = true
-		}
-		for ns := range nets {
-			st, err := w.NetNS(ns, s, true)
-			if err != nil {
-				return err
-			}
-			rep.NetNS = append(rep.NetNS, st)
-		}
-		if o.NetNS == nil {
-			var err error
-			if rep.Orphans, err = w.Orphans(s, true); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	rep.Gone = gone // shown in the report, not reported again
+	w, err := m.observe()
 	if err != nil {
 		return nil, err
+	}
+	if rep.Gone, err = m.reconcile(w); err != nil {
+		return nil, err
+	}
+	s, err := m.state()
+	if err != nil {
+		return nil, err
+	}
+	var entries []registry.Entry
+	nets := map[nsmount.NSID]bool{}
+	for _, e := range s.Entries {
+		if o.NetNS == nil || e.Target.NetNS == *o.NetNS {
+			entries = append(entries, e)
+			nets[e.Target.NetNS] = true
+		}
+	}
+	if o.NetNS != nil {
+		nets[*o.NetNS] = true
+	}
+	for ns := range nets {
+		if _, ok := w.NetPID(ns); !ok {
+			continue // no process to read it through (gone since, or by path)
+		}
+		st, err := w.NetNS(ns, s, true)
+		if err != nil {
+			return nil, err
+		}
+		rep.NetNS = append(rep.NetNS, st)
+	}
+	if o.NetNS == nil {
+		if rep.Orphans, err = w.Orphans(s, true); err != nil {
+			return nil, err
+		}
 	}
 	rep.Taken = w.Taken
 	sort.Slice(rep.NetNS, func(i, j int) bool { return rep.NetNS[i].NetNS.Ino < rep.NetNS[j].NetNS.Ino })
@@ -115,13 +123,11 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup
 	for i, e := range entries {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			rep.Mounts[i] = m.mountStatus(ctx, w, e, o)
-		}()
+		})
 	}
 	wg.Wait()
 	return rep, nil
@@ -133,11 +139,11 @@ func (m *Manager) clientID(ctx context.Context, pid int) string {
 		return ""
 	}
 	defer t.Close()
-	id, _ := nsmount.ClientIdentity(ctx, t)
+	id, _ := kernel.ClientIdentity(ctx, t)
 	return id
 }
 
-func (m *Manager) mountStatus(ctx context.Context, w *World, e Entry, o StatusOptions) MountStatus {
+func (m *Manager) mountStatus(ctx context.Context, w *World, e registry.Entry, o StatusOptions) MountStatus {
 	ms := MountStatus{Entry: e}
 	pid, ok := w.PIDIn(&e)
 	if !ok {
@@ -170,7 +176,11 @@ func (m *Manager) mountStatus(ctx context.Context, w *World, e Entry, o StatusOp
 	}
 	if o.Probe {
 		if router != nil {
-			err := router.Probe(ctx, netip.AddrPortFrom(addr, 2049), orDefault(o.Timeout, nsmount.DefaultProbeMountTimeout))
+			port := e.Port
+			if port == 0 {
+				port = nsmount.DefaultNFSPort
+			}
+			err := router.Probe(ctx, netip.AddrPortFrom(addr, port), orDefault(o.Timeout, nsmount.DefaultProbeMountTimeout))
 			reach := err == nil
 			ms.Reachable = &reach
 			if err != nil {
@@ -189,8 +199,8 @@ func (m *Manager) mountStatus(ctx context.Context, w *World, e Entry, o StatusOp
 
 // drift lists the differences between the recorded route and now. An entry
 // rebuilt from mountinfo has no recorded route: nothing to compare.
-func drift(was Route, now routing.Route) []string {
-	if was == (Route{}) {
+func drift(was registry.Route, now routing.Route) []string {
+	if was == (registry.Route{}) {
 		return nil
 	}
 	var d []string

@@ -10,37 +10,39 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/routing"
 )
 
 func TestDrift(t *testing.T) {
 	a := netip.MustParseAddr
-	rec := Route{Iface: "eth0", Source: "198.51.100.2"}
+	rec := registry.Route{Iface: "eth0", Source: "198.51.100.2"}
 	now := routing.Route{Dst: a("198.51.100.1"), Iface: "eth0", Source: a("198.51.100.2")}
 	tests := []struct {
 		name string
-		was  Route
+		was  registry.Route
 		now  routing.Route
 		want []string
 	}{
 		{name: "same", was: rec, now: now},
 		// A rebuilt entry (registry recovered from mountinfo) does not know
 		// its route: nothing to compare, no drift.
-		{name: "route not recorded (rebuilt entry)", was: Route{}, now: now},
-		{name: "same, other table", was: Route{Iface: "eth0", Source: "198.51.100.2", Table: 100}, now: now},
+		{name: "route not recorded (rebuilt entry)", was: registry.Route{}, now: now},
+		{name: "same, other table", was: registry.Route{Iface: "eth0", Source: "198.51.100.2", Table: 100}, now: now},
 		{name: "interface", was: rec, now: with(now, func(r *routing.Route) { r.Iface = "eth1" }),
 			want: []string{"interface eth0 -> eth1"}},
 		{name: "gateway added", was: rec, now: with(now, func(r *routing.Route) { r.Gateway = a("192.0.2.1") }),
 			want: []string{"gateway none -> 192.0.2.1"}},
-		{name: "gateway removed", was: Route{Iface: "eth0", Gateway: "192.0.2.1", Source: "198.51.100.2"}, now: now,
+		{name: "gateway removed", was: registry.Route{Iface: "eth0", Gateway: "192.0.2.1", Source: "198.51.100.2"}, now: now,
 			want: []string{"gateway 192.0.2.1 -> none"}},
-		{name: "same gateway", was: Route{Iface: "eth0", Gateway: "192.0.2.1", Source: "198.51.100.2"},
+		{name: "same gateway", was: registry.Route{Iface: "eth0", Gateway: "192.0.2.1", Source: "198.51.100.2"},
 			now: with(now, func(r *routing.Route) { r.Gateway = a("192.0.2.1") })},
 		{name: "source", was: rec, now: with(now, func(r *routing.Route) { r.Source = a("198.51.100.3") }),
 			want: []string{"source 198.51.100.2 -> 198.51.100.3"}},
 		{name: "everything, IPv6",
-			was:  Route{Iface: "eth0", Gateway: "2001:db8::1", Source: "2001:db8::2"},
+			was:  registry.Route{Iface: "eth0", Gateway: "2001:db8::1", Source: "2001:db8::2"},
 			now:  routing.Route{Iface: "eth1", Gateway: a("2001:db8:1::1"), Source: a("2001:db8:1::2")},
 			want: []string{"interface eth0 -> eth1", "gateway 2001:db8::1 -> 2001:db8:1::1", "source 2001:db8::2 -> 2001:db8:1::2"}},
 	}
@@ -133,9 +135,9 @@ func TestParseStalePolicy(t *testing.T) {
 }
 
 func TestActionString(t *testing.T) {
-	base := Action{NetNS: NSID{Dev: 4, Ino: 4026532281}, Dev: "0:51", Server: netip.MustParseAddr("2001:db8::1")}
-	mount := &MountRef{MountNS: NSID{Dev: 4, Ino: 4026532290}, PID: 200, MountID: 611, Mountpoint: "/old"}
-	holder := &Holder{PID: 300, Comm: "my app", What: "fd 3", Path: "/data/f (deleted)"}
+	base := Action{NetNS: nsmount.NSID{Dev: 4, Ino: 4026532281}, Dev: "0:51", Server: netip.MustParseAddr("2001:db8::1")}
+	mount := &MountRef{MountNS: nsmount.NSID{Dev: 4, Ino: 4026532290}, PID: 200, MountID: 611, Mountpoint: "/old"}
+	holder := &kernel.Holder{PID: 300, Comm: "my app", What: "fd 3", Path: "/data/f (deleted)"}
 	const prefix = "netns 4026532281 superblock 0:51 (server 2001:db8::1): "
 	tests := []struct {
 		kind  string
@@ -168,11 +170,11 @@ func TestActionString(t *testing.T) {
 }
 
 func TestPlanFlush(t *testing.T) {
-	netns := NSID{Dev: 4, Ino: 4026532281}
+	netns := nsmount.NSID{Dev: 4, Ino: 4026532281}
 	sb := Superblock{
-		Volume:  Volume{Dev: "0:51", Server: netip.MustParseAddr("198.51.100.1")},
+		Volume:  kernel.Volume{Dev: "0:51", Server: netip.MustParseAddr("198.51.100.1")},
 		Mounts:  []MountRef{{PID: 200, MountID: 611, Mountpoint: "/old"}, {PID: 201, MountID: 612, Mountpoint: "/old2"}},
-		Holders: []Holder{{PID: 300, What: "fd 3"}, {PID: 301, What: "cwd"}},
+		Holders: []kernel.Holder{{PID: 300, What: "fd 3"}, {PID: 301, What: "cwd"}},
 		Stale:   true,
 	}
 	knob := sb
@@ -191,7 +193,7 @@ func TestPlanFlush(t *testing.T) {
 		{name: "shutdown", pid: 100, sb: knob, o: FlushOptions{Shutdown: true}, want: []string{"holder fd 3", "holder cwd", "umount /old", "umount /old2", "shutdown pid 100"}},
 		{name: "kill wins over shutdown", pid: 100, sb: knob, o: FlushOptions{Kill: true, Shutdown: true}, want: []string{"kill fd 3", "kill cwd", "umount /old", "umount /old2"}},
 		{name: "orphan: no netns to reach the knob", sb: knob, o: FlushOptions{Shutdown: true}, want: []string{"holder fd 3", "holder cwd", "umount /old", "umount /old2"}},
-		{name: "nothing to do", pid: 100, sb: Superblock{Volume: Volume{Dev: "0:51"}}, o: FlushOptions{Kill: true}},
+		{name: "nothing to do", pid: 100, sb: Superblock{Volume: kernel.Volume{Dev: "0:51"}}, o: FlushOptions{Kill: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -229,8 +231,8 @@ func TestPlanFlush(t *testing.T) {
 
 func TestStaleError(t *testing.T) {
 	err := staleError(netip.MustParseAddr("198.51.100.1"), []Superblock{
-		{Volume: Volume{Dev: "0:51"}, Why: "mounted at /old", Holders: []Holder{{PID: 300, Comm: "sleep", What: "fd 3", Path: "/data/f"}}},
-		{Volume: Volume{Dev: "0:52"}, Why: "mounted nowhere"},
+		{Volume: kernel.Volume{Dev: "0:51"}, Why: "mounted at /old", Holders: []kernel.Holder{{PID: 300, Comm: "sleep", What: "fd 3", Path: "/data/f"}}},
+		{Volume: kernel.Volume{Dev: "0:52"}, Why: "mounted nowhere"},
 	})
 	msg := err.Error()
 	for _, want := range []string{

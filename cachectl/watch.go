@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/registry"
+
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/routing"
 	"golang.org/x/sys/unix"
@@ -24,18 +26,20 @@ type WatchOptions struct {
 	// Timeout bounds one probe: a server silent that long is reported
 	// dead. Default 3s.
 	Timeout time.Duration
-	// Event receives what Watch sees and does.
-	Event func(WatchEvent)
 }
 
 // WatchEvent is one thing Watch saw or did.
 type WatchEvent struct {
-	Time       time.Time `json:"time"`
-	Kind       string    `json:"kind"` // drift, stale, dead, remounted, remount-failed, recovered, watching, netlink
-	Mountpoint string    `json:"mountpoint,omitempty"`
-	Source     string    `json:"source,omitempty"`
-	NetNS      NSID      `json:"netns"`
-	Detail     string    `json:"detail,omitempty"`
+	Time time.Time `json:"time"`
+	// Kind is what happened: drift (the route changed), stale (ESTALE),
+	// dead (no answer), remounted, remount-failed, denied (the new address
+	// is outside the mount's admission: left alone), recovered,
+	// forgotten (the mount is gone), netlink, error.
+	Kind       string       `json:"kind"`
+	Mountpoint string       `json:"mountpoint,omitempty"`
+	Source     string       `json:"source,omitempty"`
+	NetNS      nsmount.NSID `json:"netns"`
+	Detail     string       `json:"detail,omitempty"`
 	// Elapsed is, for "remounted", the time from detection to the new mount
 	// in place.
 	Elapsed time.Duration `json:"elapsed,omitempty"`
@@ -58,24 +62,30 @@ func (e WatchEvent) String() string {
 
 // watcher is Watch's state.
 type watcher struct {
-	m    *Manager
-	o    WatchOptions
-	mu   sync.Mutex
-	busy map[string]bool      // entry ID -> a check is running
-	dead map[string]bool      // entry ID -> reported dead
-	last map[string]time.Time // entry ID -> last probe
-	subs map[NSID]bool        // netns with a netlink subscription
-	kick chan NSID
+	m      *Manager
+	o      WatchOptions
+	events chan<- WatchEvent
+	mu     sync.Mutex
+	denied map[string]string     // entry ID -> the last denial reported
+	busy   map[string]bool       // entry ID -> a check is running
+	dead   map[string]bool       // entry ID -> reported dead
+	last   map[string]time.Time  // entry ID -> last probe
+	subs   map[nsmount.NSID]bool // netns with a netlink subscription
+	kick   chan nsmount.NSID
 }
 
-// Watch keeps nsmount's mounts right until ctx is done: it re-checks every
-// mount's route periodically and at once when its netns reports a route,
-// address or link change (netlink, subscribed inside each tracked netns),
-// and probes each mount's health; a mount whose route changed or that
-// answers ESTALE is remounted (Remount: new mount first); a server that
-// does not answer within Timeout is reported dead. Each mount is checked on
-// its own goroutine, so one hung server never delays the others.
-func (m *Manager) Watch(ctx context.Context, o WatchOptions) error {
+// Watch keeps nsmount's mounts right until ctx is done, sending what it
+// sees and does to events (it never closes the channel; a slow reader
+// slows Watch down, it loses nothing). It re-checks every mount's route
+// periodically and at once when its netns reports a route, address or link
+// change (netlink, subscribed inside each tracked netns), and probes each
+// mount's health; a mount whose route changed or that answers ESTALE is
+// remounted (Remount: new mount first, and only inside the mount's recorded
+// admission: a new address outside it is reported as "denied" and the mount
+// is left alone); a server that does not answer within Timeout is reported
+// dead. Each mount is checked on its own goroutine, so one hung server
+// never delays the others.
+func (m *Manager) Watch(ctx context.Context, o WatchOptions, events chan<- WatchEvent) error {
 	if o.Interval <= 0 {
 		o.Interval = 2 * time.Second
 	}
@@ -85,10 +95,7 @@ func (m *Manager) Watch(ctx context.Context, o WatchOptions) error {
 	if o.Timeout <= 0 {
 		o.Timeout = 3 * time.Second
 	}
-	if o.Event == nil {
-		o.Event = func(WatchEvent) {}
-	}
-	w := &watcher{m: m, o: o, busy: map[string]bool{}, dead: map[string]bool{}, last: map[string]time.Time{}, subs: map[NSID]bool{}, kick: make(chan NSID, 64)}
+	w := &watcher{m: m, o: o, events: events, busy: map[string]bool{}, dead: map[string]bool{}, denied: map[string]string{}, last: map[string]time.Time{}, subs: map[nsmount.NSID]bool{}, kick: make(chan nsmount.NSID, 64)}
 	tick := time.NewTicker(o.Interval)
 	defer tick.Stop()
 	var wg sync.WaitGroup
@@ -106,27 +113,39 @@ func (m *Manager) Watch(ctx context.Context, o WatchOptions) error {
 	}
 }
 
+// event sends e, unless ctx is done.
+func (w *watcher) event(ctx context.Context, e WatchEvent) {
+	select {
+	case w.events <- e:
+	case <-ctx.Done():
+	}
+}
+
 // round starts a check of every entry (of netns only, if set) that is not
 // being checked already.
-func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *NSID) {
-	gone, err := w.m.Reconcile()
+func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *nsmount.NSID) {
+	world, err := w.m.observe()
 	if err != nil {
-		w.o.Event(WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
+		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
 		return
+	}
+	gone, err := w.m.reconcile(world)
+	if err != nil {
+		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
+		return
+	}
+	for _, n := range w.m.Notices() {
+		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "registry", Detail: n})
 	}
 	for _, g := range gone {
-		w.o.Event(WatchEvent{Time: time.Now(), Kind: "forgotten", Mountpoint: g.Entry.Mountpoint, Source: g.Entry.Source, NetNS: g.Entry.Target.NetNS, Detail: g.Why})
+		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "forgotten", Mountpoint: g.Entry.Mountpoint, Source: g.Entry.Source, NetNS: g.Entry.Target.NetNS, Detail: g.Why})
 	}
-	var entries []Entry
-	w.m.Registry.View(func(s *State) error {
-		entries = append(entries, s.Entries...)
-		return nil
-	})
-	world, err := Observe(w.m.Proc)
+	s, err := w.m.state()
 	if err != nil {
+		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
 		return
 	}
-	for _, e := range entries {
+	for _, e := range s.Entries {
 		ns := e.Target.NetNS
 		w.mu.Lock()
 		subscribed := w.subs[ns]
@@ -134,11 +153,7 @@ func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *NSID) {
 		w.mu.Unlock()
 		if !subscribed {
 			if pid, ok := world.NetPID(ns); ok {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					w.subscribe(ctx, ns, pid)
-				}()
+				wg.Go(func() { w.subscribe(ctx, ns, pid) })
 			}
 		}
 		if only != nil && ns != *only {
@@ -155,18 +170,16 @@ func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *NSID) {
 			w.last[e.ID] = time.Now()
 		}
 		w.mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer func() { w.mu.Lock(); delete(w.busy, e.ID); w.mu.Unlock() }()
 			w.check(ctx, world, e, probe)
-		}()
+		})
 	}
 }
 
 // check looks at one mount and remounts it when its route drifted or it
 // answers ESTALE.
-func (w *watcher) check(ctx context.Context, world *World, e Entry, probe bool) {
+func (w *watcher) check(ctx context.Context, world *World, e registry.Entry, probe bool) {
 	ev := func(kind, detail string) WatchEvent {
 		return WatchEvent{Time: time.Now(), Kind: kind, Mountpoint: e.Mountpoint, Source: e.Source, NetNS: e.Target.NetNS, Detail: detail}
 	}
@@ -177,7 +190,7 @@ func (w *watcher) check(ctx context.Context, world *World, e Entry, probe bool) 
 	why := ""
 	if len(ms.Drift) > 0 {
 		why = "route drift: " + strings.Join(ms.Drift, ", ")
-		w.o.Event(ev("drift", strings.Join(ms.Drift, ", ")))
+		w.event(ctx, ev("drift", strings.Join(ms.Drift, ", ")))
 	}
 	if why == "" && probe {
 		h, err := w.health(ctx, world, e)
@@ -190,19 +203,19 @@ func (w *watcher) check(ctx context.Context, world *World, e Entry, probe bool) 
 			w.dead[e.ID] = true
 			w.mu.Unlock()
 			if first {
-				w.o.Event(ev("dead", fmt.Sprintf("server %s does not answer (%s)", e.Address, h.Error)))
+				w.event(ctx, ev("dead", fmt.Sprintf("server %s does not answer (%s)", e.Address, h.Error)))
 			}
 			why = "server dead"
 		case h.Errno == unix.ESTALE:
 			why = "ESTALE: the server no longer knows the mount's file handles"
-			w.o.Event(ev("stale", why))
+			w.event(ctx, ev("stale", why))
 		case h.OK():
 			w.mu.Lock()
 			was := w.dead[e.ID]
 			delete(w.dead, e.ID)
 			w.mu.Unlock()
 			if was {
-				w.o.Event(ev("recovered", "server answers again"))
+				w.event(ctx, ev("recovered", "server answers again"))
 			}
 		}
 	}
@@ -211,9 +224,21 @@ func (w *watcher) check(ctx context.Context, world *World, e Entry, probe bool) 
 	}
 	start := time.Now()
 	r, err := w.m.Remount(ctx, e, why)
-	if err != nil {
+	switch {
+	case errors.Is(err, nsmount.ErrDenied):
+		// The container may have pointed the name elsewhere: the mount
+		// stays where its admission allows. Reported once per reason.
+		w.mu.Lock()
+		again := w.denied[e.ID] == err.Error()
+		w.denied[e.ID] = err.Error()
+		w.mu.Unlock()
+		if !again {
+			w.event(ctx, ev("denied", fmt.Sprintf("%s; not remounted: %v", why, err)))
+		}
+		return
+	case err != nil:
 		if why != "server dead" || !errors.Is(err, nsmount.ErrUnreachable) {
-			w.o.Event(ev("remount-failed", err.Error()))
+			w.event(ctx, ev("remount-failed", err.Error()))
 		}
 		return
 	}
@@ -221,11 +246,12 @@ func (w *watcher) check(ctx context.Context, world *World, e Entry, probe bool) 
 	done.Elapsed = time.Since(start)
 	w.mu.Lock()
 	delete(w.dead, e.ID)
+	delete(w.denied, e.ID)
 	w.mu.Unlock()
-	w.o.Event(done)
+	w.event(ctx, done)
 }
 
-func (w *watcher) health(ctx context.Context, world *World, e Entry) (nsmount.Health, error) {
+func (w *watcher) health(ctx context.Context, world *World, e registry.Entry) (nsmount.Health, error) {
 	pid, ok := world.PIDIn(&e)
 	if !ok {
 		return nsmount.Health{}, errors.New("no process")
@@ -242,7 +268,7 @@ func (w *watcher) health(ctx context.Context, world *World, e Entry) (nsmount.He
 // (through a process pid in it) and kicks a round for that netns on each.
 // The socket is created inside the netns and keeps it; it is read here,
 // on an ordinary goroutine.
-func (w *watcher) subscribe(ctx context.Context, ns NSID, pid int) {
+func (w *watcher) subscribe(ctx context.Context, ns nsmount.NSID, pid int) {
 	t, err := nsmount.OpenPID(pid)
 	if err != nil {
 		w.forget(ns)
@@ -256,7 +282,7 @@ func (w *watcher) subscribe(ctx context.Context, ns NSID, pid int) {
 	})
 	t.Close()
 	if err != nil {
-		w.o.Event(WatchEvent{Time: time.Now(), Kind: "netlink", NetNS: ns, Detail: "subscribe: " + err.Error()})
+		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "netlink", NetNS: ns, Detail: "subscribe: " + err.Error()})
 		w.forget(ns)
 		return
 	}
@@ -280,7 +306,7 @@ func (w *watcher) subscribe(ctx context.Context, ns NSID, pid int) {
 	}
 }
 
-func (w *watcher) forget(ns NSID) {
+func (w *watcher) forget(ns nsmount.NSID) {
 	w.mu.Lock()
 	delete(w.subs, ns)
 	w.mu.Unlock()

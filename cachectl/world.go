@@ -7,11 +7,15 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/registry"
+	"github.com/nsmount/nsmount/nsmount"
 )
 
 // MountRef is one place where an NFS superblock is mounted.
 type MountRef struct {
-	MountNS NSID `json:"mntns"`
+	MountNS nsmount.NSID `json:"mntns"`
 	// PID is a process in that mount namespace (whose root the path is
 	// relative to).
 	PID        int    `json:"pid"`
@@ -27,36 +31,28 @@ type MountRef struct {
 // process. (A mount namespace kept alive only by a bind-mounted nsfs file
 // or an open descriptor has no process to read it through and is not seen.)
 type World struct {
-	Proc Proc
-	NS   *Namespaces
+	Proc kernel.Proc
+	NS   *kernel.Namespaces
 	// Mounts maps a superblock device ("major:minor") to where it is
 	// mounted.
 	Mounts map[string][]MountRef
-	// Taken is when the observation was made.
-	Taken time.Time
+	// Taken is when the observation was made; TakenTicks the same on the
+	// clock of Entry.CreatedTicks (0: unknown).
+	Taken      time.Time
+	TakenTicks uint64
 	// Shutdowner, if set, tells superblocks that are shut down (Linux
 	// 6.6+) from stale ones; Observe leaves it unset.
 	Shutdowner Shutdowner
 }
 
-// Shutdowner reads and uses the shutdown knob of NFS superblocks
-// (/sys/fs/nfs/DEV/shutdown, Linux 6.6+), in the network namespace of a
-// process.
-type Shutdowner interface {
-	// ShutdownState reports, per superblock in devs, whether it is shut
-	// down; superblocks without the knob are absent.
-	ShutdownState(ctx context.Context, pid int, devs []string) (map[string]bool, error)
-	// Shutdown shuts superblock dev down.
-	Shutdown(ctx context.Context, pid int, dev string) error
-}
-
 // Observe scans p.
-func Observe(p Proc) (*World, error) {
+func Observe(p kernel.Proc) (*World, error) {
 	ns, err := p.Scan()
 	if err != nil {
 		return nil, fmt.Errorf("scan processes: %w", err)
 	}
 	w := &World{Proc: p, NS: ns, Mounts: map[string][]MountRef{}, Taken: time.Now()}
+	w.TakenTicks, _ = kernel.BootTicks()
 	for mntns, pids := range ns.MountNS {
 		for _, pid := range pids {
 			mounts, err := p.NFSMounts(pid)
@@ -78,7 +74,7 @@ func Observe(p Proc) (*World, error) {
 
 // PIDIn returns a process in the mount namespace of e's target,
 // preferring e's own process when it is still the same one.
-func (w *World) PIDIn(e *Entry) (int, bool) {
+func (w *World) PIDIn(e *registry.Entry) (int, bool) {
 	pids := w.NS.MountNS[e.Target.MountNS]
 	for _, pid := range pids {
 		if pid == e.Target.PID {
@@ -94,7 +90,7 @@ func (w *World) PIDIn(e *Entry) (int, bool) {
 }
 
 // NetPID returns a process in network namespace ns.
-func (w *World) NetPID(ns NSID) (int, bool) {
+func (w *World) NetPID(ns nsmount.NSID) (int, bool) {
 	if pids := w.NS.NetNS[ns]; len(pids) > 0 {
 		return pids[0], true
 	}
@@ -102,12 +98,12 @@ func (w *World) NetPID(ns NSID) (int, bool) {
 }
 
 // Live reports whether e's mount still exists; why says what is gone if not.
-func (w *World) Live(e *Entry) (bool, string) {
+func (w *World) Live(e *registry.Entry) (bool, string) {
 	if _, ok := w.NS.MountNS[e.Target.MountNS]; !ok {
 		if e.Target.MountNSPath == "" {
 			return false, fmt.Sprintf("mount namespace %s is gone (no process left in it)", e.Target.MountNS)
 		}
-		if id, err := NSOfPath(e.Target.MountNSPath); err != nil || id != e.Target.MountNS {
+		if id, err := nsmount.NSOfPath(e.Target.MountNSPath); err != nil || id != e.Target.MountNS {
 			return false, fmt.Sprintf("mount namespace %s (%s) is gone", e.Target.MountNS, e.Target.MountNSPath)
 		}
 		// Held by path and alive, but without a process its mount table
@@ -125,9 +121,19 @@ func (w *World) Live(e *Entry) (bool, string) {
 	return false, fmt.Sprintf("mount %d (%s at %s) is no longer in mount namespace %s", e.MountID, e.Source, e.Mountpoint, e.Target.MountNS)
 }
 
+// newer reports whether e may have been recorded after w was taken (its
+// mount possibly made after the observation). The boot clock ticks in
+// 10 ms: an entry of the same or the previous tick counts as newer.
+func (w *World) newer(e *registry.Entry) bool {
+	if e.CreatedTicks != 0 && w.TakenTicks != 0 {
+		return e.CreatedTicks+1 >= w.TakenTicks
+	}
+	return !e.Created.Before(w.Taken.Add(-time.Second))
+}
+
 // startedBy reports whether a process of mount namespace ns started at or
 // before ticks (see Entry.CreatedTicks).
-func (w *World) startedBy(ns NSID, ticks uint64) bool {
+func (w *World) startedBy(ns nsmount.NSID, ticks uint64) bool {
 	for _, pid := range w.NS.MountNS[ns] {
 		if start, err := w.Proc.StartTime(pid); err == nil && start <= ticks {
 			return true
@@ -138,15 +144,19 @@ func (w *World) startedBy(ns NSID, ticks uint64) bool {
 
 // Gone is a registry entry removed because its mount or namespace is gone.
 type Gone struct {
-	Entry Entry  `json:"entry"`
-	Why   string `json:"why"`
+	Entry registry.Entry `json:"entry"`
+	Why   string         `json:"why"`
 }
 
 // Reconcile removes from s the entries whose mount or namespace no longer
-// exists in w, and returns them.
-func (w *World) Reconcile(s *State) []Gone {
+// exists in w, and returns them. Entries recorded after w was taken are
+// not judged by it: their mounts may be newer than the observation.
+func (w *World) Reconcile(s *registry.State) []Gone {
 	var gone []Gone
-	s.Remove(func(e *Entry) bool {
+	s.Remove(func(e *registry.Entry) bool {
+		if w.newer(e) {
+			return false
+		}
 		if ok, why := w.Live(e); !ok {
 			gone = append(gone, Gone{Entry: *e, Why: why})
 			return true
@@ -159,12 +169,12 @@ func (w *World) Reconcile(s *State) []Gone {
 // Superblock is one NFS superblock of a network namespace, with where it is
 // mounted and who else holds it.
 type Superblock struct {
-	Volume
+	kernel.Volume
 	// Mounts are the mounts of this superblock, in any mount namespace.
 	Mounts []MountRef `json:"mounts"`
 	// Holders are processes holding it through open files (filled in for
 	// stale superblocks).
-	Holders []Holder `json:"holders,omitempty"`
+	Holders []kernel.Holder `json:"holders,omitempty"`
 	// Stale reports that no live nsmount mount accounts for this
 	// superblock: it outlived its mount (a copy propagated into another
 	// mount namespace, a lazy unmount with open files) or was never
@@ -187,11 +197,11 @@ const shutdownWhy = "shut down: its NFS client is released (a new mount gets its
 
 // NetNSState is the NFS client state of one network namespace.
 type NetNSState struct {
-	NetNS NSID `json:"netns"`
+	NetNS nsmount.NSID `json:"netns"`
 	// PID is the process the state was read through.
-	PID         int          `json:"pid"`
-	Clients     []Client     `json:"clients"`
-	Superblocks []Superblock `json:"superblocks"`
+	PID         int             `json:"pid"`
+	Clients     []kernel.Client `json:"clients"`
+	Superblocks []Superblock    `json:"superblocks"`
 	// ClientID is the netns's NFSv4 client identity, if read.
 	ClientID string `json:"client_id,omitempty"`
 }
@@ -212,7 +222,7 @@ func (n *NetNSState) StaleFor(server netip.Addr) []Superblock {
 // its superblocks against the live entries of s. holders, if true, also
 // looks for processes that hold stale superblocks open (a scan of every
 // process's descriptors).
-func (w *World) NetNS(ns NSID, s *State, holders bool) (*NetNSState, error) {
+func (w *World) NetNS(ns nsmount.NSID, s *registry.State, holders bool) (*NetNSState, error) {
 	pid, ok := w.NetPID(ns)
 	if !ok {
 		return nil, fmt.Errorf("network namespace %s has no process", ns)
@@ -226,12 +236,18 @@ func (w *World) NetNS(ns NSID, s *State, holders bool) (*NetNSState, error) {
 		return nil, fmt.Errorf("nfs clients of netns %s (pid %d): %w", ns, pid, err)
 	}
 	live := map[string]string{} // "mntns:mountid" -> entry ID
+	recent := map[string]bool{} // devs of entries newer than w
 	for i := range s.Entries {
 		e := &s.Entries[i]
-		if e.Target.NetNS == ns {
-			if ok, _ := w.Live(e); ok {
-				live[fmt.Sprintf("%d:%d", e.Target.MountNS.Ino, e.MountID)] = e.ID
-			}
+		if e.Target.NetNS != ns {
+			continue
+		}
+		if w.newer(e) {
+			// Mounted after w was taken, perhaps: not judged by w, and
+			// its superblock is not stale.
+			recent[e.Dev] = true
+		} else if ok, _ := w.Live(e); ok {
+			live[fmt.Sprintf("%d:%d", e.Target.MountNS.Ino, e.MountID)] = e.ID
 		}
 	}
 	stale := map[string]bool{}
@@ -246,7 +262,7 @@ func (w *World) NetNS(ns NSID, s *State, holders bool) (*NetNSState, error) {
 			sb.Mounts = append(sb.Mounts, m)
 		}
 		switch {
-		case tracked > 0:
+		case tracked > 0, recent[v.Dev]:
 		case len(sb.Mounts) == 0:
 			sb.Stale, sb.Why = true, "superblock is mounted nowhere (lazily unmounted, still held)"
 		default:
@@ -318,10 +334,10 @@ const orphanWhy = "its network namespace has no process left: this mount keeps t
 // unknown; Server comes from the mount source when it is an address.
 // holders, if true, also looks for processes that hold them open (as
 // NetNS does for stale superblocks).
-func (w *World) Orphans(s *State, holders bool) ([]Superblock, error) {
+func (w *World) Orphans(s *registry.State, holders bool) ([]Superblock, error) {
 	known := map[string]bool{}
 	for i := range s.Entries {
-		if ok, _ := w.Live(&s.Entries[i]); ok {
+		if ok, _ := w.Live(&s.Entries[i]); ok || w.newer(&s.Entries[i]) {
 			known[s.Entries[i].Dev] = true
 		}
 	}
@@ -345,7 +361,7 @@ func (w *World) Orphans(s *State, holders bool) ([]Superblock, error) {
 		if known[dev] {
 			continue
 		}
-		sb := Superblock{Volume: Volume{Dev: dev, Server: sourceServer(refs[0].Source)}, Mounts: refs, Stale: true, Why: orphanWhy}
+		sb := Superblock{Volume: kernel.Volume{Dev: dev, Server: sourceServer(refs[0].Source)}, Mounts: refs, Stale: true, Why: orphanWhy}
 		out = append(out, sb)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Dev < out[j].Dev })

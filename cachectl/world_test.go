@@ -12,6 +12,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/kernel/kerneltest"
+	"github.com/nsmount/nsmount/cachectl/registry"
+	"github.com/nsmount/nsmount/nsmount"
 )
 
 // worldFixture is a procfs with a host, a container c1 (netns and mount ns
@@ -20,10 +25,10 @@ import (
 // superblock that is mounted nowhere, and a container c2 whose first
 // process has exited. Mount namespaces "pinned" and "dead" have no process.
 type worldFixture struct {
-	f                        *fakeProcfs
-	host, c1, side, c2       NSID // mount namespaces
-	pinned, dead             NSID
-	hostNet, c1Net, c2Net    NSID
+	f                        *kerneltest.Procfs
+	host, c1, side, c2       nsmount.NSID // mount namespaces
+	pinned, dead             nsmount.NSID
+	hostNet, c1Net, c2Net    nsmount.NSID
 	heldDev, heldPath        string
 	srv4, srv6, srvLazy, srv netip.Addr
 }
@@ -40,15 +45,15 @@ const (
 
 func newWorldFixture(t *testing.T) *worldFixture {
 	t.Helper()
-	f := newFakeProcfs(t)
+	f := kerneltest.New(t)
 	w := &worldFixture{f: f,
 		srv4: netip.MustParseAddr("198.51.100.1"), srv6: netip.MustParseAddr("2001:db8::1"),
 		srvLazy: netip.MustParseAddr("203.0.113.10"),
 	}
 	w.heldPath = filepath.Join(t.TempDir(), "held")
-	f.write(w.heldPath, "x")
+	f.Write(w.heldPath, "x")
 	var ok bool
-	if w.heldDev, ok = devOf(w.heldPath); !ok {
+	if w.heldDev, ok = kerneltest.DevOf(w.heldPath); !ok {
 		t.Fatal("statx of a temp file failed")
 	}
 	c1Volumes := "NV SERVER   PORT DEV          FSID                              FSC\n" +
@@ -60,27 +65,27 @@ func newWorldFixture(t *testing.T) *worldFixture {
 		"v4 c6336401  801   1 198.51.100.1\n" +
 		"v4 20010db8000000000000000000000001  801   1 2001:db8::1\n" +
 		"v4 cb00710a  801   1 203.0.113.10\n"
-	f.add(1, fakeProcess{mnt: "host", net: "host", comm: "init", start: 1,
-		mountinfo: rootMountinfo + "70 47 0:40 / /srv/home rw,relatime - nfs4 192.0.2.9:/home rw,vers=4.2,addr=192.0.2.9\n",
-		volumes:   "v4 c0000209  801 0:40 1:0 no \n", servers: "v4 c0000209  801   1 192.0.2.9\n"})
+	f.Add(1, kerneltest.Process{Mnt: "host", Net: "host", Comm: "init", Start: 1,
+		Mountinfo: kerneltest.RootMountinfo + "70 47 0:40 / /srv/home rw,relatime - nfs4 192.0.2.9:/home rw,vers=4.2,addr=192.0.2.9\n",
+		Volumes:   "v4 c0000209  801 0:40 1:0 no \n", Servers: "v4 c0000209  801   1 192.0.2.9\n"})
 	for _, pid := range []int{100, 101} {
-		f.add(pid, fakeProcess{mnt: "c1", net: "c1", start: uint64(50 * pid), mountinfo: rootMountinfo + c1Mounts, volumes: c1Volumes, servers: c1Servers})
+		f.Add(pid, kerneltest.Process{Mnt: "c1", Net: "c1", Start: uint64(50 * pid), Mountinfo: kerneltest.RootMountinfo + c1Mounts, Volumes: c1Volumes, Servers: c1Servers})
 	}
-	f.add(200, fakeProcess{mnt: "side", net: "c1", comm: "sidecar", start: 10000, mountinfo: rootMountinfo + sideMounts, volumes: c1Volumes, servers: c1Servers})
-	f.add(300, fakeProcess{mnt: "c1", net: "c1", comm: "holder", start: 15000, mountinfo: rootMountinfo + c1Mounts, volumes: c1Volumes, servers: c1Servers,
-		fds: map[int]string{3: w.heldPath, 4: filepath.Join(f.root, "no-such-file")}})
+	f.Add(200, kerneltest.Process{Mnt: "side", Net: "c1", Comm: "sidecar", Start: 10000, Mountinfo: kerneltest.RootMountinfo + sideMounts, Volumes: c1Volumes, Servers: c1Servers})
+	f.Add(300, kerneltest.Process{Mnt: "c1", Net: "c1", Comm: "holder", Start: 15000, Mountinfo: kerneltest.RootMountinfo + c1Mounts, Volumes: c1Volumes, Servers: c1Servers,
+		FDs: map[int]string{3: w.heldPath, 4: filepath.Join(f.Root(), "no-such-file")}})
 	// c2: PID 400 has exited (no mountinfo left), 401 still runs.
-	f.add(400, fakeProcess{mnt: "c2", net: "c2"})
-	f.add(401, fakeProcess{mnt: "c2", net: "c2", mountinfo: rootMountinfo + "700 47 0:80 / /x rw - nfs 192.0.2.1:/x rw,vers=3,addr=192.0.2.1\n"})
-	w.host, w.c1, w.side, w.c2 = f.ns("host"), f.ns("c1"), f.ns("side"), f.ns("c2")
-	w.pinned, w.dead = f.ns("pinned"), f.ns("dead")
+	f.Add(400, kerneltest.Process{Mnt: "c2", Net: "c2"})
+	f.Add(401, kerneltest.Process{Mnt: "c2", Net: "c2", Mountinfo: kerneltest.RootMountinfo + "700 47 0:80 / /x rw - nfs 192.0.2.1:/x rw,vers=3,addr=192.0.2.1\n"})
+	w.host, w.c1, w.side, w.c2 = f.NS("host"), f.NS("c1"), f.NS("side"), f.NS("c2")
+	w.pinned, w.dead = f.NS("pinned"), f.NS("dead")
 	w.hostNet, w.c1Net, w.c2Net = w.host, w.c1, w.c2 // same names, same files
 	return w
 }
 
 func (w *worldFixture) observe(t *testing.T) *World {
 	t.Helper()
-	world, err := Observe(w.f.proc())
+	world, err := Observe(w.f.Proc())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,9 +93,9 @@ func (w *worldFixture) observe(t *testing.T) *World {
 }
 
 // entry returns an entry of c1's mount 530 (live), changed by edit.
-func (w *worldFixture) entry(id string, edit func(*Entry)) Entry {
+func (w *worldFixture) entry(id string, edit func(*registry.Entry)) registry.Entry {
 	e := testEntry(id)
-	e.Target = Identity{PID: 101, PIDStart: 5050, NetNS: w.c1Net, MountNS: w.c1}
+	e.Target = registry.Identity{PID: 101, PIDStart: 5050, NetNS: w.c1Net, MountNS: w.c1}
 	e.MountID, e.Dev, e.Mountpoint = 530, "0:50", "/data"
 	if edit != nil {
 		edit(&e)
@@ -122,7 +127,7 @@ func TestObserveFixture(t *testing.T) {
 	if world.Taken.IsZero() {
 		t.Error("Taken not set")
 	}
-	if _, err := Observe(Proc{Root: filepath.Join(w.f.root, "missing")}); err == nil || !strings.Contains(err.Error(), "scan processes") {
+	if _, err := Observe(kernel.Proc{Root: filepath.Join(w.f.Root(), "missing")}); err == nil || !strings.Contains(err.Error(), "scan processes") {
 		t.Errorf("Observe of a missing procfs: %v", err)
 	}
 }
@@ -132,19 +137,19 @@ func TestPIDInAndNetPID(t *testing.T) {
 	world := w.observe(t)
 	tests := []struct {
 		name   string
-		target Identity
+		target registry.Identity
 		want   int
 		ok     bool
 	}{
-		{"own process, same start", Identity{PID: 101, PIDStart: 5050, MountNS: w.c1}, 101, true},
-		{"own PID reused by another process", Identity{PID: 101, PIDStart: 4, MountNS: w.c1}, 100, true},
-		{"own process left the namespace", Identity{PID: 200, PIDStart: 10000, MountNS: w.c1}, 100, true},
-		{"own process gone", Identity{PID: 999, MountNS: w.c1}, 100, true},
-		{"no process in the namespace", Identity{PID: 101, PIDStart: 5050, MountNS: w.dead}, 0, false},
+		{"own process, same start", registry.Identity{PID: 101, PIDStart: 5050, MountNS: w.c1}, 101, true},
+		{"own PID reused by another process", registry.Identity{PID: 101, PIDStart: 4, MountNS: w.c1}, 100, true},
+		{"own process left the namespace", registry.Identity{PID: 200, PIDStart: 10000, MountNS: w.c1}, 100, true},
+		{"own process gone", registry.Identity{PID: 999, MountNS: w.c1}, 100, true},
+		{"no process in the namespace", registry.Identity{PID: 101, PIDStart: 5050, MountNS: w.dead}, 0, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pid, ok := world.PIDIn(&Entry{Target: tt.target})
+			pid, ok := world.PIDIn(&registry.Entry{Target: tt.target})
 			if pid != tt.want || ok != tt.ok {
 				t.Errorf("PIDIn = %d, %v; want %d, %v", pid, ok, tt.want, tt.ok)
 			}
@@ -161,42 +166,42 @@ func TestPIDInAndNetPID(t *testing.T) {
 func TestLiveAndReconcile(t *testing.T) {
 	w := newWorldFixture(t)
 	world := w.observe(t)
-	pinnedPath := w.f.nsPath("pinned")
+	pinnedPath := w.f.NSPath("pinned")
 	tests := []struct {
 		name string
-		e    Entry
+		e    registry.Entry
 		live bool
 		why  string // substring of the reason; "" when live
 	}{
 		{name: "live", e: w.entry("live", nil), live: true},
-		{name: "live in the sidecar", e: w.entry("side", func(e *Entry) {
+		{name: "live in the sidecar", e: w.entry("side", func(e *registry.Entry) {
 			e.Target.MountNS, e.MountID = w.side, 610
 		}), live: true},
-		{name: "unmounted", e: w.entry("unmounted", func(e *Entry) { e.MountID = 540 }),
+		{name: "unmounted", e: w.entry("unmounted", func(e *registry.Entry) { e.MountID = 540 }),
 			why: fmt.Sprintf("mount 540 (198.51.100.1:/export at /data) is no longer in mount namespace %s", w.c1)},
-		{name: "mount ID reused by another superblock", e: w.entry("reused", func(e *Entry) { e.Dev = "0:99" }),
+		{name: "mount ID reused by another superblock", e: w.entry("reused", func(e *registry.Entry) { e.Dev = "0:99" }),
 			why: "mount 530 (198.51.100.1:/export at /data) is no longer in mount namespace"},
-		{name: "mount ID of another namespace", e: w.entry("otherns", func(e *Entry) { e.MountID = 610 }),
+		{name: "mount ID of another namespace", e: w.entry("otherns", func(e *registry.Entry) { e.MountID = 610 }),
 			why: "mount 610"},
-		{name: "made after the namespace's first process started", e: w.entry("ticked", func(e *Entry) {
+		{name: "made after the namespace's first process started", e: w.entry("ticked", func(e *registry.Entry) {
 			e.CreatedTicks = 5000 // c1's PID 100 started at 5000
 		}), live: true},
-		{name: "namespace inode reused by a successor", e: w.entry("successor", func(e *Entry) {
+		{name: "namespace inode reused by a successor", e: w.entry("successor", func(e *registry.Entry) {
 			e.CreatedTicks = 4999 // every process of c1 started later
 		}), why: fmt.Sprintf("mount namespace %s is gone (its inode now names a namespace whose processes all started after the mount)", w.c1)},
-		{name: "namespace without process", e: w.entry("dead", func(e *Entry) { e.Target.MountNS = w.dead }),
+		{name: "namespace without process", e: w.entry("dead", func(e *registry.Entry) { e.Target.MountNS = w.dead }),
 			why: fmt.Sprintf("mount namespace %s is gone (no process left in it)", w.dead)},
-		{name: "namespace pinned by path", e: w.entry("pinned", func(e *Entry) {
+		{name: "namespace pinned by path", e: w.entry("pinned", func(e *registry.Entry) {
 			e.Target.MountNS, e.Target.MountNSPath = w.pinned, pinnedPath
 		}), live: true},
-		{name: "path now names another namespace", e: w.entry("repinned", func(e *Entry) {
+		{name: "path now names another namespace", e: w.entry("repinned", func(e *registry.Entry) {
 			e.Target.MountNS, e.Target.MountNSPath = w.dead, pinnedPath
 		}), why: fmt.Sprintf("mount namespace %s (%s) is gone", w.dead, pinnedPath)},
-		{name: "path removed", e: w.entry("unpinned", func(e *Entry) {
-			e.Target.MountNS, e.Target.MountNSPath = w.dead, filepath.Join(w.f.root, "nsmD-missing")
+		{name: "path removed", e: w.entry("unpinned", func(e *registry.Entry) {
+			e.Target.MountNS, e.Target.MountNSPath = w.dead, filepath.Join(w.f.Root(), "nsmD-missing")
 		}), why: "nsmD-missing) is gone"},
 	}
-	var s State
+	var s registry.State
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			live, why := world.Live(&tt.e)
@@ -234,7 +239,7 @@ func TestNetNSClassification(t *testing.T) {
 	const lazy = "superblock is mounted nowhere (lazily unmounted, still held)"
 	tests := []struct {
 		name    string
-		entries []Entry
+		entries []registry.Entry
 		// stale maps each superblock to a substring of its Why; "" = not stale.
 		stale map[string]string
 		// tracked is the entry ID each /data mount (c1's, the sidecar's) is
@@ -243,7 +248,7 @@ func TestNetNSClassification(t *testing.T) {
 	}{
 		{
 			name:    "tracked mount, copy in a sidecar",
-			entries: []Entry{w.entry("live", nil)},
+			entries: []registry.Entry{w.entry("live", nil)},
 			stale: map[string]string{
 				"0:50":    "",
 				"0:51":    "outlived its mount, or nsmount never made it); " + sideAt("/old"),
@@ -263,17 +268,17 @@ func TestNetNSClassification(t *testing.T) {
 		},
 		{
 			name:    "the entry's mount is gone",
-			entries: []Entry{w.entry("gone", func(e *Entry) { e.MountID = 540 })},
+			entries: []registry.Entry{w.entry("gone", func(e *registry.Entry) { e.MountID = 540 })},
 			stale:   map[string]string{"0:50": "/data", "0:51": "/old", "0:53": "/v6", w.heldDev: lazy},
 		},
 		{
 			name:    "an entry of another netns does not count",
-			entries: []Entry{w.entry("host", func(e *Entry) { e.Target.NetNS = w.hostNet })},
+			entries: []registry.Entry{w.entry("host", func(e *registry.Entry) { e.Target.NetNS = w.hostNet })},
 			stale:   map[string]string{"0:50": "/data", "0:51": "/old", "0:53": "/v6", w.heldDev: lazy},
 		},
 		{
 			name: "the sidecar's copy is tracked",
-			entries: []Entry{w.entry("side", func(e *Entry) {
+			entries: []registry.Entry{w.entry("side", func(e *registry.Entry) {
 				e.Target.MountNS, e.MountID = w.side, 610
 			})},
 			stale:   map[string]string{"0:50": "", "0:51": "/old", "0:53": "/v6", w.heldDev: lazy},
@@ -281,10 +286,10 @@ func TestNetNSClassification(t *testing.T) {
 		},
 		{
 			name: "IPv6 and sidecar mounts tracked",
-			entries: []Entry{
+			entries: []registry.Entry{
 				w.entry("live", nil),
-				w.entry("v6", func(e *Entry) { e.MountID, e.Dev = 531, "0:53" }),
-				w.entry("old", func(e *Entry) { e.Target.MountNS, e.MountID, e.Dev = w.side, 611, "0:51" }),
+				w.entry("v6", func(e *registry.Entry) { e.MountID, e.Dev = 531, "0:53" }),
+				w.entry("old", func(e *registry.Entry) { e.Target.MountNS, e.MountID, e.Dev = w.side, 611, "0:51" }),
 			},
 			stale:   map[string]string{"0:50": "", "0:51": "", "0:53": "", w.heldDev: lazy},
 			tracked: [2]string{"live", ""},
@@ -292,7 +297,7 @@ func TestNetNSClassification(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := world.NetNS(w.c1Net, &State{Entries: tt.entries}, true)
+			st, err := world.NetNS(w.c1Net, &registry.State{Entries: tt.entries}, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -348,7 +353,7 @@ func TestNetNSClassification(t *testing.T) {
 func TestNetNSHoldersOffAndStaleFor(t *testing.T) {
 	w := newWorldFixture(t)
 	world := w.observe(t)
-	st, err := world.NetNS(w.c1Net, &State{Entries: []Entry{w.entry("live", nil)}}, false)
+	st, err := world.NetNS(w.c1Net, &registry.State{Entries: []registry.Entry{w.entry("live", nil)}}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,26 +385,26 @@ func TestNetNSHoldersOffAndStaleFor(t *testing.T) {
 
 func TestNetNSErrors(t *testing.T) {
 	w := newWorldFixture(t)
-	w.f.add(500, fakeProcess{mnt: "bad", net: "badnet", volumes: "v4 c6336401  801 0:50 1:0 no\nv4 zz\n", servers: realServers})
-	w.f.add(501, fakeProcess{mnt: "bad2", net: "badnet2", volumes: realVolumes, servers: "v4 c6336401  801 x h\n"})
+	w.f.Add(500, kerneltest.Process{Mnt: "bad", Net: "badnet", Volumes: "v4 c6336401  801 0:50 1:0 no\nv4 zz\n", Servers: kerneltest.RealServers})
+	w.f.Add(501, kerneltest.Process{Mnt: "bad2", Net: "badnet2", Volumes: kerneltest.RealVolumes, Servers: "v4 c6336401  801 x h\n"})
 	world := w.observe(t)
 	tests := []struct {
 		name string
-		ns   NSID
+		ns   nsmount.NSID
 		want string
 	}{
 		{"no process", w.dead, fmt.Sprintf("network namespace %s has no process", w.dead)},
-		{"malformed volumes", w.f.ns("badnet"), fmt.Sprintf("nfs volumes of netns %s (pid 500): line 2: 2 fields", w.f.ns("badnet"))},
-		{"malformed servers", w.f.ns("badnet2"), `(pid 501): line 1: USE "x"`},
+		{"malformed volumes", w.f.NS("badnet"), fmt.Sprintf("nfs volumes of netns %s (pid 500): line 2: 2 fields", w.f.NS("badnet"))},
+		{"malformed servers", w.f.NS("badnet2"), `(pid 501): line 1: USE "x"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := world.NetNS(tt.ns, &State{}, true)
+			_, err := world.NetNS(tt.ns, &registry.State{}, true)
 			checkErr(t, err, tt.want)
 		})
 	}
 	// A netns where NFS was never used has no nfsfs files: no state, no error.
-	st, err := world.NetNS(w.c2Net, &State{}, true)
+	st, err := world.NetNS(w.c2Net, &registry.State{}, true)
 	if err != nil || len(st.Superblocks) != 0 || len(st.Clients) != 0 {
 		t.Errorf("NetNS(c2) = %+v, %v", st, err)
 	}
@@ -407,7 +412,7 @@ func TestNetNSErrors(t *testing.T) {
 
 func TestRebuildFixture(t *testing.T) {
 	w := newWorldFixture(t)
-	s, err := rebuild(w.f.proc())
+	s, err := rebuild(w.f.Proc())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,10 +430,10 @@ func TestRebuildFixture(t *testing.T) {
 		got[e.ID] = fmt.Sprintf("pid %d start %d %s %s server %s addr %s client %s vers %s %s",
 			e.Target.PID, e.Target.PIDStart, e.Mountpoint, e.Dev, e.Server, e.Address, e.ClientAddr, e.Version, e.FSType)
 		if !e.Rebuilt || e.Owner != "rebuilt" || e.Target.NetNS != w.c1Net || e.Created.IsZero() ||
-			e.Request.Source != e.Source || e.Request.FSType != e.FSType || e.Route != (Route{}) {
+			e.Request.Source != e.Source || e.Request.FSType != e.FSType || e.Route != (registry.Route{}) {
 			t.Errorf("entry %s: %+v", e.ID, e)
 		}
-		if wantMnt := map[bool]NSID{true: w.c1, false: w.side}[strings.HasPrefix(e.ID, fmt.Sprint(w.c1.Ino)+":")]; e.Target.MountNS != wantMnt {
+		if wantMnt := map[bool]nsmount.NSID{true: w.c1, false: w.side}[strings.HasPrefix(e.ID, fmt.Sprint(w.c1.Ino)+":")]; e.Target.MountNS != wantMnt {
 			t.Errorf("entry %s: mount ns %v, want %v", e.ID, e.Target.MountNS, wantMnt)
 		}
 	}
@@ -440,7 +445,7 @@ func TestRebuildFixture(t *testing.T) {
 	if gone := world.Reconcile(s); len(gone) != 0 {
 		t.Errorf("rebuilt entries reconciled away: %+v", gone)
 	}
-	if _, err := rebuild(Proc{Root: filepath.Join(w.f.root, "missing")}); err == nil {
+	if _, err := rebuild(kernel.Proc{Root: filepath.Join(w.f.Root(), "missing")}); err == nil {
 		t.Error("rebuild of a missing procfs succeeded")
 	}
 }
@@ -451,7 +456,7 @@ func TestRebuildRealProc(t *testing.T) {
 	if _, err := os.Stat("/proc/self/mountinfo"); err != nil {
 		t.Fatalf("no procfs: %v", err)
 	}
-	s, err := RebuildFromMountinfo()
+	s, err := rebuild(kernel.Proc{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +471,7 @@ func TestRebuildRealProc(t *testing.T) {
 func BenchmarkObserve(b *testing.B) {
 	var mounts, pids int
 	for b.Loop() {
-		w, err := Observe(Proc{})
+		w, err := Observe(kernel.Proc{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -484,7 +489,7 @@ func TestOrphans(t *testing.T) {
 	world := w.observe(t)
 	tests := []struct {
 		name    string
-		entries []Entry
+		entries []registry.Entry
 		want    []string // "dev server mountid..."
 	}{
 		{
@@ -493,21 +498,21 @@ func TestOrphans(t *testing.T) {
 		},
 		{
 			name: "a live entry accounts for its superblock",
-			entries: []Entry{w.entry("elsewhere", func(e *Entry) {
+			entries: []registry.Entry{w.entry("elsewhere", func(e *registry.Entry) {
 				e.MountID, e.Dev, e.Mountpoint = 532, "0:70", "/elsewhere"
 			})},
 			want: []string{"0:80 192.0.2.1 700"},
 		},
 		{
 			name:    "an entry whose mount is gone does not",
-			entries: []Entry{w.entry("gone", func(e *Entry) { e.MountID, e.Dev = 999, "0:70" })},
+			entries: []registry.Entry{w.entry("gone", func(e *registry.Entry) { e.MountID, e.Dev = 999, "0:70" })},
 			want:    []string{"0:70 203.0.113.10 532", "0:80 192.0.2.1 700"},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string
-			orphans, err := world.Orphans(&State{Entries: tt.entries}, false)
+			orphans, err := world.Orphans(&registry.State{Entries: tt.entries}, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -572,7 +577,7 @@ func (f *fakeShutdowner) Shutdown(_ context.Context, pid int, dev string) error 
 // without an answer, stale stays stale.
 func TestNetNSShutdown(t *testing.T) {
 	w := newWorldFixture(t)
-	entries := State{Entries: []Entry{w.entry("live", nil)}}
+	entries := registry.State{Entries: []registry.Entry{w.entry("live", nil)}}
 	tests := []struct {
 		name string
 		fake *fakeShutdowner

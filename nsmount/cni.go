@@ -35,8 +35,6 @@ func OpenNetNS(path string) (*Target, error) {
 	return &Target{netns: f, desc: "netns " + path}, nil
 }
 
-// DefaultNFSPort is the NFS server port when a server names none.
-const DefaultNFSPort = 2049
 
 // ServerAddr is an NFS server to reach: a host name or IP address and the
 // TCP port of its NFS service.

@@ -95,3 +95,24 @@ func withClass(class, err error) error {
 // built on this package, such as cachectl), keeping its message. An error
 // that already carries a class keeps it; nil stays nil.
 func WithClass(class, err error) error { return withClass(class, err) }
+
+// className returns the name of err's class ("" for none), as the helper
+// sends it over its pipe.
+func className(err error) string {
+	for _, c := range classes {
+		if errors.Is(err, c.err) {
+			return c.err.Error()
+		}
+	}
+	return ""
+}
+
+// classByName returns the class named name, nil for none.
+func classByName(name string) error {
+	for _, c := range classes {
+		if c.err.Error() == name {
+			return c.err
+		}
+	}
+	return nil
+}

@@ -60,9 +60,11 @@ type helperResponse struct {
 	Vers        string `json:"vers,omitempty"`
 	Params      string `json:"params,omitempty"`
 	Error       string `json:"error,omitempty"`
-	Errno       int    `json:"errno,omitempty"`
-	Class       string `json:"class,omitempty"`
-	Elapsed     string `json:"elapsed,omitempty"`
+	// Errno is the errno behind Error (0: none), Class its error class
+	// ("" for none): both survive the pipe (see helperResponse.err).
+	Errno   int    `json:"errno,omitempty"`
+	Class   string `json:"class,omitempty"`
+	Elapsed string `json:"elapsed,omitempty"`
 }
 
 // RunHelper turns the process into nsmount's namespace helper when it was
@@ -86,11 +88,10 @@ func helperMain(in io.Reader, out io.Writer) int {
 	}
 	if err != nil {
 		resp.Error = err.Error()
-		for _, c := range classes {
-			if errors.Is(err, c.err) {
-				resp.Class = c.err.Error()
-				break
-			}
+		resp.Class = className(err)
+		var errno syscall.Errno
+		if resp.Errno == 0 && errors.As(err, &errno) {
+			resp.Errno = int(errno)
 		}
 	}
 	resp.Elapsed = time.Since(start).String()
@@ -125,7 +126,7 @@ func helperRun(req *helperRequest, resp *helperResponse) error {
 		case "mount":
 			return mountInside(req, root, proc, resp)
 		case "umount":
-			return umountInside(req, root, proc)
+			return umountInside(req, root, proc, resp)
 		case "umount-id":
 			return umountIDInside(req, root, proc)
 		case "replace":
@@ -278,7 +279,7 @@ func sourceOf(params Options) string {
 // chroots into the container's root, and the mount point path that mountinfo
 // then shows (canonical, relative to that root) is unmounted without
 // following symlinks: whatever happens meanwhile, it is inside the container.
-func umountInside(req *helperRequest, root, proc *os.File) error {
+func umountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) error {
 	f, err := openInRoot(root, req.Target, false)
 	if err != nil {
 		return err
@@ -308,6 +309,7 @@ func umountInside(req *helperRequest, root, proc *os.File) error {
 	if err := unix.Unmount(m.Mountpoint, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
 		return withClass(ErrMountFailed, fmt.Errorf("umount %s (%s): %w", req.Target, m.Source, err))
 	}
+	resp.MountID = stx.Mnt_id
 	return nil
 }
 
@@ -375,13 +377,34 @@ func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperRespo
 		return nil, fmt.Errorf("helper failed: %v: %s", err, msg)
 	}
 	if resp.Error != "" {
-		herr := errors.New(resp.Error)
-		for _, c := range classes {
-			if c.err.Error() == resp.Class {
-				return &resp, withClass(c.err, herr)
-			}
-		}
-		return &resp, herr
+		return &resp, resp.err()
 	}
 	return &resp, nil
+}
+
+// err rebuilds the helper's error in the parent: its message, its class
+// and its errno, so that errors.Is works with both (ErrMountFailed,
+// unix.EBUSY) as if the error had been made in this process.
+func (r *helperResponse) err() error {
+	return &helperError{msg: r.Error, class: classByName(r.Class), errno: syscall.Errno(r.Errno)}
+}
+
+// helperError is an error that crossed the helper pipe.
+type helperError struct {
+	msg   string
+	class error         // nil: none
+	errno syscall.Errno // 0: none
+}
+
+func (e *helperError) Error() string { return e.msg }
+
+func (e *helperError) Unwrap() []error {
+	var out []error
+	if e.class != nil {
+		out = append(out, e.class)
+	}
+	if e.errno != 0 {
+		out = append(out, e.errno)
+	}
+	return out
 }

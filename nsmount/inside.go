@@ -30,6 +30,15 @@ var resolveHow = unix.OpenHow{
 	Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
 }
 
+// errMountpointMissing marks a mount point that does not exist (and may be
+// made with mkdir).
+var errMountpointMissing = errors.New("missing")
+
+// missingError is an error that is errMountpointMissing, with its own text.
+type missingError struct{ error }
+
+func (e missingError) Is(target error) bool { return target == errMountpointMissing }
+
 // openInRoot opens the directory unsafePath inside root (an O_PATH fd of the
 // container's root). With mkdir it creates missing components, each one
 // resolved again inside root. The result is never the root itself: mounting
@@ -52,7 +61,7 @@ func openInRoot(root *os.File, unsafePath string, mkdir bool) (*os.File, error) 
 	}
 	switch {
 	case errors.Is(err, unix.ENOENT) && !mkdir:
-		return nil, withClass(ErrUnsafePath, fmt.Errorf("target %s does not exist in the container (use --mkdir)", unsafePath))
+		return nil, withClass(ErrUnsafePath, missingError{fmt.Errorf("target %s does not exist in the container (use --mkdir)", unsafePath)})
 	case errors.Is(err, unix.ENOENT):
 		return nil, withClass(ErrUnsafePath, fmt.Errorf("target %s could not be created in the container", unsafePath))
 	case errors.Is(err, unix.ENOTDIR) && mkdir:

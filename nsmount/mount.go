@@ -12,6 +12,7 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"github.com/nsmount/nsmount/routing"
+	"golang.org/x/sys/unix"
 )
 
 // Default bounds for the waits of a mount.
@@ -43,10 +44,6 @@ type Request struct {
 	// ProbeTimeout and MountTimeout bound the reachability check and the
 	// mount; zero means the defaults.
 	ProbeTimeout, MountTimeout time.Duration
-	// Verify, if set, is called with the plan (server address and route
-	// chosen) before anything is mounted; its error stops the mount and is
-	// returned as is. A Policy sets it to check the resolved address.
-	Verify func(*Plan) error
 }
 
 // Mounted describes a mount that nsmount made and verified.
@@ -81,37 +78,40 @@ type Mounted struct {
 	Plan *Plan `json:"plan"`
 }
 
-// Mount mounts req.Source at req.Target inside t, carrying out the plan that
-// Explain makes: the server name resolved as the container resolves it, the
-// address routed by t's network namespace and checked from there (bounded
-// by ProbeTimeout), approved by req.Verify if set, then the mount made by a
-// helper process inside t's network and mount namespaces (bounded by
-// MountTimeout, killed after). The new superblock must show up in t's
-// netns's NFS client list before it is attached; otherwise nothing is
-// mounted and ErrNotVerified is returned.
+// Mount mounts req.Source at req.Target inside t: Explain, then MountPlan.
+// Code that must look at the decision before it is carried out (a policy,
+// stale client state) calls the two itself.
 func Mount(ctx context.Context, t *Target, req Request) (*Mounted, error) {
 	plan, err := Explain(ctx, t, req)
 	if err != nil {
 		return nil, err
 	}
-	if req.Verify != nil {
-		if err := req.Verify(plan); err != nil {
-			return nil, err
-		}
+	return MountPlan(ctx, t, plan)
+}
+
+// MountPlan carries out plan (made by Explain for t, without error): a
+// helper process inside t's network and mount namespaces creates the
+// superblock (bounded by the request's MountTimeout, killed after),
+// checks that it shows up in t's netns's NFS client list, and only then
+// attaches it at the plan's mount point; otherwise nothing is mounted and
+// ErrNotVerified is returned.
+func MountPlan(ctx context.Context, t *Target, plan *Plan) (*Mounted, error) {
+	if err := plan.usable(t); err != nil {
+		return nil, err
 	}
-	mctx, cancel := context.WithTimeout(ctx, orDefault(req.MountTimeout, DefaultMountTimeout))
+	mctx, cancel := context.WithTimeout(ctx, orDefault(plan.mountTimeout, DefaultMountTimeout))
 	defer cancel()
-	resp, err := callHelper(mctx, t, helperRequest{Op: "mount", Spec: plan.spec, Target: req.Target, Mkdir: req.Mkdir})
+	resp, err := callHelper(mctx, t, helperRequest{Op: "mount", Spec: plan.spec, Target: plan.Mountpoint, Mkdir: plan.Mkdir})
 	if err != nil {
 		return nil, err
 	}
-	return mountedOf(t, req, plan, resp), nil
+	return mountedOf(t, plan, resp), nil
 }
 
-func mountedOf(t *Target, req Request, plan *Plan, resp *helperResponse) *Mounted {
+func mountedOf(t *Target, plan *Plan, resp *helperResponse) *Mounted {
 	return &Mounted{
-		Target:  req.Target,
-		Source:  req.Source.String(),
+		Target:  plan.Mountpoint,
+		Source:  plan.Source,
 		Address: plan.Address,
 		Route:   *plan.Route,
 		Version: resp.Vers,
@@ -148,20 +148,23 @@ type UnmountOptions struct {
 }
 
 // Unmount removes the NFS mount at target (a path inside the container's
-// root) from t's mount namespace. It returns ErrNotMounted when there is no
-// NFS mount there.
-func Unmount(ctx context.Context, t *Target, target string, o UnmountOptions) error {
+// root) from t's mount namespace and returns the ID the mount had. It
+// returns ErrNotMounted when there is no NFS mount there.
+func Unmount(ctx context.Context, t *Target, target string, o UnmountOptions) (uint64, error) {
 	flags := 0
 	if o.Lazy {
-		flags |= 2 // MNT_DETACH
+		flags |= unix.MNT_DETACH
 	}
 	if o.Force {
-		flags |= 1 // MNT_FORCE
+		flags |= unix.MNT_FORCE
 	}
 	ctx, cancel := context.WithTimeout(ctx, orDefault(o.Timeout, DefaultMountTimeout))
 	defer cancel()
-	_, err := callHelper(ctx, t, helperRequest{Op: "umount", Target: target, Umount: flags})
-	return err
+	resp, err := callHelper(ctx, t, helperRequest{Op: "umount", Target: target, Umount: flags})
+	if err != nil {
+		return 0, err
+	}
+	return resp.MountID, nil
 }
 
 // MountEntry is one NFS mount in a target's mount table.

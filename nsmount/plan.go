@@ -2,6 +2,7 @@ package nsmount
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,6 +11,9 @@ import (
 
 	"github.com/nsmount/nsmount/routing"
 )
+
+// DefaultNFSPort is the NFS server port when a mount names none (port=).
+const DefaultNFSPort = 2049
 
 // Where names are resolved.
 const (
@@ -51,10 +55,33 @@ type Plan struct {
 	Versions []string `json:"versions"`
 	// Params are the filesystem parameters for the first version tried.
 	Params string `json:"params,omitempty"`
+	// Mountpoint is where the mount goes, a path inside the container's
+	// root ("" for a plan that only explains the route); Mkdir allows
+	// creating it.
+	Mountpoint string `json:"mountpoint,omitempty"`
+	Mkdir      bool   `json:"mkdir,omitempty"`
+	// NFSPort is the server's NFS port the preflight checked (port=, else
+	// 2049): later reachability checks of the mount probe the same port.
+	NFSPort uint16 `json:"nfs_port,omitempty"`
 	// Error is why no mount can be made, if so.
 	Error string `json:"error,omitempty"`
 
-	spec mountSpec
+	spec         mountSpec
+	mountTimeout time.Duration
+	netns        NSID // of the target the plan was made for
+}
+
+// usable checks that p is a complete plan made for t.
+func (p *Plan) usable(t *Target) error {
+	switch {
+	case p == nil || p.Error != "" || p.Route == nil || len(p.spec.Vers) == 0:
+		return withClass(ErrInvalidArgument, errors.New("no usable mount plan (Explain failed or was not called)"))
+	case p.Mountpoint == "":
+		return withClass(ErrInvalidArgument, errors.New("mount plan has no mount point"))
+	case p.netns != t.NetNS():
+		return withClass(ErrInvalidArgument, fmt.Errorf("mount plan was made for another network namespace than %s", t))
+	}
+	return nil
 }
 
 // Explain makes the decision for req in t without mounting: it resolves
@@ -69,6 +96,8 @@ func Explain(ctx context.Context, t *Target, req Request) (*Plan, error) {
 	p := &Plan{
 		Target: t.String(), PID: t.PID(), NetNS: t.NetNSInode(), MountNS: t.MountNSInode(),
 		Source: req.Source.String(), ResolveFrom: req.ResolveFrom, FSType: req.FSType,
+		Mountpoint: req.Target, Mkdir: req.Mkdir,
+		mountTimeout: req.MountTimeout, netns: t.NetNS(),
 	}
 	if p.ResolveFrom == "" {
 		p.ResolveFrom = ResolveFromContainer
@@ -88,6 +117,15 @@ func Explain(ctx context.Context, t *Target, req Request) (*Plan, error) {
 		return fail(err)
 	}
 	p.Family = fam.String()
+	pf := preflightOf(spec, req.ProbeTimeout)
+	p.NFSPort = pf.NFSPort
+	if req.Target != "" {
+		// The mount point exists (or may be made) inside the container's
+		// root: a bad target fails before any network traffic.
+		if err := checkMountpoint(t, req.Target, req.Mkdir); err != nil {
+			return fail(err)
+		}
+	}
 	inNetNS := func(fn func() error) error { return t.Do(NetNS, fn) }
 
 	addrs, err := p.resolve(ctx, t, req, inNetNS)
@@ -99,7 +137,6 @@ func Explain(ctx context.Context, t *Target, req Request) (*Plan, error) {
 		return fail(err)
 	}
 	defer router.Close()
-	pf := preflightOf(spec, req.ProbeTimeout)
 	cands, err := router.Choose(ctx, addrs, fam, pf)
 	p.Candidates = cands
 	if err != nil {
@@ -173,7 +210,7 @@ func familyOf(opts Options) (routing.Family, error) {
 
 // preflightOf derives the reachability checks from the mount parameters.
 func preflightOf(spec mountSpec, timeout time.Duration) routing.Preflight {
-	pf := routing.Preflight{NFSPort: 2049, Timeout: orDefault(timeout, DefaultProbeTimeout)}
+	pf := routing.Preflight{NFSPort: DefaultNFSPort, Timeout: orDefault(timeout, DefaultProbeTimeout)}
 	if v, ok := spec.Params.Get("port"); ok {
 		if n, err := strconv.ParseUint(v, 10, 16); err == nil && n != 0 {
 			pf.NFSPort = uint16(n)
@@ -188,6 +225,28 @@ func preflightOf(spec mountSpec, timeout time.Duration) routing.Preflight {
 		}
 	}
 	return pf
+}
+
+// checkMountpoint checks, without creating anything, that unsafePath is a
+// directory inside t's root that a mount may cover, or, with mkdir, that
+// it is missing (it is made inside the root at mount time).
+func checkMountpoint(t *Target, unsafePath string, mkdir bool) error {
+	if t.mntns == nil {
+		return withClass(ErrInvalidArgument, fmt.Errorf("%s has no mount namespace to mount in", t))
+	}
+	root, err := t.rootDir()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	f, err := openInRoot(root, unsafePath, false)
+	if mkdir && errors.Is(err, errMountpointMissing) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // rootDir returns an O_PATH descriptor of the container's root: the

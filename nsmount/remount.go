@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,38 +21,33 @@ const moveMountBeneath = 0x200
 // before a swap (the old server may be dead).
 const syncGrace = 2 * time.Second
 
-// Replace makes a new mount of req (the decision redone: resolved, routed
-// and checked from t's netns now) and swaps it in for the NFS mount oldID at
-// req.Target: new mount first (verified in t's netns, on its own superblock:
-// nosharecache), then the swap, then the old mount is detached (lazily:
-// open files in it keep working, or keep failing, until closed). The old
-// mount's dirty data is flushed first where the old server still answers.
+// ReplacePlan carries out plan (made by Explain for t, without error) as a
+// replacement of the NFS mount oldID at the plan's mount point: new mount
+// first (verified in t's netns, on a superblock of its own: nosharecache is
+// added), then the swap, then the old mount is detached (lazily: open files
+// in it keep working, or keep failing, until closed). The old mount's dirty
+// data is flushed first where the old server still answers.
 //
 // On kernels with MOVE_MOUNT_BENEATH (6.5+) the swap is atomic: the new
 // mount is attached beneath the old one, which is then unmounted. Older
 // kernels (Debian 12's 6.1) have no way to do that: the old mount is
 // detached and the new one attached right after, so a path lookup in the
 // instant between the two system calls sees the directory underneath.
-func Replace(ctx context.Context, t *Target, req Request, oldID uint64) (*Mounted, error) {
-	if _, ok := req.Options.Get("nosharecache"); !ok {
-		req.Options = append(req.Options, Option{Key: "nosharecache"})
-	}
-	plan, err := Explain(ctx, t, req)
-	if err != nil {
+func ReplacePlan(ctx context.Context, t *Target, plan *Plan, oldID uint64) (*Mounted, error) {
+	if err := plan.usable(t); err != nil {
 		return nil, err
 	}
-	if req.Verify != nil {
-		if err := req.Verify(plan); err != nil {
-			return nil, err
-		}
+	spec := plan.spec
+	if _, ok := spec.Params.Get("nosharecache"); !ok {
+		spec.Params = append(slices.Clone(spec.Params), Option{Key: "nosharecache"})
 	}
-	mctx, cancel := context.WithTimeout(ctx, orDefault(req.MountTimeout, DefaultMountTimeout)+syncGrace)
+	mctx, cancel := context.WithTimeout(ctx, orDefault(plan.mountTimeout, DefaultMountTimeout)+syncGrace)
 	defer cancel()
-	resp, err := callHelper(mctx, t, helperRequest{Op: "replace", Spec: plan.spec, Target: req.Target, MountID: oldID})
+	resp, err := callHelper(mctx, t, helperRequest{Op: "replace", Spec: spec, Target: plan.Mountpoint, MountID: oldID})
 	if err != nil {
 		return nil, err
 	}
-	return mountedOf(t, req, plan, resp), nil
+	return mountedOf(t, plan, resp), nil
 }
 
 // replaceInside runs in the helper: see Replace.

@@ -296,3 +296,28 @@ func (s mountSpec) withVers(v string) Options {
 	}
 	return append(out, Option{Key: "vers", Value: v, HasValue: true})
 }
+
+// ValidHostname reports whether name is a syntactically valid DNS host
+// name (letters, digits, '-' and '_' in labels of 1-63 bytes, at most 253
+// bytes, an optional trailing dot).
+func ValidHostname(name string) bool { return validHostname(name) }
+
+// ValidateMount checks what a mount of src with fstype and opts would give
+// the kernel, as Explain does before it touches the network: the type, the
+// version, and options nsmount chooses itself (addr=) or refuses. Errors
+// are ErrInvalidArgument.
+func ValidateMount(fstype string, src Source, opts Options) error {
+	_, err := buildSpec(fstype, src, opts, netip.IPv6Unspecified(), netip.Addr{})
+	return err
+}
+
+// ReservedOption reports whether the mount option key is chosen by nsmount
+// and may not be given, and why.
+func ReservedOption(key string) (why string, ok bool) {
+	why, ok = reserved[key]
+	return why, ok
+}
+
+// NormalizeVersion returns the canonical form of an NFS version as vers=
+// takes it ("4" is "4.0"), or "" for a version nsmount does not mount.
+func NormalizeVersion(v string) string { return normalizeVers(v) }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -131,17 +132,67 @@ func (t *Target) PID() int { return t.pid }
 
 // NetNSInode returns the inode number that identifies the target's network
 // namespace (as shown by `ls -L -i /proc/PID/ns/net`).
-func (t *Target) NetNSInode() uint64 { return inode(t.netns) }
+func (t *Target) NetNSInode() uint64 { return nsidOf(t.netns).Ino }
 
 // MountNSInode returns the inode number of the target's mount namespace.
-func (t *Target) MountNSInode() uint64 { return inode(t.mntns) }
+func (t *Target) MountNSInode() uint64 { return nsidOf(t.mntns).Ino }
 
-func inode(f *os.File) uint64 {
+// NetNS returns the identity of the target's network namespace; the zero
+// NSID once closed.
+func (t *Target) NetNS() NSID { return nsidOf(t.netns) }
+
+// MountNS returns the identity of the target's mount namespace; the zero
+// NSID for a target without one (OpenNetNS) or once closed.
+func (t *Target) MountNS() NSID { return nsidOf(t.mntns) }
+
+// SetName sets how messages name the target (for example "container ID
+// (pid N)" by the code that found the PID).
+func (t *Target) SetName(name string) { t.desc = name }
+
+// Alive reports an error wrapping ErrTargetNotFound when the target's
+// process has exited. A target opened by paths has no process: nil.
+func (t *Target) Alive() error {
+	if t.pidfd == nil {
+		return nil
+	}
+	if err := unix.PidfdSendSignal(int(t.pidfd.Fd()), 0, nil, 0); err != nil {
+		return withClass(ErrTargetNotFound, fmt.Errorf("process %d has exited: %w", t.pid, err))
+	}
+	return nil
+}
+
+// NSID identifies a namespace: the device and inode of its nsfs file, as
+// stat(2) of /proc/PID/ns/net shows them. The kernel reuses inode numbers
+// of freed namespaces, so an NSID names a namespace only while something
+// holds it.
+type NSID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+// String formats the namespace as its inode number, as `lsns` and the
+// kernel's "net:[INODE]" links name it.
+func (n NSID) String() string { return strconv.FormatUint(n.Ino, 10) }
+
+// IsZero reports whether n names no namespace.
+func (n NSID) IsZero() bool { return n == NSID{} }
+
+// NSOfPath returns the namespace that the nsfs file at path names (a
+// /proc/PID/ns/* link or a bind mount of one).
+func NSOfPath(path string) (NSID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return NSID{}, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return NSID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+func nsidOf(f *os.File) NSID {
 	var st unix.Stat_t
 	if f == nil || unix.Fstat(int(f.Fd()), &st) != nil {
-		return 0
+		return NSID{}
 	}
-	return st.Ino
+	return NSID{Dev: st.Dev, Ino: st.Ino}
 }
 
 // Close releases the target's descriptors. It is safe to call more than once.

@@ -1,4 +1,8 @@
-package nsmount
+// Package containerd finds the namespaces of a containerd container: the
+// container ID, through containerd's API, to an nsmount.Target of its
+// task's process. It is the only package of nsmount that links containerd's
+// client; the mount core and the mount helper never do.
+package containerd
 
 import (
 	"context"
@@ -8,40 +12,40 @@ import (
 	"os"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
+	client "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
+	"github.com/nsmount/nsmount/nsmount"
 )
 
-// Defaults for ContainerRef.
+// Defaults for Ref.
 const (
-	// DefaultContainerdAddress is containerd's default gRPC socket.
-	DefaultContainerdAddress = "/run/containerd/containerd.sock"
-	// DefaultContainerdNamespace is the containerd namespace that ctr and
+	// DefaultAddress is containerd's default gRPC socket.
+	DefaultAddress = "/run/containerd/containerd.sock"
+	// DefaultNamespace is the containerd namespace that ctr and
 	// nerdctl use when none is given (Kubernetes uses "k8s.io").
-	DefaultContainerdNamespace = "default"
-	// DefaultContainerdTimeout bounds all of OpenContainer's talk with
+	DefaultNamespace = "default"
+	// DefaultTimeout bounds all of Open's talk with
 	// containerd: connecting and every call.
-	DefaultContainerdTimeout = 5 * time.Second
+	DefaultTimeout = 5 * time.Second
 )
 
-// ContainerRef names a container managed by containerd.
-type ContainerRef struct {
+// Ref names a container managed by containerd.
+type Ref struct {
 	// Address is containerd's gRPC socket; "" means
-	// DefaultContainerdAddress.
+	// DefaultAddress.
 	Address string
 	// Namespace is the containerd namespace of the container; "" means
-	// DefaultContainerdNamespace.
+	// DefaultNamespace.
 	Namespace string
 	// ID is the container ID.
 	ID string
 	// Timeout bounds the talk with containerd; 0 means
-	// DefaultContainerdTimeout.
+	// DefaultTimeout.
 	Timeout time.Duration
 }
 
-// OpenContainer opens the namespaces of the task (the running init process)
-// of a containerd container, as OpenPID does for its PID.
+// Open opens the namespaces of the task (the running init process)
+// of a containerd container, as nsmount.OpenPID does for its PID.
 //
 // The PID is the one containerd reports, so nsmount must run in the same PID
 // namespace as containerd. Between asking containerd for the PID and opening
@@ -54,34 +58,37 @@ type ContainerRef struct {
 // be reached (missing socket, connection refused), since then the target
 // cannot be found. An address that is not a socket wraps ErrInvalidArgument;
 // a containerd that does not answer within the timeout wraps ErrTimeout.
-func OpenContainer(ctx context.Context, ref ContainerRef) (_ *Target, retErr error) {
+func Open(ctx context.Context, ref Ref) (_ *nsmount.Target, retErr error) {
 	if ref.ID == "" {
-		return nil, withClass(ErrInvalidArgument, errors.New("empty container id"))
+		return nil, nsmount.WithClass(nsmount.ErrInvalidArgument, errors.New("empty container id"))
 	}
-	addr := orDefaultString(ref.Address, DefaultContainerdAddress)
-	ns := orDefaultString(ref.Namespace, DefaultContainerdNamespace)
-	timeout := orDefault(ref.Timeout, DefaultContainerdTimeout)
+	addr := orDefaultString(ref.Address, DefaultAddress)
+	ns := orDefaultString(ref.Namespace, DefaultNamespace)
+	timeout := ref.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	if err := checkContainerd(ctx, addr); err != nil {
 		return nil, err
 	}
-	client, err := containerd.New(addr, containerd.WithDefaultNamespace(ns), containerd.WithTimeout(timeout))
+	c, err := client.New(addr, client.WithDefaultNamespace(ns), client.WithTimeout(timeout))
 	if err != nil {
 		return nil, fmt.Errorf("containerd at %s: %w", addr, err)
 	}
-	defer client.Close()
+	defer c.Close()
 
 	name := fmt.Sprintf("container %q in namespace %q", ref.ID, ns)
-	pid, err := containerPID(ctx, client, ref.ID)
+	pid, err := containerPID(ctx, c, ref.ID)
 	if err != nil {
 		return nil, containerdError(ctx, name, addr, timeout, err)
 	}
-	t, err := OpenPID(int(pid))
+	t, err := nsmount.OpenPID(int(pid))
 	if err != nil {
-		if errors.Is(err, ErrTargetNotFound) {
-			return nil, withClass(ErrTargetNotFound, fmt.Errorf("%s: task exited while opening it: %w", name, err))
+		if errors.Is(err, nsmount.ErrTargetNotFound) {
+			return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s: task exited while opening it: %w", name, err))
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -93,19 +100,19 @@ func OpenContainer(ctx context.Context, ref ContainerRef) (_ *Target, retErr err
 	// The process held by the pidfd is alive now; if containerd still says
 	// the task runs with that PID, and the process is still alive after that
 	// answer, the PID named the task's process throughout.
-	again, err := containerPID(ctx, client, ref.ID)
+	again, err := containerPID(ctx, c, ref.ID)
 	if err != nil {
 		return nil, containerdError(ctx, name, addr, timeout, err)
 	}
 	if again != pid {
-		return nil, withClass(ErrTargetNotFound, fmt.Errorf("%s: task was replaced while opening it (pid %d, now %d)", name, pid, again))
+		return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s: task was replaced while opening it (pid %d, now %d)", name, pid, again))
 	}
-	if err := unix.PidfdSendSignal(int(t.pidfd.Fd()), 0, nil, 0); err != nil {
-		return nil, withClass(ErrTargetNotFound, fmt.Errorf("%s: task exited while opening it: %w", name, err))
+	if err := t.Alive(); err != nil {
+		return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s: task exited while opening it: %w", name, err))
 	}
-	t.desc = fmt.Sprintf("container %s (pid %d)", ref.ID, pid)
-	if ns != DefaultContainerdNamespace {
-		t.desc = fmt.Sprintf("container %s/%s (pid %d)", ns, ref.ID, pid)
+	t.SetName(fmt.Sprintf("container %s (pid %d)", ref.ID, pid))
+	if ns != DefaultNamespace {
+		t.SetName(fmt.Sprintf("container %s/%s (pid %d)", ns, ref.ID, pid))
 	}
 	return t, nil
 }
@@ -117,12 +124,12 @@ func (e *notRunning) Error() string { return e.reason }
 
 // containerPID returns the PID of the container's task, which must exist and
 // not be stopped.
-func containerPID(ctx context.Context, client *containerd.Client, id string) (uint32, error) {
-	c, err := client.LoadContainer(ctx, id)
+func containerPID(ctx context.Context, c *client.Client, id string) (uint32, error) {
+	ctr, err := c.LoadContainer(ctx, id)
 	if err != nil {
 		return 0, err
 	}
-	task, err := c.Task(ctx, nil)
+	task, err := ctr.Task(ctx, nil)
 	if err != nil {
 		if errdefs.IsNotFound(err) {
 			return 0, &notRunning{"no task"}
@@ -137,8 +144,8 @@ func containerPID(ctx context.Context, client *containerd.Client, id string) (ui
 		return 0, err
 	}
 	switch st.Status {
-	case containerd.Created, containerd.Running, containerd.Paused, containerd.Pausing:
-	case containerd.Stopped:
+	case client.Created, client.Running, client.Paused, client.Pausing:
+	case client.Stopped:
 		return 0, &notRunning{fmt.Sprintf("task stopped with exit status %d", st.ExitStatus)}
 	default:
 		return 0, &notRunning{fmt.Sprintf("task status %q", st.Status)}
@@ -154,15 +161,15 @@ func containerdError(ctx context.Context, name, addr string, timeout time.Durati
 	var nr *notRunning
 	switch {
 	case errors.As(err, &nr):
-		return withClass(ErrTargetNotFound, fmt.Errorf("%s is not running (%s)", name, nr.reason))
+		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s is not running (%s)", name, nr.reason))
 	case errdefs.IsNotFound(err):
-		return withClass(ErrTargetNotFound, fmt.Errorf("%s not found", name))
+		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s not found", name))
 	case errors.Is(ctx.Err(), context.Canceled):
 		return fmt.Errorf("asking containerd at %s about %s: %w", addr, name, ctx.Err())
 	case ctx.Err() != nil || errdefs.IsDeadlineExceeded(err):
-		return withClass(ErrTimeout, fmt.Errorf("containerd at %s did not answer about %s within %v", addr, name, timeout))
+		return nsmount.WithClass(nsmount.ErrTimeout, fmt.Errorf("containerd at %s did not answer about %s within %v", addr, name, timeout))
 	case errdefs.IsUnavailable(err):
-		return withClass(ErrTargetNotFound, fmt.Errorf("containerd at %s is unavailable: %w", addr, err))
+		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("containerd at %s is unavailable: %w", addr, err))
 	}
 	return fmt.Errorf("containerd at %s: %s: %w", addr, name, err)
 }
@@ -173,12 +180,12 @@ func checkContainerd(ctx context.Context, addr string) error {
 	st, err := os.Stat(addr)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return withClass(ErrTargetNotFound, fmt.Errorf("containerd socket %s does not exist", addr))
+			return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("containerd socket %s does not exist", addr))
 		}
 		return fmt.Errorf("containerd socket: %w", err)
 	}
 	if st.Mode()&os.ModeSocket == 0 {
-		return withClass(ErrInvalidArgument, fmt.Errorf("containerd address %s is not a socket", addr))
+		return nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("containerd address %s is not a socket", addr))
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", addr)
@@ -187,13 +194,13 @@ func checkContainerd(ctx context.Context, addr string) error {
 			return fmt.Errorf("connect to containerd at %s: %w", addr, ctx.Err())
 		}
 		if ctx.Err() != nil {
-			return withClass(ErrTimeout, fmt.Errorf("connect to containerd at %s: timed out", addr))
+			return nsmount.WithClass(nsmount.ErrTimeout, fmt.Errorf("connect to containerd at %s: timed out", addr))
 		}
 		var serr *os.SyscallError // "connect: connection refused", without the address again
 		if errors.As(err, &serr) {
 			err = serr
 		}
-		return withClass(ErrTargetNotFound, fmt.Errorf("containerd at %s is not reachable: %w", addr, err))
+		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("containerd at %s is not reachable: %w", addr, err))
 	}
 	return conn.Close()
 }

@@ -1,4 +1,4 @@
-package cachectl
+package kernel_test
 
 import (
 	"errors"
@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/kernel/kerneltest"
+	"github.com/nsmount/nsmount/nsmount"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,13 +26,13 @@ func TestParseVolumes(t *testing.T) {
 	tests := []struct {
 		name    string
 		text    string
-		want    []Volume
+		want    []kernel.Volume
 		wantErr string // substring; "" = no error
 	}{
 		{
 			name: "real kernel v3 and v4, IPv4 and IPv6",
-			text: realVolumes,
-			want: []Volume{
+			text: kerneltest.RealVolumes,
+			want: []kernel.Volume{
 				{Version: "v4", Server: v4, Port: 2049, Dev: "0:33", FSID: "1:0"},
 				{Version: "v3", Server: v4, Port: 2049, Dev: "0:32", FSID: "1:0"},
 				{Version: "v4", Server: v6, Port: 2049, Dev: "0:35", FSID: "1:0"},
@@ -42,19 +45,19 @@ func TestParseVolumes(t *testing.T) {
 			name: "blank lines and no trailing newline",
 			text: "\nNV SERVER   PORT DEV          FSID                              FSC\n\n   \n" +
 				"v4 cb007105  801 0:60         a0f2c6c4e59a44ba:9b3ee2e4f3e1b0a0  no",
-			want: []Volume{{Version: "v4", Server: netip.MustParseAddr("203.0.113.5"), Port: 2049, Dev: "0:60", FSID: "a0f2c6c4e59a44ba:9b3ee2e4f3e1b0a0"}},
+			want: []kernel.Volume{{Version: "v4", Server: netip.MustParseAddr("203.0.113.5"), Port: 2049, Dev: "0:60", FSID: "a0f2c6c4e59a44ba:9b3ee2e4f3e1b0a0"}},
 		},
 		{
 			name: "no FSID column",
 			text: "v4 c6336401  801 0:33\n",
-			want: []Volume{{Version: "v4", Server: v4, Port: 2049, Dev: "0:33"}},
+			want: []kernel.Volume{{Version: "v4", Server: v4, Port: 2049, Dev: "0:33"}},
 		},
 		{
 			name: "IPv4-mapped IPv6 is unmapped, odd port",
 			text: "v3 00000000000000000000ffffc0000201  3a98 0:40 1:0 no\n",
-			want: []Volume{{Version: "v3", Server: netip.MustParseAddr("192.0.2.1"), Port: 0x3a98, Dev: "0:40", FSID: "1:0"}},
+			want: []kernel.Volume{{Version: "v3", Server: netip.MustParseAddr("192.0.2.1"), Port: 0x3a98, Dev: "0:40", FSID: "1:0"}},
 		},
-		{name: "too few fields", text: realVolumes + "v4 c6336401  801\n", wantErr: "line 6: 3 fields, want at least 4"},
+		{name: "too few fields", text: kerneltest.RealVolumes + "v4 c6336401  801\n", wantErr: "line 6: 3 fields, want at least 4"},
 		{name: "address not hex", text: "NV SERVER PORT DEV\nv4 zz336401  801 0:33 1:0 no\n", wantErr: `line 2: server address "zz336401"`},
 		{name: "odd hex digits", text: "v4 c633640  801 0:33 1:0 no\n", wantErr: `line 1: server address "c633640"`},
 		{name: "5-byte address", text: "v4 c633640101  801 0:33 1:0 no\n", wantErr: `line 1: server address "c633640101": 5 bytes`},
@@ -63,7 +66,7 @@ func TestParseVolumes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseVolumes([]byte(tt.text))
+			got, err := kernel.ParseVolumes([]byte(tt.text))
 			checkErr(t, err, tt.wantErr)
 			if tt.wantErr == "" && !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ParseVolumes =\n%+v\nwant\n%+v", got, tt.want)
@@ -78,13 +81,13 @@ func TestParseClients(t *testing.T) {
 	tests := []struct {
 		name    string
 		text    string
-		want    []Client
+		want    []kernel.Client
 		wantErr string
 	}{
 		{
 			name: "real kernel v3 and v4, IPv4 and IPv6",
-			text: realServers,
-			want: []Client{
+			text: kerneltest.RealServers,
+			want: []kernel.Client{
 				{Version: "v4", Server: v4, Port: 2049, Use: 1, Hostname: "198.51.100.1"},
 				{Version: "v3", Server: v4, Port: 2049, Use: 1, Hostname: "198.51.100.1"},
 				{Version: "v4", Server: v6, Port: 2049, Use: 1, Hostname: "2001:db8::1"},
@@ -95,15 +98,15 @@ func TestParseClients(t *testing.T) {
 		{
 			name: "blank lines, host name, wide USE",
 			text: "\nNV SERVER   PORT USE HOSTNAME\n\nv4 c0000205  801 123 nfs.example.test\n\n",
-			want: []Client{{Version: "v4", Server: netip.MustParseAddr("192.0.2.5"), Port: 2049, Use: 123, Hostname: "nfs.example.test"}},
+			want: []kernel.Client{{Version: "v4", Server: netip.MustParseAddr("192.0.2.5"), Port: 2049, Use: 123, Hostname: "nfs.example.test"}},
 		},
 		{name: "missing hostname", text: "NV SERVER   PORT USE HOSTNAME\nv4 c6336401  801   1\n", wantErr: "line 2: 4 fields, want at least 5"},
 		{name: "USE not a number", text: "v4 c6336401  801   x 198.51.100.1\n", wantErr: `line 1: USE "x"`},
-		{name: "address garbage", text: realServers + "v4 hello  801   1 h\n", wantErr: `line 6: server address "hello"`},
+		{name: "address garbage", text: kerneltest.RealServers + "v4 hello  801   1 h\n", wantErr: `line 6: server address "hello"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseClients([]byte(tt.text))
+			got, err := kernel.ParseClients([]byte(tt.text))
 			checkErr(t, err, tt.wantErr)
 			if tt.wantErr == "" && !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ParseClients =\n%+v\nwant\n%+v", got, tt.want)
@@ -133,14 +136,14 @@ func TestStartTime(t *testing.T) {
 		want    uint64
 		wantErr string
 	}{
-		{name: "plain", stat: statLine(42, "sleep", 324581), want: 324581},
-		{name: "comm with spaces", stat: statLine(42, "my daemon x", 7), want: 7},
-		{name: "comm with parens", stat: statLine(42, "a) b (c", 99), want: 99},
-		{name: "comm ending in a paren and digits", stat: statLine(42, ") 1 2 3 4)", 12345), want: 12345},
-		{name: "comm with newline", stat: statLine(42, "x\ny", 5), want: 5},
+		{name: "plain", stat: kerneltest.StatLine(42, "sleep", 324581), want: 324581},
+		{name: "comm with spaces", stat: kerneltest.StatLine(42, "my daemon x", 7), want: 7},
+		{name: "comm with parens", stat: kerneltest.StatLine(42, "a) b (c", 99), want: 99},
+		{name: "comm ending in a paren and digits", stat: kerneltest.StatLine(42, ") 1 2 3 4)", 12345), want: 12345},
+		{name: "comm with newline", stat: kerneltest.StatLine(42, "x\ny", 5), want: 5},
 		{name: "no paren", stat: "42 sleep S 1 2 3\n", wantErr: "parse /proc/42/stat: no ')'"},
 		{name: "truncated", stat: "42 (sleep) S 1 42 42 0 -1\n", wantErr: "parse /proc/42/stat: 6 fields"},
-		{name: "starttime not a number", stat: strings.Replace(statLine(42, "sleep", 1), " 1 3133440 ", " x 3133440 ", 1), wantErr: "invalid syntax"},
+		{name: "starttime not a number", stat: strings.Replace(kerneltest.StatLine(42, "sleep", 1), " 1 3133440 ", " x 3133440 ", 1), wantErr: "invalid syntax"},
 		{name: "exited", wantErr: "no such file"},
 	}
 	for _, tt := range tests {
@@ -152,7 +155,7 @@ func TestStartTime(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got, err := Proc{Root: root}.StartTime(42)
+			got, err := kernel.Proc{Root: root}.StartTime(42)
 			checkErr(t, err, tt.wantErr)
 			if got != tt.want {
 				t.Errorf("StartTime = %d, want %d", got, tt.want)
@@ -163,7 +166,7 @@ func TestStartTime(t *testing.T) {
 
 func TestStartTimeReal(t *testing.T) {
 	pid := os.Getpid()
-	got, err := Proc{}.StartTime(pid)
+	got, err := kernel.Proc{}.StartTime(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,20 +190,20 @@ func TestPIDs(t *testing.T) {
 	for _, name := range []string{"99", "uptime"} { // a file named like a PID is listed too
 		os.WriteFile(filepath.Join(root, name), nil, 0o600)
 	}
-	got, err := Proc{Root: root}.PIDs()
+	got, err := kernel.Proc{Root: root}.PIDs()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := []int{1, 2, 10, 99, 300}; !slices.Equal(got, want) {
 		t.Errorf("PIDs = %v, want %v", got, want)
 	}
-	if _, err := (Proc{Root: filepath.Join(root, "missing")}).PIDs(); !errors.Is(err, os.ErrNotExist) {
+	if _, err := (kernel.Proc{Root: filepath.Join(root, "missing")}).PIDs(); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("PIDs of a missing procfs: %v, want ErrNotExist", err)
 	}
 }
 
 func TestPIDsReal(t *testing.T) {
-	pids, err := Proc{}.PIDs()
+	pids, err := kernel.Proc{}.PIDs()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,9 +213,9 @@ func TestPIDsReal(t *testing.T) {
 }
 
 func TestCommAndNFSMounts(t *testing.T) {
-	f := newFakeProcfs(t)
-	f.add(7, fakeProcess{mnt: "m", net: "n", comm: "nfs holder", mountinfo: rootMountinfo + realMountinfo})
-	p := f.proc()
+	f := kerneltest.New(t)
+	f.Add(7, kerneltest.Process{Mnt: "m", Net: "n", Comm: "nfs holder", Mountinfo: kerneltest.RootMountinfo + kerneltest.RealMountinfo})
+	p := f.Proc()
 	if got := p.Comm(7); got != "nfs holder" {
 		t.Errorf("Comm = %q", got)
 	}
@@ -242,11 +245,11 @@ func TestCommAndNFSMounts(t *testing.T) {
 }
 
 func TestVolumesAndClientsFixture(t *testing.T) {
-	f := newFakeProcfs(t)
-	f.add(10, fakeProcess{mnt: "m", net: "n", volumes: realVolumes, servers: realServers})
-	f.add(11, fakeProcess{mnt: "m", net: "never-nfs"})
-	f.add(12, fakeProcess{mnt: "m", net: "bad", volumes: "v4 nothex 801 0:1\n", servers: "v4 c6336401 801 x h\n"})
-	p := f.proc()
+	f := kerneltest.New(t)
+	f.Add(10, kerneltest.Process{Mnt: "m", Net: "n", Volumes: kerneltest.RealVolumes, Servers: kerneltest.RealServers})
+	f.Add(11, kerneltest.Process{Mnt: "m", Net: "never-nfs"})
+	f.Add(12, kerneltest.Process{Mnt: "m", Net: "bad", Volumes: "v4 nothex 801 0:1\n", Servers: "v4 c6336401 801 x h\n"})
+	p := f.Proc()
 	tests := []struct {
 		pid            int
 		vols, clients  int
@@ -299,15 +302,15 @@ func requireRoot(t *testing.T) {
 
 func TestScanRealNamespaces(t *testing.T) {
 	child := startInNewNS(t, "/").Process.Pid
-	p := Proc{}
-	selfNet, err := NSOfPath("/proc/self/ns/net")
+	p := kernel.Proc{}
+	selfNet, err := nsmount.NSOfPath("/proc/self/ns/net")
 	if err != nil {
 		t.Fatal(err)
 	}
-	selfMnt, _ := NSOfPath("/proc/self/ns/mnt")
+	selfMnt, _ := nsmount.NSOfPath("/proc/self/ns/mnt")
 	// Where PID 1 cannot be inspected (a sandbox whose init has more
 	// privileges than we do), Scan takes our own netns as the host's.
-	initNet, initErr := NSOfPath("/proc/1/ns/net")
+	initNet, initErr := nsmount.NSOfPath("/proc/1/ns/net")
 	if initErr != nil {
 		t.Logf("PID 1's netns is not readable here (%v): expecting Init to be our own netns", initErr)
 		initNet = selfNet
@@ -328,7 +331,7 @@ func TestScanRealNamespaces(t *testing.T) {
 	}
 	// The inode is what the kernel shows in the ns link: net:[INODE].
 	if link, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", child)); link != "net:["+childNet.String()+"]" {
-		t.Errorf("ns link %q, NSID %s", link, childNet)
+		t.Errorf("ns link %q, nsmount.NSID %s", link, childNet)
 	}
 
 	ns, err := p.Scan()
@@ -369,21 +372,21 @@ func TestScanRealNamespaces(t *testing.T) {
 }
 
 func TestScanFixture(t *testing.T) {
-	f := newFakeProcfs(t)
-	f.add(1, fakeProcess{mnt: "host", net: "host"})
-	f.add(30, fakeProcess{mnt: "c1", net: "c1"})
-	f.add(20, fakeProcess{mnt: "c1", net: "c1"})
-	f.add(40, fakeProcess{mnt: "side", net: "c1"})
-	f.add(50, fakeProcess{mnt: "kthread"}) // no net ns file: skipped
-	ns, err := f.proc().Scan()
+	f := kerneltest.New(t)
+	f.Add(1, kerneltest.Process{Mnt: "host", Net: "host"})
+	f.Add(30, kerneltest.Process{Mnt: "c1", Net: "c1"})
+	f.Add(20, kerneltest.Process{Mnt: "c1", Net: "c1"})
+	f.Add(40, kerneltest.Process{Mnt: "side", Net: "c1"})
+	f.Add(50, kerneltest.Process{Mnt: "kthread"}) // no net ns file: skipped
+	ns, err := f.Proc().Scan()
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, c1, side := f.ns("host"), f.ns("c1"), f.ns("side")
-	want := &Namespaces{
-		MountNS: map[NSID][]int{host: {1}, c1: {20, 30}, f.ns("side"): {40}},
-		NetNS:   map[NSID][]int{host: {1}, c1: {20, 30, 40}},
-		NetOf:   map[NSID]NSID{host: host, c1: c1, side: c1},
+	host, c1, side := f.NS("host"), f.NS("c1"), f.NS("side")
+	want := &kernel.Namespaces{
+		MountNS: map[nsmount.NSID][]int{host: {1}, c1: {20, 30}, f.NS("side"): {40}},
+		NetNS:   map[nsmount.NSID][]int{host: {1}, c1: {20, 30, 40}},
+		NetOf:   map[nsmount.NSID]nsmount.NSID{host: host, c1: c1, side: c1},
 		Init:    host,
 	}
 	if !reflect.DeepEqual(ns, want) {
@@ -399,11 +402,11 @@ func TestHoldersReal(t *testing.T) {
 	}
 	defer held.Close()
 	child := startInNewNS(t, dir, held).Process.Pid // fd 3 in the child
-	dev, ok := devOf(dir)
+	dev, ok := kernel.DevOf(dir)
 	if !ok {
 		t.Fatal("statx of the temp dir failed")
 	}
-	hs, err := Proc{}.Holders(map[string]bool{dev: true})
+	hs, err := kernel.Proc{}.Holders(map[string]bool{dev: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,38 +415,40 @@ func TestHoldersReal(t *testing.T) {
 		if h.PID == os.Getpid() {
 			t.Errorf("Holders lists the calling process: %+v", h)
 		}
-		if h.PID == child {
+		// Only what the test made: sleep may briefly hold files of its
+		// own while it starts (locale files on the same filesystem).
+		if h.PID == child && (strings.HasPrefix(h.Path, dir) || h.What == "root") {
 			mine = append(mine, h.What+" "+h.Path+" "+h.Comm)
 		}
 	}
 	slices.Sort(mine)
 	want := []string{"cwd " + dir + " sleep", "fd 3 " + held.Name() + " sleep"}
-	if rootDev, _ := devOf("/"); rootDev == dev {
+	if rootDev, _ := kernel.DevOf("/"); rootDev == dev {
 		want = append(want, "root / sleep") // the temp dir is on the root filesystem
 	}
 	slices.Sort(want)
 	if !slices.Equal(mine, want) {
 		t.Errorf("holders of %s by pid %d = %q, want %q", dev, child, mine, want)
 	}
-	if hs, err := (Proc{}).Holders(nil); err != nil || len(hs) != 0 {
+	if hs, err := (kernel.Proc{}).Holders(nil); err != nil || len(hs) != 0 {
 		t.Errorf("Holders(nil) = %v, %v", hs, err)
 	}
 }
 
-// TestBootTicksOrdersWithStartTime checks BootTicks against the kernel's own
+// TestBootTicksOrdersWithStartTime checks kernel.BootTicks against the kernel's own
 // start times: this test process started before the first reading, and a
 // process started after a reading has a start time at or after it.
 func TestBootTicksOrdersWithStartTime(t *testing.T) {
-	before, err := BootTicks()
+	before, err := kernel.BootTicks()
 	if err != nil {
 		t.Fatal(err)
 	}
-	self, err := Proc{}.StartTime(os.Getpid())
+	self, err := kernel.Proc{}.StartTime(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if self > before {
-		t.Errorf("this process started at %d, after BootTicks() = %d", self, before)
+		t.Errorf("this process started at %d, after kernel.BootTicks() = %d", self, before)
 	}
 	time.Sleep(20 * time.Millisecond) // two ticks: the child starts strictly later
 	cmd := exec.Command("sleep", "10")
@@ -451,11 +456,11 @@ func TestBootTicksOrdersWithStartTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	child, err := Proc{}.StartTime(cmd.Process.Pid)
+	child, err := kernel.Proc{}.StartTime(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if child <= before {
-		t.Errorf("a process started after BootTicks() = %d has start time %d", before, child)
+		t.Errorf("a process started after kernel.BootTicks() = %d has start time %d", before, child)
 	}
 }

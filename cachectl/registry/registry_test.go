@@ -1,7 +1,8 @@
-package cachectl
+package registry
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nsmount/nsmount/nsmount"
 )
 
 // testEntry is a full entry as Manager.Mount records it.
@@ -23,7 +26,7 @@ func testEntry(id string) Entry {
 		ID: id,
 		Target: Identity{
 			PID: 4242, PIDStart: 324581,
-			NetNS: NSID{Dev: 4, Ino: 4026532281}, MountNS: NSID{Dev: 4, Ino: 4026532280},
+			NetNS: nsmount.NSID{Dev: 4, Ino: 4026532281}, MountNS: nsmount.NSID{Dev: 4, Ino: 4026532280},
 			Container: "ctr-" + id,
 		},
 		Mountpoint: "/data", MountID: 530, Dev: "0:53",
@@ -38,33 +41,10 @@ func testEntry(id string) Entry {
 	}
 }
 
-// recorder collects reporter lines.
-type recorder struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (r *recorder) report(s string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.lines = append(r.lines, s)
-}
-
-func (r *recorder) all() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.lines)
-}
-
-// openTest opens a registry in a fresh dir whose rebuild fails the test
-// unless replaced by opts.
-func openTest(t testing.TB, opts ...Option) *Registry {
+// openTest opens a registry in a fresh dir.
+func openTest(t testing.TB) *Registry {
 	t.Helper()
-	noRebuild := WithRebuild(func() (*State, error) {
-		t.Error("unexpected rebuild")
-		return &State{}, nil
-	})
-	r, err := Open(filepath.Join(t.TempDir(), "nsmDreg"), append([]Option{noRebuild}, opts...)...)
+	r, err := Open(filepath.Join(t.TempDir(), "nsmDreg"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +165,7 @@ func TestRegistryUpdateError(t *testing.T) {
 
 func TestRegistryPermissions(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "nsmD", "run", "nsmount")
-	r, err := Open(dir, WithRebuild(nil))
+	r, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +273,7 @@ func TestRegistryHelperProcess(t *testing.T) {
 	}
 	w, _ := strconv.Atoi(os.Getenv(envHelperWorker))
 	n, _ := strconv.Atoi(os.Getenv(envHelperCount))
-	r, err := Open(dir, WithRebuild(nil))
+	r, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -441,12 +421,7 @@ func TestRegistryCorrupt(t *testing.T) {
 	for _, tt := range tests {
 		for _, via := range []string{"Update", "View"} {
 			t.Run(tt.name+"/"+via, func(t *testing.T) {
-				var rec recorder
-				calls := 0
-				r := openTest(t, WithReporter(rec.report), WithRebuild(func() (*State, error) {
-					calls++
-					return &State{Entries: []Entry{rebuilt}}, nil
-				}))
+				r := openTest(t)
 				path := filepath.Join(r.Dir(), stateFile)
 				if err := os.WriteFile(path, tt.data, 0o600); err != nil {
 					t.Fatal(err)
@@ -456,22 +431,34 @@ func TestRegistryCorrupt(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				var seen []string
-				fn := func(s *State) error { seen = ids(s); return nil }
+				called := false
+				fn := func(s *State) error { called = true; return nil }
 				var err error
 				if via == "Update" {
 					err = r.Update(fn)
 				} else {
 					err = r.View(fn)
 				}
-				if err != nil {
-					t.Fatalf("%s: %v", via, err)
+				var cerr *CorruptError
+				if !errors.Is(err, ErrCorrupt) || !errors.As(err, &cerr) || !strings.Contains(err.Error(), tt.why) {
+					t.Fatalf("%s = %v, want ErrCorrupt saying %q", via, err, tt.why)
 				}
-				if calls != 1 {
-					t.Errorf("rebuild called %d times, want 1", calls)
+				if called {
+					t.Errorf("%s called fn with a corrupt state", via)
 				}
-				if !slices.Equal(seen, []string{rebuilt.ID}) {
-					t.Errorf("%s saw %v, want the rebuilt state", via, seen)
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error has a newline: %q", err)
+				}
+				// Nothing was touched: the file is still there as it was.
+				if names := dirNames(t, r.Dir()); slices.ContainsFunc(names, func(n string) bool { return strings.Contains(n, ".corrupt-") }) {
+					t.Errorf("%s set the file aside by itself: %v", via, names)
+				}
+				rep, err := r.Repair(&State{Entries: []Entry{rebuilt}})
+				if err != nil || rep == nil {
+					t.Fatalf("Repair = %+v, %v", rep, err)
+				}
+				if !strings.Contains(rep.Why, tt.why) || rep.Entries != 1 || !strings.HasPrefix(rep.Aside, stateFile+".corrupt-") {
+					t.Errorf("Repair reported %+v, want the reason %q, 1 entry, the aside name", rep, tt.why)
 				}
 				// The corrupt file is set aside, byte for byte.
 				var aside string
@@ -483,8 +470,8 @@ func TestRegistryCorrupt(t *testing.T) {
 						aside = n
 					}
 				}
-				if aside == "" {
-					t.Fatalf("no %s.corrupt-* in %v", stateFile, dirNames(t, r.Dir()))
+				if aside != rep.Aside {
+					t.Fatalf("set aside as %q, Repair says %q (%v)", aside, rep.Aside, dirNames(t, r.Dir()))
 				}
 				if fi, err := os.Stat(filepath.Join(r.Dir(), aside)); err != nil {
 					t.Error(err)
@@ -495,21 +482,13 @@ func TestRegistryCorrupt(t *testing.T) {
 						t.Errorf("aside file differs from the corrupt file")
 					}
 				}
-				// One report line names the aside file and the reason.
-				lines := rec.all()
-				if len(lines) != 1 || !strings.Contains(lines[0], aside) || !strings.Contains(lines[0], tt.why) || !strings.Contains(lines[0], "rebuilt 1 entries") {
-					t.Errorf("report lines %q, want one naming %s and %q", lines, aside, tt.why)
-				}
-				if len(lines) == 1 && strings.Contains(lines[0], "\n") {
-					t.Errorf("report line has a newline: %q", lines[0])
-				}
-				// The rebuilt state was written back: the next access
-				// neither rebuilds nor reports.
+				// The rebuilt state was stored; a second Repair finds
+				// nothing to do.
 				if got := ids(viewState(t, r)); !slices.Equal(got, []string{rebuilt.ID}) {
 					t.Errorf("after repair: %v", got)
 				}
-				if calls != 1 || len(rec.all()) != 1 {
-					t.Errorf("repair not stored: rebuild called %d times, %d report lines", calls, len(rec.all()))
+				if rep, err := r.Repair(&State{}); rep != nil || err != nil {
+					t.Errorf("second Repair = %+v, %v, want nothing done", rep, err)
 				}
 			})
 		}
@@ -542,66 +521,6 @@ func TestRegistryAcceptsReformatted(t *testing.T) {
 	}
 }
 
-// TestRegistryViewRepairDoesNotStore: a View that repairs a corrupt file
-// stores the rebuilt state, not the changes the view function makes.
-func TestRegistryViewRepairDoesNotStore(t *testing.T) {
-	r := openTest(t, WithRebuild(func() (*State, error) { return &State{Entries: []Entry{testEntry("rebuilt")}}, nil }))
-	if err := os.WriteFile(filepath.Join(r.Dir(), stateFile), []byte("garbage"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	err := r.View(func(s *State) error {
-		s.Put(testEntry("added-by-view"))
-		s.Entries[0].Mountpoint = "/changed-by-view"
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := viewState(t, r)
-	if got := ids(s); !slices.Equal(got, []string{"rebuilt"}) || s.Entries[0].Mountpoint != "/data" {
-		t.Errorf("View stored its changes: %+v", s.Entries)
-	}
-}
-
-func TestRegistryRebuildNil(t *testing.T) {
-	r, err := Open(filepath.Join(t.TempDir(), "nsmD"), WithRebuild(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(r.Dir(), stateFile), []byte("garbage"), 0o600)
-	if got := viewState(t, r); len(got.Entries) != 0 {
-		t.Errorf("entries %v, want none", ids(got))
-	}
-}
-
-// TestRegistryRebuildFails: when the rebuild fails the error says why, and
-// the corrupt file is not lost: the next access tries the rebuild again
-// instead of starting from an empty registry.
-func TestRegistryRebuildFails(t *testing.T) {
-	fail := true
-	calls := 0
-	var rec recorder
-	r := openTest(t, WithReporter(rec.report), WithRebuild(func() (*State, error) {
-		calls++
-		if fail {
-			return nil, errors.New("scan processes: no procfs")
-		}
-		return &State{Entries: []Entry{testEntry("rebuilt")}}, nil
-	}))
-	os.WriteFile(filepath.Join(r.Dir(), stateFile), []byte("garbage"), 0o600)
-	err := r.Update(func(*State) error { t.Error("fn called without a state"); return nil })
-	if err == nil || !strings.Contains(err.Error(), "scan processes: no procfs") || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("Update = %v, want the corruption and the rebuild error", err)
-	}
-	fail = false
-	if got := ids(viewState(t, r)); !slices.Equal(got, []string{"rebuilt"}) {
-		t.Errorf("after a failed rebuild the next access sees %v, want the rebuilt state", got)
-	}
-	if calls != 2 {
-		t.Errorf("rebuild called %d times, want 2", calls)
-	}
-}
-
 // TestRegistryReadError: a state file that cannot be read is an error, not
 // a corruption (nothing set aside, nothing rebuilt).
 func TestRegistryReadError(t *testing.T) {
@@ -616,7 +535,7 @@ func TestRegistryReadError(t *testing.T) {
 }
 
 func BenchmarkRegistryUpdate200(b *testing.B) {
-	r := openTest(b, WithRebuild(nil))
+	r := openTest(b)
 	err := r.Update(func(s *State) error {
 		for i := range 200 {
 			e := testEntry(fmt.Sprintf("4026532280:%d", 1000+i))
@@ -641,4 +560,61 @@ func BenchmarkRegistryUpdate200(b *testing.B) {
 	}
 	fi, _ := os.Stat(filepath.Join(r.Dir(), stateFile))
 	b.ReportMetric(float64(fi.Size()), "file-bytes")
+}
+
+// TestLockExcludes: a named lock held by one process makes another wait
+// (woken at once when it is let go), times out at the context's deadline,
+// and survives the removal of its file by RemoveLock.
+func TestLockExcludes(t *testing.T) {
+	r := openTest(t)
+	ctx := t.Context()
+	l, err := r.Lock(ctx, "netns-4026532281-198.51.100.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another taker waits, and gives up at its deadline.
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := r.Lock(short, "netns-4026532281-198.51.100.1"); err == nil {
+		t.Fatal("took a lock that is held")
+	} else if d := time.Since(start); d < 150*time.Millisecond || d > 5*time.Second {
+		t.Errorf("gave up after %v, want about the 200ms deadline", d)
+	}
+	// Another name is independent.
+	o, err := r.Lock(ctx, "netns-4026532281-198.51.100.2")
+	if err != nil {
+		t.Fatalf("other name: %v", err)
+	}
+	o.Unlock()
+	// A waiter gets it when it is let go.
+	got := make(chan error, 1)
+	go func() {
+		l2, err := r.Lock(ctx, "netns-4026532281-198.51.100.1")
+		if err == nil {
+			l2.Unlock()
+		}
+		got <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	l.Unlock()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter not woken when the lock was let go")
+	}
+	if err := r.RemoveLock(ctx, "netns-4026532281-198.51.100.1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(r.Dir(), locksDir, "netns-4026532281-198.51.100.1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file still there after RemoveLock: %v", err)
+	}
+	for _, bad := range []string{"", "../x", "a/b", "a b"} {
+		if _, err := r.Lock(ctx, bad); err == nil {
+			t.Errorf("Lock(%q) accepted", bad)
+		}
+	}
 }

@@ -1,17 +1,20 @@
-package nsmount_test
+package admission_test
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/admission"
 )
 
 // policyWant is the expected outcome of each vector in testdata/policies:
@@ -62,7 +65,7 @@ func TestParsePolicyVectors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = nsmount.ParsePolicy(data)
+			_, err = admission.ParsePolicy(data)
 			if strings.HasPrefix(name, "good_") {
 				if err != nil {
 					t.Fatalf("error: %v", err)
@@ -101,13 +104,13 @@ func writePolicy(t *testing.T, data []byte, perm os.FileMode) string {
 	return p
 }
 
-func loadExample(t *testing.T) *nsmount.Policy {
+func loadExample(t *testing.T) *admission.Policy {
 	t.Helper()
 	data, err := os.ReadFile("testdata/policies/good_example.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := nsmount.LoadPolicy(writePolicy(t, data, 0o644))
+	p, err := admission.LoadPolicy(writePolicy(t, data, 0o644))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +145,7 @@ func TestLoadPolicyFile(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := tc.path(t)
-			_, err := nsmount.LoadPolicy(path)
+			_, err := admission.LoadPolicy(path)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("error: %v", err)
@@ -157,16 +160,16 @@ func TestLoadPolicyFile(t *testing.T) {
 		})
 	}
 	t.Run("missing", func(t *testing.T) {
-		_, err := nsmount.LoadPolicy(filepath.Join(t.TempDir(), "none.json"))
+		_, err := admission.LoadPolicy(filepath.Join(t.TempDir(), "none.json"))
 		if !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("error %v, want fs.ErrNotExist", err)
 		}
 	})
 }
 
-func volume(t *testing.T, entry string) nsmount.VolumeRequest {
+func volume(t *testing.T, entry string) admission.VolumeRequest {
 	t.Helper()
-	vols, err := nsmount.ParseMountsAnnotation("[" + entry + "]")
+	vols, err := admission.ParseMountsAnnotation("[" + entry + "]")
 	if err != nil {
 		t.Fatalf("annotation %s: %v", entry, err)
 	}
@@ -204,7 +207,7 @@ func TestPolicyCheck(t *testing.T) {
 		{"target-pattern-base", `{"server":"192.0.2.1","export":"/export","target":"/mnt"}`, `denied: target "/mnt" is not allowed`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, err := p.Check(volume(t, tc.entry))
+			req, adm, err := p.Check(volume(t, tc.entry))
 			if want, denied := strings.CutPrefix(tc.want, "denied: "); denied {
 				switch {
 				case err == nil:
@@ -224,8 +227,11 @@ func TestPolicyCheck(t *testing.T) {
 			if got := req.Options.String(); got != tc.want {
 				t.Errorf("options %q, want %q", got, tc.want)
 			}
-			if req.Verify == nil {
-				t.Error("allowed request has no Verify")
+			if adm == nil || adm.Rule != `rule 0 "lab"` && !strings.HasPrefix(adm.Rule, "rule ") || len(adm.Networks) == 0 {
+				t.Errorf("allowed request has admission %+v, want its rule and networks", adm)
+			}
+			if adm != nil && adm.Options != req.Options.String() {
+				t.Errorf("admission records options %q, request has %q", adm.Options, req.Options)
 			}
 		})
 	}
@@ -233,51 +239,53 @@ func TestPolicyCheck(t *testing.T) {
 
 func TestPolicyCheckUnclean(t *testing.T) {
 	p := loadExample(t)
-	for _, v := range []nsmount.VolumeRequest{
+	for _, v := range []admission.VolumeRequest{
 		{Source: nsmount.Source{Server: "192.0.2.1", Export: "/export/../etc"}, FSType: "nfs", Target: "/data"},
 		{Source: nsmount.Source{Server: "192.0.2.1", Export: "/export"}, FSType: "nfs", Target: "/mnt/../etc"},
 		{Source: nsmount.Source{Server: "192.0.2.1", Export: "/export//"}, FSType: "nfs", Target: "/data"},
 	} {
-		if _, err := p.Check(v); !errors.Is(err, nsmount.ErrDenied) {
+		if _, _, err := p.Check(v); !errors.Is(err, nsmount.ErrDenied) {
 			t.Errorf("Check(%s) = %v, want denied", v, err)
 		}
 	}
 }
 
 func TestPolicyDenyAll(t *testing.T) {
-	p, err := nsmount.ParsePolicy([]byte(`{"version":1}`))
+	p, err := admission.ParsePolicy([]byte(`{"version":1}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = p.Check(volume(t, `{"server":"192.0.2.1","export":"/export","target":"/data"}`))
+	_, _, err = p.Check(volume(t, `{"server":"192.0.2.1","export":"/export","target":"/data"}`))
 	if !errors.Is(err, nsmount.ErrDenied) || !strings.Contains(err.Error(), "no rule allows any mount (deny by default)") {
 		t.Errorf("error %v, want deny by default", err)
 	}
 }
 
-func TestPolicyVerify(t *testing.T) {
+// TestAdmissionAllows: the admission of an allowed request checks the
+// address its server resolves to, at the mount and at every later decision.
+func TestAdmissionAllows(t *testing.T) {
 	p := loadExample(t)
+	a := netip.MustParseAddr
 	for _, tc := range []struct {
 		name, entry string
-		plan        *nsmount.Plan
+		addr        netip.Addr
 		want        string // "" allowed, else a substring of the denial
 	}{
-		{"in-network", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, &nsmount.Plan{Address: netip.MustParseAddr("192.0.2.77")}, ""},
-		{"v6-in-network", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, &nsmount.Plan{Address: netip.MustParseAddr("2001:db8:a::1")}, ""},
-		{"v4-mapped", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, &nsmount.Plan{Address: netip.MustParseAddr("::ffff:192.0.2.77")}, ""},
-		{"resolved-outside", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, &nsmount.Plan{Address: netip.MustParseAddr("198.51.100.7")},
+		{"in-network", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, a("192.0.2.77"), ""},
+		{"v6-in-network", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, a("2001:db8:a::1"), ""},
+		{"v4-mapped", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, a("::ffff:192.0.2.77"), ""},
+		{"resolved-outside", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, a("198.51.100.7"),
 			`server "nfs.lab.test" resolved to 198.51.100.7, outside the networks of rule 0 "lab"`},
-		{"other-rule-network", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, &nsmount.Plan{Address: netip.MustParseAddr("203.0.113.5")}, "outside the networks of rule 0"},
-		{"zoned", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, &nsmount.Plan{Address: netip.MustParseAddr("2001:db8:a::1%eth0")}, "outside the networks"},
-		{"no-address", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, &nsmount.Plan{}, "no address to check"},
-		{"nil-plan", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, nil, "no address to check"},
+		{"other-rule-network", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, a("203.0.113.5"), "outside the networks of rule 0"},
+		{"zoned", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, a("2001:db8:a::1%eth0"), "outside the networks"},
+		{"no-address", `{"server":"nfs.lab.test","export":"/export","target":"/data"}`, netip.Addr{}, "no address to check"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, err := p.Check(volume(t, tc.entry))
+			_, adm, err := p.Check(volume(t, tc.entry))
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = req.Verify(tc.plan)
+			err = adm.Allows(tc.addr)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Errorf("denied: %v", err)
@@ -288,5 +296,40 @@ func TestPolicyVerify(t *testing.T) {
 				t.Errorf("error %q, want ErrDenied containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestAdmissionRecorded: an admission survives a JSON round trip (it is
+// recorded with the mount) and still decides the same; a missing one
+// allows nothing.
+func TestAdmissionRecorded(t *testing.T) {
+	p := loadExample(t)
+	_, adm, err := p.Check(volume(t, `{"server":"nfs.lab.test","export":"/export","target":"/data"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(adm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back *admission.Admission
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(adm, back) {
+		t.Errorf("round trip: %+v, want %+v", back, adm)
+	}
+	if err := back.Allows(netip.MustParseAddr("192.0.2.9")); err != nil {
+		t.Errorf("recorded admission denies an address of its network: %v", err)
+	}
+	if err := back.Allows(netip.MustParseAddr("198.51.100.9")); !errors.Is(err, nsmount.ErrDenied) {
+		t.Errorf("recorded admission allows an address outside its networks: %v", err)
+	}
+	if !strings.HasPrefix(adm.Digest, "sha256:") || adm.Policy == "" {
+		t.Errorf("admission does not name its policy: %+v", adm)
+	}
+	var none *admission.Admission
+	if err := none.Allows(netip.MustParseAddr("192.0.2.9")); !errors.Is(err, nsmount.ErrDenied) {
+		t.Errorf("nil admission allows: %v", err)
 	}
 }

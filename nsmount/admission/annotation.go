@@ -1,4 +1,4 @@
-package nsmount
+package admission
 
 import (
 	"encoding/json"
@@ -9,6 +9,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/nsmount/nsmount/nsmount"
 )
 
 // MountsAnnotation is the OCI annotation in which a container's own spec
@@ -41,11 +43,11 @@ type VolumeRequest struct {
 	// Index is the entry's position in the annotation's list (from 0).
 	Index int
 	// Source is the server and export.
-	Source Source
+	Source nsmount.Source
 	// FSType is "nfs" or "nfs4".
 	FSType string
 	// Options are the mount options asked for.
-	Options Options
+	Options nsmount.Options
 	// Target is the mount point inside the container: absolute and clean.
 	Target string
 	// Required makes a failure of this mount fail the container; an
@@ -63,14 +65,14 @@ func (v VolumeRequest) String() string {
 // Request returns the mount request that v asks for, resolved from the
 // container. It is what the container asked, unchecked: Policy.Check
 // returns the request to mount instead.
-func (v VolumeRequest) Request() Request {
-	return Request{
+func (v VolumeRequest) Request() nsmount.Request {
+	return nsmount.Request{
 		Source:      v.Source,
 		FSType:      v.FSType,
 		Options:     slices.Clone(v.Options),
 		Target:      v.Target,
 		Mkdir:       v.Mkdir,
-		ResolveFrom: ResolveFromContainer,
+		ResolveFrom: nsmount.ResolveFromContainer,
 	}
 }
 
@@ -91,7 +93,7 @@ var annotationFields = map[string]string{
 // type, a missing server, export or target, more than MaxAnnotationMounts
 // entries, more than MaxAnnotationSize bytes, data after the list, an
 // invalid server, export, option or target (not absolute and clean, or "/"),
-// or two entries with the same target are all refused with ErrInvalidArgument
+// or two entries with the same target are all refused with nsmount.ErrInvalidArgument
 // and a one-line message naming the entry and field, e.g.
 // `nsmount.io/mounts[1].export: "a/b": must be an absolute path`.
 func ParseMountsAnnotation(value string) ([]VolumeRequest, error) {
@@ -149,7 +151,7 @@ func annotationError(i int, field string, err error) error {
 	if field != "" {
 		where += "." + field
 	}
-	return withClass(ErrInvalidArgument, fmt.Errorf("%s: %w", where, err))
+	return nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("%s: %w", where, err))
 }
 
 // expectDelim reads one token and checks that it is the delimiter d.
@@ -266,7 +268,7 @@ func validateEntry(i int, fields map[string]any) (VolumeRequest, *fieldError) {
 		src = "[" + server + "]:" + export
 	}
 	var err error
-	if v.Source, err = ParseSource(src); err != nil {
+	if v.Source, err = nsmount.ParseSource(src); err != nil {
 		return v, &fieldError{field: "export", err: err}
 	}
 	if t, ok := fields["type"]; ok {
@@ -275,12 +277,12 @@ func validateEntry(i int, fields map[string]any) (VolumeRequest, *fieldError) {
 			return v, &fieldError{field: "type", err: fmt.Errorf("%q: want nfs or nfs4", v.FSType)}
 		}
 	}
-	if v.Options, err = ParseOptions(str("options")); err != nil {
+	if v.Options, err = nsmount.ParseOptions(str("options")); err != nil {
 		return v, &fieldError{field: "options", err: err}
 	}
-	// Everything that buildSpec would refuse later is refused now, with
+	// Everything that the mount would refuse later is refused now, with
 	// the entry named: reserved options, bad versions, nfs4 with vers=3.
-	if _, err := buildSpec(v.FSType, v.Source, v.Options, netip.IPv6Unspecified(), netip.Addr{}); err != nil {
+	if err := nsmount.ValidateMount(v.FSType, v.Source, v.Options); err != nil {
 		return v, &fieldError{field: "options", err: err}
 	}
 	if err := checkCleanPath(target); err != nil {
@@ -313,7 +315,7 @@ func validServerName(s string) error {
 	if strings.Contains(s, ":") {
 		return errors.New("not an IP address")
 	}
-	if !validHostname(s) {
+	if !nsmount.ValidHostname(s) {
 		return errors.New("neither an IP address nor a host name")
 	}
 	return nil

@@ -1,7 +1,9 @@
-package nsmount
+package admission
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nsmount/nsmount/nsmount"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,8 +52,9 @@ const maxPolicySize = 1 << 20
 //   - networks (required, at least one): CIDRs that the server's address must
 //     be in. A container controls its own DNS and /etc/hosts, so an allowed
 //     name may resolve anywhere: the address the mount would connect to is
-//     checked after resolution (through Request.Verify), and a rule without
-//     networks is refused when the policy is loaded.
+//     checked after resolution (Admission.Allows), before the mount and
+//     again whenever the mount is redone (remount, watch), and a rule
+//     without networks is refused when the policy is loaded.
 //   - exports and targets: exact clean absolute paths, or "/a/*" for any
 //     path strictly below /a ("/*": any path but "/"). A target is checked
 //     as written; symlinks in the container's files are then resolved inside
@@ -70,6 +74,7 @@ const maxPolicySize = 1 << 20
 // those on its own, so allow only servers you trust with your networks.
 type Policy struct {
 	source string
+	digest string // "sha256:HEX" of the policy's bytes
 	rules  []policyRule
 }
 
@@ -81,7 +86,7 @@ type policyRule struct {
 	exports  []string
 	targets  []string
 	options  map[string]bool
-	enforce  Options
+	enforce  nsmount.Options
 }
 
 // policyFile is the JSON form of a policy.
@@ -102,7 +107,7 @@ type ruleFile struct {
 }
 
 // alwaysEnforced are enforced by every policy.
-var alwaysEnforced = Options{{Key: "nosuid"}, {Key: "nodev"}}
+var alwaysEnforced = nsmount.Options{{Key: "nosuid"}, {Key: "nodev"}}
 
 // restrictive options only take rights away; a request may always give them.
 var restrictive = map[string]bool{"ro": true, "nosuid": true, "nodev": true, "noexec": true}
@@ -111,7 +116,7 @@ var restrictive = map[string]bool{"ro": true, "nosuid": true, "nodev": true, "no
 // regular file of at most 1 MiB, not writable by group or others, owned by
 // root or the caller. Any error in it (unknown keys, a rule without
 // networks, a pattern that is not clean, an option that can never be
-// allowed) is an ErrInvalidArgument naming the place, e.g.
+// allowed) is an nsmount.ErrInvalidArgument naming the place, e.g.
 // `policy /etc/nsmount/policy.json: allow[0].networks[1] "10.0.0.1/8": ...`.
 func LoadPolicy(path string) (*Policy, error) {
 	// O_NONBLOCK: a FIFO in its place must not hang the caller.
@@ -125,7 +130,7 @@ func LoadPolicy(path string) (*Policy, error) {
 		return nil, fmt.Errorf("policy: stat %s: %w", path, err)
 	}
 	bad := func(format string, args ...any) (*Policy, error) {
-		return nil, withClass(ErrInvalidArgument, fmt.Errorf("policy %s: "+format, append([]any{path}, args...)...))
+		return nil, nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("policy %s: "+format, append([]any{path}, args...)...))
 	}
 	switch {
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
@@ -151,9 +156,9 @@ func LoadPolicy(path string) (*Policy, error) {
 }
 
 // ParsePolicy parses a policy from its JSON text (see Policy). Errors are
-// ErrInvalidArgument.
+// nsmount.ErrInvalidArgument.
 func ParsePolicy(data []byte) (*Policy, error) {
-	bad := func(err error) (*Policy, error) { return nil, withClass(ErrInvalidArgument, err) }
+	bad := func(err error) (*Policy, error) { return nil, nsmount.WithClass(nsmount.ErrInvalidArgument, err) }
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var pf policyFile
@@ -170,7 +175,8 @@ func ParsePolicy(data []byte) (*Policy, error) {
 	if err != nil {
 		return bad(err)
 	}
-	p := &Policy{source: "(inline)"}
+	sum := sha256.Sum256(data)
+	p := &Policy{source: "(inline)", digest: "sha256:" + hex.EncodeToString(sum[:])}
 	for i, rf := range pf.Allow {
 		r, err := compileRule(i, rf, global)
 		if err != nil {
@@ -184,15 +190,15 @@ func ParsePolicy(data []byte) (*Policy, error) {
 func oneLineError(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
 
 // parseEnforced parses a list of enforced options ("ro", "vers=4.2").
-func parseEnforced(where string, list []string) (Options, error) {
-	var out Options
+func parseEnforced(where string, list []string) (nsmount.Options, error) {
+	var out nsmount.Options
 	for i, s := range list {
-		opts, err := ParseOptions(s)
+		opts, err := nsmount.ParseOptions(s)
 		if err != nil || len(opts) != 1 {
 			return nil, fmt.Errorf("%s[%d] %q: want one option, KEY or KEY=VALUE", where, i, s)
 		}
 		o := opts[0]
-		if _, ok := reserved[o.Key]; ok {
+		if _, ok := nsmount.ReservedOption(o.Key); ok {
 			return nil, fmt.Errorf("%s[%d] %q: chosen by nsmount, cannot be enforced", where, i, s)
 		}
 		for _, e := range append(slices.Clone(alwaysEnforced), out...) {
@@ -205,7 +211,7 @@ func parseEnforced(where string, list []string) (Options, error) {
 	return out, nil
 }
 
-func compileRule(i int, rf ruleFile, global Options) (policyRule, error) {
+func compileRule(i int, rf ruleFile, global nsmount.Options) (policyRule, error) {
 	where := fmt.Sprintf("allow[%d]", i)
 	r := policyRule{index: i, name: rf.Name, options: map[string]bool{}}
 	bad := func(field string, j int, val string, format string, args ...any) (policyRule, error) {
@@ -228,13 +234,13 @@ func compileRule(i int, rf ruleFile, global Options) (policyRule, error) {
 		switch {
 		case pat == "*":
 		case strings.HasPrefix(pat, "*."):
-			if !validHostname(pat[2:]) {
+			if !nsmount.ValidHostname(pat[2:]) {
 				return bad("servers", j, s, "want a host name, *.SUFFIX, an IP address or *")
 			}
 		default:
 			if a, err := netip.ParseAddr(pat); err == nil {
 				pat = a.Unmap().String()
-			} else if !validHostname(pat) {
+			} else if !nsmount.ValidHostname(pat) {
 				return bad("servers", j, s, "want a host name, *.SUFFIX, an IP address or *")
 			}
 		}
@@ -282,11 +288,11 @@ func compileRule(i int, rf ruleFile, global Options) (policyRule, error) {
 		}
 	}
 	for j, s := range rf.Options {
-		opts, err := ParseOptions(s)
+		opts, err := nsmount.ParseOptions(s)
 		if err != nil || len(opts) != 1 || opts[0].HasValue {
 			return bad("options", j, s, "want an option name such as vers or nolock")
 		}
-		if _, ok := reserved[s]; ok {
+		if _, ok := nsmount.ReservedOption(s); ok {
 			return bad("options", j, s, "chosen by nsmount, never allowed")
 		}
 		for _, e := range r.enforce {
@@ -302,21 +308,23 @@ func compileRule(i int, rf ruleFile, global Options) (policyRule, error) {
 }
 
 // Check decides whether the policy allows v, before anything is resolved.
-// Allowed, it returns the request to mount: v's options with the enforced
-// ones added, and a Verify function that refuses the mount unless the
-// address the server resolved to (from the container) is in the networks of
-// the rule that allowed it. Refused, the error is ErrDenied with the reason
-// given by the rule that matched the request furthest.
-func (p *Policy) Check(v VolumeRequest) (Request, error) {
+// Allowed, it returns the request to mount (v's options with the enforced
+// ones added) and the Admission: the rule's decision as data, to be checked
+// against the address the server resolves to from the container (before
+// the mount, and again at every later decision about it: remount, watch)
+// and recorded with the mount. Refused, the error is nsmount.ErrDenied with
+// the reason given by the rule that matched the request furthest.
+func (p *Policy) Check(v VolumeRequest) (nsmount.Request, *Admission, error) {
 	if len(p.rules) == 0 {
-		return Request{}, p.denied("no rule allows any mount (deny by default)")
+		return nsmount.Request{}, nil, p.denied("no rule allows any mount (deny by default)")
 	}
 	best, bestStage := "", -1
 	for i := range p.rules {
 		r := &p.rules[i]
 		stage, why := r.check(v)
 		if why == "" {
-			return r.request(p, v), nil
+			req := r.request(v)
+			return req, r.admission(p, v, req), nil
 		}
 		if stage > bestStage {
 			best, bestStage = why, stage
@@ -325,11 +333,11 @@ func (p *Policy) Check(v VolumeRequest) (Request, error) {
 			}
 		}
 	}
-	return Request{}, p.denied(best)
+	return nsmount.Request{}, nil, p.denied(best)
 }
 
 func (p *Policy) denied(why string) error {
-	return withClass(ErrDenied, fmt.Errorf("denied by policy %s: %s", p.source, why))
+	return nsmount.WithClass(nsmount.ErrDenied, fmt.Errorf("denied by policy %s: %s", p.source, why))
 }
 
 // String names the rule in messages: `rule 0 "team-a"`.
@@ -369,7 +377,7 @@ func (r *policyRule) check(v VolumeRequest) (int, string) {
 }
 
 // request builds the request to mount for v, allowed by r.
-func (r *policyRule) request(p *Policy, v VolumeRequest) Request {
+func (r *policyRule) request(v VolumeRequest) nsmount.Request {
 	req := v.Request()
 	req.Options = nil
 	for _, o := range v.Options {
@@ -379,17 +387,17 @@ func (r *policyRule) request(p *Policy, v VolumeRequest) Request {
 	}
 	// Enforced options last, so that nothing given before can undo them.
 	req.Options = append(req.Options, r.enforce...)
-	server := v.Source.Server
-	req.Verify = func(plan *Plan) error {
-		if plan == nil || !plan.Address.IsValid() {
-			return p.denied(fmt.Sprintf("server %q: no address to check", server))
-		}
-		if !r.inNetworks(plan.Address) {
-			return p.denied(fmt.Sprintf("server %q resolved to %s, outside the networks of %s", server, plan.Address, r))
-		}
-		return nil
-	}
 	return req
+}
+
+// admission records r's decision for v, mounted as req.
+func (r *policyRule) admission(p *Policy, v VolumeRequest, req nsmount.Request) *Admission {
+	return &Admission{
+		Policy: p.source, Digest: p.digest, Rule: r.String(),
+		Server: v.Source.Server, Export: v.Source.Export, Target: v.Target,
+		Options:  req.Options.String(),
+		Networks: slices.Clone(r.networks),
+	}
 }
 
 func (r *policyRule) allowsServer(server string) bool {
@@ -414,18 +422,7 @@ func (r *policyRule) allowsServer(server string) bool {
 	return false
 }
 
-func (r *policyRule) inNetworks(a netip.Addr) bool {
-	a = a.Unmap()
-	if a.Zone() != "" {
-		return false
-	}
-	for _, n := range r.networks {
-		if n.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+func (r *policyRule) inNetworks(a netip.Addr) bool { return inNetworks(r.networks, a) }
 
 // validPathPattern accepts a clean absolute path, "PATH/*" for such a
 // PATH, or "/*".
@@ -474,11 +471,11 @@ func canonicalKey(k string) string {
 // optionsConflict reports whether giving o undoes or contradicts the
 // enforced option e: the same key with another value, the "no" form of a
 // flag ("suid" against "nosuid"), or another member of an exclusive group.
-func optionsConflict(o, e Option) bool {
+func optionsConflict(o, e nsmount.Option) bool {
 	ok, ek := canonicalKey(o.Key), canonicalKey(e.Key)
 	if ok == ek {
 		if ok == "vers" {
-			return normalizeVers(o.Value) != normalizeVers(e.Value) || o.HasValue != e.HasValue
+			return nsmount.NormalizeVersion(o.Value) != nsmount.NormalizeVersion(e.Value) || o.HasValue != e.HasValue
 		}
 		return o.HasValue != e.HasValue || o.Value != e.Value
 	}

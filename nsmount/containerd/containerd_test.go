@@ -1,4 +1,4 @@
-package nsmount_test
+package containerd_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/containerd"
 	"github.com/nsmount/nsmount/testenv"
 )
 
@@ -35,7 +36,7 @@ func TestOpenContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	tgt, err := nsmount.OpenContainer(ctx, nsmount.ContainerRef{Address: c.Address, Namespace: c.Namespace, ID: "nsmB-open"})
+	tgt, err := containerd.Open(ctx, containerd.Ref{Address: c.Address, Namespace: c.Namespace, ID: "nsmB-open"})
 	if err != nil {
 		t.Fatalf("OpenContainer: %v", err)
 	}
@@ -154,20 +155,20 @@ func TestOpenContainerErrors(t *testing.T) {
 
 	for _, tc := range []struct {
 		name  string
-		ref   nsmount.ContainerRef
+		ref   containerd.Ref
 		class error
 		want  string
 	}{
-		{"unknown id", nsmount.ContainerRef{ID: "nsmB-nope"}, nsmount.ErrTargetNotFound, `container "nsmB-nope" in namespace "` + c.Namespace + `" not found`},
-		{"stopped task", nsmount.ContainerRef{ID: "nsmB-stopped"}, nsmount.ErrTargetNotFound, "is not running (task stopped with exit status 137)"},
-		{"no task", nsmount.ContainerRef{ID: "nsmB-notask"}, nsmount.ErrTargetNotFound, "is not running (no task)"},
-		{"wrong namespace", nsmount.ContainerRef{ID: "nsmB-run", Namespace: "nsmB-other"}, nsmount.ErrTargetNotFound, `container "nsmB-run" in namespace "nsmB-other" not found`},
-		{"default namespace", nsmount.ContainerRef{ID: "nsmB-run", Namespace: "-"}, nsmount.ErrTargetNotFound, `in namespace "default" not found`},
-		{"empty id", nsmount.ContainerRef{}, nsmount.ErrInvalidArgument, "empty container id"},
-		{"missing socket", nsmount.ContainerRef{ID: "nsmB-run", Address: filepath.Join(dir, "none.sock")}, nsmount.ErrTargetNotFound, "none.sock does not exist"},
-		{"not a socket", nsmount.ContainerRef{ID: "nsmB-run", Address: file}, nsmount.ErrInvalidArgument, "is not a socket"},
-		{"refused", nsmount.ContainerRef{ID: "nsmB-run", Address: refused}, nsmount.ErrTargetNotFound, "connection refused"},
-		{"silent", nsmount.ContainerRef{ID: "nsmB-run", Address: silent, Timeout: 500 * time.Millisecond}, nsmount.ErrTimeout, "did not answer about container \"nsmB-run\" in namespace \"" + c.Namespace + "\" within 500ms"},
+		{"unknown id", containerd.Ref{ID: "nsmB-nope"}, nsmount.ErrTargetNotFound, `container "nsmB-nope" in namespace "` + c.Namespace + `" not found`},
+		{"stopped task", containerd.Ref{ID: "nsmB-stopped"}, nsmount.ErrTargetNotFound, "is not running (task stopped with exit status 137)"},
+		{"no task", containerd.Ref{ID: "nsmB-notask"}, nsmount.ErrTargetNotFound, "is not running (no task)"},
+		{"wrong namespace", containerd.Ref{ID: "nsmB-run", Namespace: "nsmB-other"}, nsmount.ErrTargetNotFound, `container "nsmB-run" in namespace "nsmB-other" not found`},
+		{"default namespace", containerd.Ref{ID: "nsmB-run", Namespace: "-"}, nsmount.ErrTargetNotFound, `in namespace "default" not found`},
+		{"empty id", containerd.Ref{}, nsmount.ErrInvalidArgument, "empty container id"},
+		{"missing socket", containerd.Ref{ID: "nsmB-run", Address: filepath.Join(dir, "none.sock")}, nsmount.ErrTargetNotFound, "none.sock does not exist"},
+		{"not a socket", containerd.Ref{ID: "nsmB-run", Address: file}, nsmount.ErrInvalidArgument, "is not a socket"},
+		{"refused", containerd.Ref{ID: "nsmB-run", Address: refused}, nsmount.ErrTargetNotFound, "connection refused"},
+		{"silent", containerd.Ref{ID: "nsmB-run", Address: silent, Timeout: 500 * time.Millisecond}, nsmount.ErrTimeout, "did not answer about container \"nsmB-run\" in namespace \"" + c.Namespace + "\" within 500ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ref := tc.ref
@@ -181,7 +182,7 @@ func TestOpenContainerErrors(t *testing.T) {
 				ref.Namespace = ""
 			}
 			start := time.Now()
-			tgt, err := nsmount.OpenContainer(ctx, ref)
+			tgt, err := containerd.Open(ctx, ref)
 			took := time.Since(start)
 			if err == nil {
 				tgt.Close()
@@ -202,4 +203,29 @@ func TestOpenContainerErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: starts containerd")
+	}
+}
+
+func nsInode(t *testing.T, path string) uint64 {
+	t.Helper()
+	id, err := nsmount.NSOfPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.Ino
+}
+
+func nsLink(t *testing.T, path string) string {
+	t.Helper()
+	s, err := os.Readlink(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -1,4 +1,15 @@
-package cachectl
+// Package registry is nsmount's record of the mounts it made: one Entry per
+// mount (target namespaces, server, address, route, superblock device, and
+// the policy admission it was made under), kept in one file under
+// /run/nsmount with a checksum, replaced atomically, and read and written
+// under a file lock so that concurrent nsmount processes see each other's
+// changes. It also hands out named locks (Lock) that serialize the
+// decisions about one network namespace and server across processes.
+//
+// The registry only stores: what the kernel says about the entries, and
+// what to do about a corrupt file, is its callers' business (a corrupt file
+// is reported as ErrCorrupt, and Repair stores a rebuilt state).
+package registry
 
 import (
 	"bytes"
@@ -10,12 +21,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/admission"
 )
 
 // DefaultDir is where the registry lives unless configured otherwise. It is
@@ -36,24 +48,14 @@ const formatVersion = 1
 // maxStateSize bounds what is read from the registry file.
 const maxStateSize = 64 << 20
 
-// NSID identifies a namespace: the device and inode of its nsfs file.
-type NSID struct {
-	Dev uint64 `json:"dev"`
-	Ino uint64 `json:"ino"`
-}
-
-// String formats the namespace as the kernel names it ("net:[4026532281]"
-// without the type).
-func (n NSID) String() string { return strconv.FormatUint(n.Ino, 10) }
-
 // Identity is the target of a mount: the namespaces it was made in, and the
 // process that named them (PID plus its start time, so a reused PID is never
 // mistaken for the original process).
 type Identity struct {
-	PID      int    `json:"pid,omitempty"`
-	PIDStart uint64 `json:"pid_start,omitempty"`
-	NetNS    NSID   `json:"netns"`
-	MountNS  NSID   `json:"mntns"`
+	PID      int          `json:"pid,omitempty"`
+	PIDStart uint64       `json:"pid_start,omitempty"`
+	NetNS    nsmount.NSID `json:"netns"`
+	MountNS  nsmount.NSID `json:"mntns"`
 	// NetNSPath and MountNSPath are set for targets opened by path.
 	NetNSPath   string `json:"netns_path,omitempty"`
 	MountNSPath string `json:"mntns_path,omitempty"`
@@ -107,9 +109,27 @@ type Entry struct {
 	// which every process started after CreatedTicks is a successor that
 	// got the same inode, not the one mounted in. Zero: unknown.
 	CreatedTicks uint64 `json:"created_ticks,omitempty"`
+	// Port is the server's NFS port that reachability checks probe (the
+	// port= option, else 2049).
+	Port uint16 `json:"port,omitempty"`
+	// Admission is the host policy's decision this mount was made under
+	// (nil for a mount that no policy decided, such as the CLI's): a later
+	// decision about the mount (remount, watch) must stay inside it.
+	Admission *admission.Admission `json:"admission,omitempty"`
 	// Rebuilt marks an entry recovered from mountinfo after the registry
 	// file was found corrupt: only what the kernel shows is known.
 	Rebuilt bool `json:"rebuilt,omitempty"`
+}
+
+// NeedsAdmission reports whether e was made for an integration that the
+// host policy decides (OCI hook, NRI, CSI): such a mount is never redone
+// without an admission that allows it.
+func (e *Entry) NeedsAdmission() bool {
+	switch e.Owner {
+	case "", "cli", "rebuilt":
+		return false
+	}
+	return true
 }
 
 // RequestRecord is the user's request behind an entry.
@@ -144,6 +164,29 @@ func (s *State) Put(e Entry) {
 	s.Entries = append(s.Entries, e)
 }
 
+// InNetNS returns the entries whose mount was made from network namespace
+// ns.
+func (s *State) InNetNS(ns nsmount.NSID) []Entry {
+	var out []Entry
+	for _, e := range s.Entries {
+		if e.Target.NetNS == ns {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// InMountNS returns the entries of mounts in mount namespace ns.
+func (s *State) InMountNS(ns nsmount.NSID) []Entry {
+	var out []Entry
+	for _, e := range s.Entries {
+		if e.Target.MountNS == ns {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Remove removes the entries for which drop returns true and returns them.
 func (s *State) Remove(drop func(*Entry) bool) []Entry {
 	var gone []Entry
@@ -174,169 +217,134 @@ type fileFormat struct {
 // mix.
 type Registry struct {
 	dir string
-	// Rebuild recovers a state when the file is found corrupt; nil means
-	// starting empty. Open sets it to RebuildFromMountinfo.
-	rebuild func() (*State, error)
-	// Reports receives one line per notable event (corrupt file set aside).
-	report func(string)
 }
 
-// Option configures a Registry.
-type Option func(*Registry)
-
-// WithRebuild sets how a corrupt registry is recovered.
-func WithRebuild(fn func() (*State, error)) Option { return func(r *Registry) { r.rebuild = fn } }
-
-// WithReporter sets where notable events are reported (one line each).
-func WithReporter(fn func(string)) Option { return func(r *Registry) { r.report = fn } }
+// ErrCorrupt reports a registry file that cannot be trusted: it does not
+// parse, has another format version, or its checksum does not match. The
+// file is left as it is; Repair sets it aside and stores a rebuilt state.
+var ErrCorrupt = errors.New("registry is corrupt")
 
 // Open opens the registry in dir, creating the directory (mode 0700).
-func Open(dir string, opts ...Option) (*Registry, error) {
+func Open(dir string) (*Registry, error) {
 	if dir == "" {
 		dir = DefaultDir
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create registry dir: %w", err)
 	}
-	r := &Registry{dir: dir, rebuild: RebuildFromMountinfo, report: func(string) {}}
-	for _, o := range opts {
-		o(r)
-	}
-	return r, nil
+	return &Registry{dir: dir}, nil
 }
 
 // Dir returns the registry directory.
 func (r *Registry) Dir() string { return r.dir }
 
 // View calls fn with the current state under a shared lock. Changes fn
-// makes to the state are not stored.
+// makes to the state are not stored. A corrupt file is an error wrapping
+// ErrCorrupt.
 func (r *Registry) View(fn func(*State) error) error {
-	err := r.locked(unix.LOCK_SH, func() error {
-		s, _, err := r.load(false)
+	return r.locked(unix.LOCK_SH, func() error {
+		s, err := r.load()
 		if err != nil {
 			return err
 		}
 		return fn(s)
 	})
-	if errors.Is(err, errNeedExclusive) {
-		// The file is corrupt: set it aside and rebuild, which needs the
-		// exclusive lock; then view a copy of what was rebuilt (an Entry
-		// holds no references), so that only the rebuilt state is stored.
-		err := r.Update(func(s *State) error {
-			if err := fn(&State{Entries: slices.Clone(s.Entries)}); err != nil {
-				return err
-			}
-			return errViewed
-		})
-		if err == errViewed {
-			return nil
-		}
-		return err
-	}
-	return err
 }
 
-var (
-	errNeedExclusive = errors.New("registry needs repair")
-	// errViewed makes Update skip the store after a View's repair.
-	errViewed = errors.New("viewed")
-)
-
 // Update calls fn with the current state under an exclusive lock and
-// writes the state back if fn returns nil. A state rebuilt from a corrupt
-// file is written back whatever fn returns.
+// writes the state back if fn returns nil. A corrupt file is an error
+// wrapping ErrCorrupt (fn is not called).
 func (r *Registry) Update(fn func(*State) error) error {
 	return r.locked(unix.LOCK_EX, func() error {
-		s, rebuilt, err := r.load(true)
+		s, err := r.load()
 		if err != nil {
 			return err
 		}
 		if err := fn(s); err != nil {
-			if rebuilt {
-				if serr := r.store(s); serr != nil {
-					if err == errViewed {
-						return serr
-					}
-					return fmt.Errorf("%w; and storing the rebuilt registry: %w", err, serr)
-				}
-			}
 			return err
 		}
 		return r.store(s)
 	})
 }
 
+// Repaired says what Repair did.
+type Repaired struct {
+	// Aside is the name the corrupt file was set aside under, in Dir.
+	Aside string `json:"aside"`
+	// Why is what was wrong with it.
+	Why string `json:"why"`
+	// Entries is how many entries the stored state has.
+	Entries int `json:"entries"`
+}
+
+// Repair replaces a corrupt registry file with s: under the exclusive
+// lock, if the file is (still) corrupt, it is renamed aside
+// (registry.json.corrupt-TIME) and s is stored. It returns nil, nil when
+// the file is not corrupt (any more: another process repaired it first).
+func (r *Registry) Repair(s *State) (*Repaired, error) {
+	var rep *Repaired
+	err := r.locked(unix.LOCK_EX, func() error {
+		_, err := r.load()
+		var cerr *CorruptError
+		if !errors.As(err, &cerr) {
+			return err
+		}
+		aside := fmt.Sprintf("%s.corrupt-%d", cerr.Path, time.Now().UnixNano())
+		if err := os.Rename(cerr.Path, aside); err != nil {
+			return fmt.Errorf("registry %s is corrupt (%v) and cannot be set aside: %w", cerr.Path, cerr.Why, err)
+		}
+		rep = &Repaired{Aside: filepath.Base(aside), Why: cerr.Why.Error(), Entries: len(s.Entries)}
+		return r.store(s)
+	})
+	return rep, err
+}
+
+// CorruptError is the error of a corrupt registry file.
+type CorruptError struct {
+	// Path is the file; Why what is wrong with it.
+	Path string
+	Why  error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("registry %s is corrupt: %v", e.Path, e.Why)
+}
+
+// Is makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
 func (r *Registry) locked(how int, body func() error) error {
-	f, err := os.OpenFile(filepath.Join(r.dir, lockFile), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	l, err := lockFileAt(filepath.Join(r.dir, lockFile), how, lockTimeout)
 	if err != nil {
-		return fmt.Errorf("open registry lock: %w", err)
+		return fmt.Errorf("lock registry: %w", err)
 	}
-	defer f.Close() // releases the lock
-	if err := flock(f, how); err != nil {
-		return err
-	}
+	defer l.Close() // releases the lock
 	return body()
 }
 
-// lockTimeout bounds the wait for the registry lock: a stuck nsmount
-// process must not block every other one forever.
+// lockTimeout bounds the wait for a lock: a stuck nsmount process must not
+// block every other one forever.
 const lockTimeout = 30 * time.Second
 
-func flock(f *os.File, how int) error {
-	deadline := time.Now().Add(lockTimeout)
-	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("lock registry: %w", err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("lock registry %s: held by another nsmount for over %s", f.Name(), lockTimeout)
-		}
-		time.Sleep(delay)
-	}
-}
-
-// load reads the state. A missing file is an empty state. A file that does
-// not parse, has another format version, or whose checksum does not match is
-// rebuilt and then renamed aside (registry.json.corrupt-TIME); if the rebuild
-// fails the file is left in place.
-func (r *Registry) load(exclusive bool) (s *State, rebuilt bool, err error) {
+// load reads the state. A missing file is an empty state; a corrupt one
+// a *CorruptError.
+func (r *Registry) load() (*State, error) {
 	path := filepath.Join(r.dir, stateFile)
 	data, err := readLimited(path, maxStateSize+1)
 	if errors.Is(err, os.ErrNotExist) {
-		return &State{}, false, nil
+		return &State{}, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("read registry: %w", err)
+		return nil, fmt.Errorf("read registry: %w", err)
 	}
-	s, perr := decodeState(data)
 	if len(data) > maxStateSize {
-		perr = fmt.Errorf("larger than %d bytes", maxStateSize)
+		return nil, &CorruptError{Path: path, Why: fmt.Errorf("larger than %d bytes", maxStateSize)}
 	}
-	if perr == nil {
-		return s, false, nil
+	s, err := decodeState(data)
+	if err != nil {
+		return nil, &CorruptError{Path: path, Why: err}
 	}
-	if !exclusive {
-		return nil, false, errNeedExclusive
-	}
-	// Rebuild before setting the file aside: if the rebuild fails, the
-	// file stays and the next access tries again (instead of finding no
-	// file and starting empty).
-	s = &State{}
-	if r.rebuild != nil {
-		if s, err = r.rebuild(); err != nil {
-			return nil, false, fmt.Errorf("registry %s is corrupt (%v); rebuild from mountinfo: %w", path, perr, err)
-		}
-	}
-	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().UnixNano())
-	if err := os.Rename(path, aside); err != nil {
-		return nil, false, fmt.Errorf("registry %s is corrupt (%v) and cannot be set aside: %w", path, perr, err)
-	}
-	r.report(fmt.Sprintf("registry %s was corrupt (%v): set aside as %s, rebuilt %d entries from mountinfo", path, perr, filepath.Base(aside), len(s.Entries)))
-	return s, true, nil
+	return s, nil
 }
 
 func decodeState(data []byte) (*State, error) {

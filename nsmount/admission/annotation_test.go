@@ -1,4 +1,4 @@
-package nsmount_test
+package admission_test
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/admission"
 )
 
 // annotationWant is the expected outcome of each vector in
@@ -54,7 +55,7 @@ var annotationWant = map[string]string{
 	"fail_empty_value.json":      `nsmount.io/mounts: unexpected end of JSON`,
 }
 
-func formatRequest(v nsmount.VolumeRequest) string {
+func formatRequest(v admission.VolumeRequest) string {
 	return fmt.Sprintf("%d %s %s [%s] %s required=%v mkdir=%v", v.Index, v.Source, v.FSType, v.Options, v.Target, v.Required, v.Mkdir)
 }
 
@@ -76,7 +77,7 @@ func TestParseMountsAnnotationVectors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			vols, err := nsmount.ParseMountsAnnotation(string(data))
+			vols, err := admission.ParseMountsAnnotation(string(data))
 			checkParse(t, strings.HasPrefix(name, "good_"), want, vols, err)
 		})
 	}
@@ -87,7 +88,7 @@ func TestParseMountsAnnotationVectors(t *testing.T) {
 	}
 }
 
-func checkParse(t *testing.T, good bool, want string, vols []nsmount.VolumeRequest, err error) {
+func checkParse(t *testing.T, good bool, want string, vols []admission.VolumeRequest, err error) {
 	t.Helper()
 	if !good {
 		if err == nil {
@@ -126,8 +127,8 @@ func TestParseMountsAnnotationBounds(t *testing.T) {
 		name, value, want string
 		good              bool
 	}{
-		{"size-limit", "[" + entry + "]" + strings.Repeat(" ", nsmount.MaxAnnotationSize-len(entry)-2), "0 192.0.2.1:/export nfs [] /data required=true mkdir=false", true},
-		{"oversized", "[" + entry + "]" + strings.Repeat(" ", nsmount.MaxAnnotationSize-len(entry)-1), "nsmount.io/mounts: 65537 bytes, more than the limit of 65536", false},
+		{"size-limit", "[" + entry + "]" + strings.Repeat(" ", admission.MaxAnnotationSize-len(entry)-2), "0 192.0.2.1:/export nfs [] /data required=true mkdir=false", true},
+		{"oversized", "[" + entry + "]" + strings.Repeat(" ", admission.MaxAnnotationSize-len(entry)-1), "nsmount.io/mounts: 65537 bytes, more than the limit of 65536", false},
 		{"long-target", `[{"server":"192.0.2.1","export":"/e","target":"/` + strings.Repeat("a", 4096) + `"}]`, "nsmount.io/mounts[0].target: ", false},
 		{"long-export", `[{"server":"192.0.2.1","export":"/` + strings.Repeat("a", 4096) + `","target":"/d"}]`, "longer than 4096 bytes", false},
 		{"escaped-key", `[{"\u0073erver":"192.0.2.1","export":"/e","target":"/d"}]`, "0 192.0.2.1:/e nfs [] /d required=true mkdir=false", true},
@@ -136,20 +137,20 @@ func TestParseMountsAnnotationBounds(t *testing.T) {
 		{"ipv4-mapped", `[{"server":"::ffff:192.0.2.1","export":"/e","target":"/d"}]`, "0 [::ffff:192.0.2.1]:/e nfs [] /d required=true mkdir=false", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			vols, err := nsmount.ParseMountsAnnotation(tc.value)
+			vols, err := admission.ParseMountsAnnotation(tc.value)
 			checkParse(t, tc.good, tc.want, vols, err)
 		})
 	}
 }
 
 func TestVolumeRequestRequest(t *testing.T) {
-	vols, err := nsmount.ParseMountsAnnotation(`[{"server":"nfs.example.test","export":"/a","target":"/data","type":"nfs4","options":"vers=4.1,ro","mkdir":true}]`)
+	vols, err := admission.ParseMountsAnnotation(`[{"server":"nfs.example.test","export":"/a","target":"/data","type":"nfs4","options":"vers=4.1,ro","mkdir":true}]`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req := vols[0].Request()
 	if req.Source.String() != "nfs.example.test:/a" || req.FSType != "nfs4" || req.Options.String() != "vers=4.1,ro" ||
-		req.Target != "/data" || !req.Mkdir || req.ResolveFrom != nsmount.ResolveFromContainer || req.Verify != nil {
+		req.Target != "/data" || !req.Mkdir || req.ResolveFrom != nsmount.ResolveFromContainer {
 		t.Errorf("Request() = %+v", req)
 	}
 	req.Options[0].Value = "3"

@@ -1,4 +1,10 @@
-package cachectl
+// Package kernel observes the Linux NFS client's state from procfs: which
+// processes are in which network and mount namespaces, each network
+// namespace's NFS superblocks and clients (/proc/PID/net/nfsfs), the NFS
+// mounts of each mount namespace (/proc/PID/mountinfo), and the processes
+// that hold a superblock open. It reads; it changes nothing (the knobs that
+// change state are in knobs.go, and the Manager decides when to use them).
+package kernel
 
 import (
 	"bufio"
@@ -16,6 +22,7 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+	"github.com/nsmount/nsmount/nsmount"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,13 +49,13 @@ func (p Proc) path(elem ...string) string {
 type Namespaces struct {
 	// MountNS maps each mount namespace to the processes in it; NetNS
 	// likewise for network namespaces. PIDs are ascending.
-	MountNS map[NSID][]int
-	NetNS   map[NSID][]int
+	MountNS map[nsmount.NSID][]int
+	NetNS   map[nsmount.NSID][]int
 	// NetOf maps a mount namespace to the network namespace of its first
 	// process.
-	NetOf map[NSID]NSID
+	NetOf map[nsmount.NSID]nsmount.NSID
 	// Init is the network namespace of PID 1 (the host's).
-	Init NSID
+	Init nsmount.NSID
 }
 
 // Scan lists the namespaces of every process. Processes that exit during
@@ -58,7 +65,7 @@ func (p Proc) Scan() (*Namespaces, error) {
 	if err != nil {
 		return nil, err
 	}
-	ns := &Namespaces{MountNS: map[NSID][]int{}, NetNS: map[NSID][]int{}, NetOf: map[NSID]NSID{}}
+	ns := &Namespaces{MountNS: map[nsmount.NSID][]int{}, NetNS: map[nsmount.NSID][]int{}, NetOf: map[nsmount.NSID]nsmount.NSID{}}
 	for _, pid := range pids {
 		mnt, err1 := p.NS(pid, "mnt")
 		net, err2 := p.NS(pid, "net")
@@ -74,11 +81,11 @@ func (p Proc) Scan() (*Namespaces, error) {
 		ns.MountNS[mnt] = append(ns.MountNS[mnt], pid)
 		ns.NetNS[net] = append(ns.NetNS[net], pid)
 	}
-	if ns.Init == (NSID{}) {
+	if ns.Init == (nsmount.NSID{}) {
 		// PID 1 unreadable (some sandboxes deny it even to root): take
 		// nsmount's own netns as the host's, so that the host's NFS mounts
 		// are never mistaken for a container's (rebuild, flush).
-		if self, err := NSOfPath("/proc/self/ns/net"); err == nil {
+		if self, err := nsmount.NSOfPath("/proc/self/ns/net"); err == nil {
 			ns.Init = self
 		}
 	}
@@ -107,21 +114,12 @@ func (p Proc) PIDs() ([]int, error) {
 }
 
 // NS returns the namespace of type kind ("net", "mnt") of pid.
-func (p Proc) NS(pid int, kind string) (NSID, error) {
+func (p Proc) NS(pid int, kind string) (nsmount.NSID, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(p.path(strconv.Itoa(pid), "ns", kind), &st); err != nil {
-		return NSID{}, &os.PathError{Op: "stat", Path: p.path(strconv.Itoa(pid), "ns", kind), Err: err}
+		return nsmount.NSID{}, &os.PathError{Op: "stat", Path: p.path(strconv.Itoa(pid), "ns", kind), Err: err}
 	}
-	return NSID{Dev: st.Dev, Ino: st.Ino}, nil
-}
-
-// NSOfPath returns the namespace that the nsfs file at path names.
-func NSOfPath(path string) (NSID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return NSID{}, &os.PathError{Op: "stat", Path: path, Err: err}
-	}
-	return NSID{Dev: st.Dev, Ino: st.Ino}, nil
+	return nsmount.NSID{Dev: st.Dev, Ino: st.Ino}, nil
 }
 
 // StartTime returns pid's start time (clock ticks since boot, field 22 of
@@ -368,4 +366,26 @@ func devOf(path string) (string, bool) {
 		return "", false
 	}
 	return fmt.Sprintf("%d:%d", stx.Dev_major, stx.Dev_minor), true
+}
+
+// VolumesIn returns the NFS superblocks of t's network namespace, read by a
+// thread inside it (for a target without a process, opened by path).
+func VolumesIn(t *nsmount.Target) ([]Volume, error) {
+	var b []byte
+	err := t.Do(nsmount.NetNS, func() error {
+		f, err := os.Open("/proc/thread-self/net/nfsfs/volumes")
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		b, err = io.ReadAll(io.LimitReader(f, maxProcRead))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nfs volumes of %s: %w", t, err)
+	}
+	return ParseVolumes(b)
 }

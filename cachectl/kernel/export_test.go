@@ -1,0 +1,4 @@
+package kernel
+
+// DevOf is devOf, for tests.
+var DevOf = devOf

@@ -1,0 +1,73 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/netsysfs"
+)
+
+// ErrNoShutdown reports that the kernel has no shutdown knob for an NFS
+// superblock (Linux before 6.6, or no such superblock in the netns).
+var ErrNoShutdown = netsysfs.ErrNoShutdown
+
+// ClientIdentity returns the NFSv4 client identity (uniquifier) of t's
+// network namespace, "" if none is set or the kernel has none. It changes
+// nothing.
+func ClientIdentity(ctx context.Context, t *nsmount.Target) (string, error) {
+	var id string
+	err := t.Do(nsmount.NetNS, func() error {
+		fs, err := netsysfs.Open()
+		if err != nil {
+			return err
+		}
+		defer fs.Close()
+		id, _, err = fs.Identity()
+		return err
+	})
+	return id, err
+}
+
+// ShutdownState reports, for each NFS superblock in devs of t's network
+// namespace, whether it is shut down (/sys/fs/nfs/DEV/shutdown reads 1).
+// Devices without the knob (kernels before 6.6) are absent from the map.
+func ShutdownState(ctx context.Context, t *nsmount.Target, devs []string) (map[string]bool, error) {
+	state := map[string]bool{}
+	err := t.Do(nsmount.NetNS, func() error {
+		fs, err := netsysfs.Open()
+		if err != nil {
+			return err
+		}
+		defer fs.Close()
+		for _, dev := range devs {
+			down, err := fs.Shutdown(dev)
+			switch {
+			case errors.Is(err, netsysfs.ErrNoShutdown):
+			case err != nil:
+				return err
+			default:
+				state[dev] = down
+			}
+		}
+		return nil
+	})
+	return state, err
+}
+
+// Shutdown shuts NFS superblock dev of t's network namespace down (Linux
+// 6.6+): every RPC of it fails at once with EIO, files open on it included,
+// and the kernel releases its NFS client, so that the next mount of that
+// server in the netns gets a client, connection, route and identity of its
+// own. The superblock itself stays while it is held. Without the knob it
+// returns an error wrapping ErrNoShutdown.
+func Shutdown(ctx context.Context, t *nsmount.Target, dev string) error {
+	return t.Do(nsmount.NetNS, func() error {
+		fs, err := netsysfs.Open()
+		if err != nil {
+			return err
+		}
+		defer fs.Close()
+		return fs.SetShutdown(dev)
+	})
+}
