@@ -228,9 +228,10 @@ func (w *watcher) check(ctx context.Context, world *World, e registry.Entry, pro
 	case errors.Is(err, nsmount.ErrDenied):
 		// The container may have pointed the name elsewhere: the mount
 		// stays where its admission allows. Reported once per reason.
+		key := why + "\x00" + err.Error()
 		w.mu.Lock()
-		again := w.denied[e.ID] == err.Error()
-		w.denied[e.ID] = err.Error()
+		again := w.denied[e.ID] == key
+		w.denied[e.ID] = key
 		w.mu.Unlock()
 		if !again {
 			w.event(ctx, ev("denied", fmt.Sprintf("%s; not remounted: %v", why, err)))

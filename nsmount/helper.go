@@ -87,12 +87,7 @@ func helperMain(in io.Reader, out io.Writer) int {
 		err = helperRun(&req, &resp)
 	}
 	if err != nil {
-		resp.Error = err.Error()
-		resp.Class = className(err)
-		var errno syscall.Errno
-		if resp.Errno == 0 && errors.As(err, &errno) {
-			resp.Errno = int(errno)
-		}
+		resp.setErr(err)
 	}
 	resp.Elapsed = time.Since(start).String()
 	if err := json.NewEncoder(out).Encode(resp); err != nil {
@@ -380,6 +375,17 @@ func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperRespo
 		return &resp, resp.err()
 	}
 	return &resp, nil
+}
+
+// setErr records err in r: its message, class and errno (unless an errno
+// was recorded already, as a probe does for the filesystem's answer).
+func (r *helperResponse) setErr(err error) {
+	r.Error = err.Error()
+	r.Class = className(err)
+	var errno syscall.Errno
+	if r.Errno == 0 && errors.As(err, &errno) {
+		r.Errno = int(errno)
+	}
 }
 
 // err rebuilds the helper's error in the parent: its message, its class

@@ -143,3 +143,21 @@ func TestLabNRI(t *testing.T) {
 	}
 	testenv.RunT(t, labScript(t, "nri.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
 }
+
+// TestLabRace mounts one server into 16 containers at once, four of them
+// sharing a network namespace as a pod's containers do, five rounds: every
+// mount reported mounted is in place, readable and recorded afterwards.
+func TestLabRace(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "race.sh"))
+}
+
+// TestLabAdmission: a mount the OCI hook made under the host policy is
+// never moved outside the policy's networks, whatever the container does
+// to its own name resolution: remount is refused (exit 11) and watch
+// (route drift, ESTALE, dead server) reports "denied" and leaves the mount
+// on the admitted server; a CLI mount of the same name follows it.
+func TestLabAdmission(t *testing.T) {
+	t.Parallel()
+	testenv.RunT(t, labScript(t, "admission.sh"))
+}

@@ -87,10 +87,10 @@ func TestOpenPIDRootfs(t *testing.T) {
 	}
 
 	// Targets are resolved inside rootfs: /etc is rootfs/etc there.
-	if err := nsmount.Unmount(context.Background(), tgt, "/etc", nsmount.UnmountOptions{}); !errors.Is(err, nsmount.ErrNotMounted) {
+	if _, err := nsmount.Unmount(context.Background(), tgt, "/etc", nsmount.UnmountOptions{}); !errors.Is(err, nsmount.ErrNotMounted) {
 		t.Errorf("Unmount(/etc) = %v, want ErrNotMounted", err)
 	}
-	if err := nsmount.Unmount(context.Background(), tgt, "/proc", nsmount.UnmountOptions{}); !errors.Is(err, nsmount.ErrUnsafePath) {
+	if _, err := nsmount.Unmount(context.Background(), tgt, "/proc", nsmount.UnmountOptions{}); !errors.Is(err, nsmount.ErrUnsafePath) {
 		t.Errorf("Unmount(/proc) = %v, want ErrUnsafePath (no /proc in the rootfs)", err)
 	}
 
@@ -114,10 +114,11 @@ func TestOpenPIDRootfs(t *testing.T) {
 	}
 }
 
-// TestMountVerify: Request.Verify sees the plan after the server was
-// resolved and checked, and a refusal stops the mount before the helper
-// runs (no mount point is created).
-func TestMountVerify(t *testing.T) {
+// TestExplainThenMountPlan: Explain decides (the server resolved and
+// checked) without touching the container's files, so a caller can look
+// at the plan (a policy, stale state) before MountPlan carries it out; only
+// then is the mount point created, inside rootfs.
+func TestExplainThenMountPlan(t *testing.T) {
 	pid := startTarget(t)
 	rootfs := rootfsIn(t, "192.0.2.9")
 	tgt, err := nsmount.OpenPIDRootfs(pid, rootfs)
@@ -127,30 +128,76 @@ func TestMountVerify(t *testing.T) {
 	defer tgt.Close()
 	listenInTarget(t, tgt, pid, "192.0.2.9")
 	src := nsmount.Source{Server: "nfs.rootfs.test", Export: "/export"}
-	denied := errors.New("refused by test")
-
-	var seen netip.Addr
-	req := nsmount.Request{Source: src, Target: "/data", Mkdir: true, ProbeTimeout: 2 * time.Second,
-		Verify: func(p *nsmount.Plan) error { seen = p.Address; return denied }}
-	if _, err := nsmount.Mount(context.Background(), tgt, req); !errors.Is(err, denied) {
-		t.Fatalf("Mount = %v, want the Verify error", err)
+	req := nsmount.Request{Source: src, Target: "/data", Mkdir: true, ProbeTimeout: 2 * time.Second}
+	plan, err := nsmount.Explain(context.Background(), tgt, req)
+	if err != nil {
+		t.Fatalf("Explain: %v", err)
 	}
-	if seen != netip.MustParseAddr("192.0.2.9") {
-		t.Errorf("Verify saw address %v, want 192.0.2.9", seen)
+	if plan.Address != netip.MustParseAddr("192.0.2.9") || plan.Mountpoint != "/data" || plan.NFSPort != 2049 {
+		t.Errorf("plan address %v mount point %q port %d, want 192.0.2.9, /data, 2049", plan.Address, plan.Mountpoint, plan.NFSPort)
 	}
 	if _, err := os.Lstat(filepath.Join(rootfs, "data")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("mount point created although Verify refused (%v)", err)
+		t.Errorf("Explain created the mount point (%v)", err)
 	}
-
-	// Approved, the helper runs: it creates the mount point inside rootfs;
-	// the host kernel has no NFS, so the mount itself fails there.
-	req.Verify = func(*nsmount.Plan) error { return nil }
-	_, err = nsmount.Mount(context.Background(), tgt, req)
+	// A plan is for its target only.
+	other := startTarget(t)
+	ot, err := nsmount.OpenPID(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ot.Close()
+	if _, err := nsmount.MountPlan(context.Background(), ot, plan); !errors.Is(err, nsmount.ErrInvalidArgument) {
+		t.Errorf("MountPlan in another netns = %v, want ErrInvalidArgument", err)
+	}
+	// Carried out, the helper creates the mount point inside rootfs; the
+	// host kernel has no NFS, so the mount itself fails there.
+	_, err = nsmount.MountPlan(context.Background(), tgt, plan)
 	if !errors.Is(err, nsmount.ErrMountFailed) {
-		t.Fatalf("Mount = %v, want ErrMountFailed (no NFS in the host kernel)", err)
+		t.Fatalf("MountPlan = %v, want ErrMountFailed (no NFS in the host kernel)", err)
 	}
-	t.Logf("approved mount: %v", err)
+	t.Logf("mount: %v", err)
 	if fi, err := os.Lstat(filepath.Join(rootfs, "data")); err != nil || !fi.IsDir() {
 		t.Errorf("mount point not created inside rootfs: %v", err)
+	}
+}
+
+// TestExplainChecksTargetFirst: what needs no network is checked before
+// it (defect 8: a relative target used to be reported as a DNS failure).
+// The server is a name that only a nameserver that never answers could
+// resolve: any lookup would cost the resolver's timeout and fail
+// ErrUnreachable.
+func TestExplainChecksTargetFirst(t *testing.T) {
+	pid := startTarget(t)
+	rootfs := rootfsIn(t, "192.0.2.9") // resolv.conf: nameserver 127.0.0.1 (nothing listens)
+	if err := os.MkdirAll(filepath.Join(rootfs, "file-dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "afile"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tgt, err := nsmount.OpenPIDRootfs(pid, rootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tgt.Close()
+	src := nsmount.Source{Server: "nfs.only-dns.test", Export: "/export"}
+	for _, tc := range []struct {
+		name, target string
+		mkdir        bool
+		want         error
+		text         string
+	}{
+		{"relative", "relative", false, nsmount.ErrInvalidArgument, `target "relative": must be an absolute path`},
+		{"missing", "/missing", false, nsmount.ErrUnsafePath, "does not exist in the container (use --mkdir)"},
+		{"a file", "/afile", false, nsmount.ErrUnsafePath, "not a directory"},
+		{"root", "/file-dir/../..", false, nsmount.ErrUnsafePath, "resolves to the container's root"},
+		{"missing with mkdir reaches the network", "/missing", true, nsmount.ErrUnreachable, "nfs.only-dns.test"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := nsmount.Explain(context.Background(), tgt, nsmount.Request{Source: src, Target: tc.target, Mkdir: tc.mkdir, ProbeTimeout: time.Second})
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.text) {
+				t.Errorf("Explain = %v, want %v saying %q", err, tc.want, tc.text)
+			}
+		})
 	}
 }

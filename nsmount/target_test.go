@@ -537,7 +537,7 @@ func TestUnmountThroughHelper(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now()
-			err := nsmount.Unmount(ctx, tgt, tt.path, nsmount.UnmountOptions{Timeout: 20 * time.Second})
+			_, err := nsmount.Unmount(ctx, tgt, tt.path, nsmount.UnmountOptions{Timeout: 20 * time.Second})
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Unmount(%q) = %v, want %v", tt.path, err, tt.wantErr)
 			}
@@ -555,7 +555,7 @@ func TestUnmountTimeout(t *testing.T) {
 	tgt, _ := openTarget(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := nsmount.Unmount(ctx, tgt, tempDir(t), nsmount.UnmountOptions{})
+	_, err := nsmount.Unmount(ctx, tgt, tempDir(t), nsmount.UnmountOptions{})
 	if !errors.Is(err, nsmount.ErrTimeout) {
 		t.Fatalf("Unmount with a cancelled context = %v, want ErrTimeout", err)
 	}

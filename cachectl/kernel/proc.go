@@ -181,7 +181,15 @@ func (p Proc) NFSMounts(pid int) ([]*mountinfo.Info, error) {
 	if err != nil {
 		return nil, err
 	}
-	return mountinfo.GetMountsFromReader(bytes.NewReader(b), mountinfo.FSTypeFilter("nfs", "nfs4"))
+	return ParseNFSMounts(b)
+}
+
+// ParseNFSMounts returns the NFS mounts (nfs, nfs4) of a mountinfo text.
+// A mount table can hold paths and sources a container chose: the text is
+// parsed by moby's mountinfo (escapes, optional fields), never split by
+// hand.
+func ParseNFSMounts(text []byte) ([]*mountinfo.Info, error) {
+	return mountinfo.GetMountsFromReader(bytes.NewReader(text), mountinfo.FSTypeFilter("nfs", "nfs4"))
 }
 
 // Volume is one NFS superblock of a network namespace, a line of

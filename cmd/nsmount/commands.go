@@ -9,6 +9,7 @@ import (
 
 	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/containerd"
 	"github.com/spf13/cobra"
 )
 
@@ -27,12 +28,12 @@ func (f *targetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.netns, "netns", "", "target: network namespace path (with --mntns)")
 	cmd.Flags().StringVar(&f.mntns, "mntns", "", "target: mount namespace path (with --netns)")
 	cmd.Flags().StringVar(&f.container, "container", "", "target: a containerd container ID (its running task)")
-	cmd.Flags().StringVar(&f.namespace, "namespace", nsmount.DefaultContainerdNamespace, "containerd namespace of --container")
-	cmd.Flags().StringVar(&f.address, "address", nsmount.DefaultContainerdAddress, "containerd socket for --container")
+	cmd.Flags().StringVar(&f.namespace, "namespace", containerd.DefaultNamespace, "containerd namespace of --container")
+	cmd.Flags().StringVar(&f.address, "address", containerd.DefaultAddress, "containerd socket for --container")
 }
 
 // open opens the target that the flags name. The command's context (and
-// nsmount.DefaultContainerdTimeout) bounds the talk with containerd.
+// containerd.DefaultTimeout) bounds the talk with containerd.
 func (f *targetFlags) open(cmd *cobra.Command) (*nsmount.Target, error) {
 	paths := f.netns != "" || f.mntns != ""
 	if !cmd.Flags().Changed("container") && (cmd.Flags().Changed("namespace") || cmd.Flags().Changed("address")) {
@@ -42,7 +43,7 @@ func (f *targetFlags) open(cmd *cobra.Command) (*nsmount.Target, error) {
 	case cmd.Flags().Changed("container") && (f.pid != 0 || paths):
 		return nil, usageError{fmt.Errorf("--container, --pid and --netns/--mntns are mutually exclusive")}
 	case cmd.Flags().Changed("container"):
-		return nsmount.OpenContainer(cmd.Context(), nsmount.ContainerRef{Address: f.address, Namespace: f.namespace, ID: f.container})
+		return containerd.Open(cmd.Context(), containerd.Ref{Address: f.address, Namespace: f.namespace, ID: f.container})
 	case f.pid != 0 && paths:
 		return nil, usageError{fmt.Errorf("--pid and --netns/--mntns are mutually exclusive")}
 	case f.pid != 0:
@@ -136,13 +137,21 @@ func newMountCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := mgr.Mount(cmd.Context(), t, req, cachectl.MountOptions{
-				Stale: cachectl.StalePolicy(stale), Kill: kill, Shutdown: down, Owner: "cli",
-				NetNSPath: tf.netns, MountNSPath: tf.mntns,
+			res, err := mgr.Mount(cmd.Context(), t, cachectl.MountRequest{
+				Request: req, Stale: cachectl.StalePolicy(stale), Kill: kill, Shutdown: down,
+				Owner: cachectl.OwnerCLI, NetNSPath: tf.netns, MountNSPath: tf.mntns,
 			})
+			printNotices(cmd, mgr)
+			if res != nil {
+				printFlush(cmd.ErrOrStderr(), res.Flushed, "did")
+				for _, w := range res.Warnings {
+					warn(cmd, w)
+				}
+			}
 			if err != nil {
 				return err
 			}
+			m := res.Mounted
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), m)
 			}
@@ -183,7 +192,9 @@ func newUmountCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := mgr.Unmount(cmd.Context(), t, args[0], nsmount.UnmountOptions{Lazy: lazy, Force: force, Timeout: timeout}); err != nil {
+			_, err = mgr.Unmount(cmd.Context(), t, args[0], nsmount.UnmountOptions{Lazy: lazy, Force: force, Timeout: timeout})
+			printNotices(cmd, mgr)
+			if err != nil {
 				return err
 			}
 			if asJSON {

@@ -4,14 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/spf13/cobra"
 )
@@ -20,25 +21,49 @@ func stateDirDefault() string {
 	if d := os.Getenv("NSMOUNT_STATE_DIR"); d != "" {
 		return d
 	}
-	return cachectl.DefaultDir
+	return registry.DefaultDir
 }
 
-// newManager opens the registry named by --state-dir. Reports (actions,
-// warnings) go to stderr, one line each.
+// newManager opens the registry named by --state-dir.
 func newManager(cmd *cobra.Command) (*cachectl.Manager, error) {
 	dir, _ := cmd.Flags().GetString("state-dir")
-	report := func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "nsmount: %s\n", oneLine(s)) }
-	reg, err := cachectl.Open(dir, cachectl.WithReporter(report))
-	if err != nil {
-		return nil, err
+	return cachectl.Open(cachectl.Config{StateDir: dir})
+}
+
+// warn prints one line on stderr.
+func warn(cmd *cobra.Command, s string) {
+	fmt.Fprintf(cmd.ErrOrStderr(), "nsmount: %s\n", oneLine(s))
+}
+
+// printNotices prints what the Manager noticed on its own (a corrupt
+// registry rebuilt), one line each on stderr.
+func printNotices(cmd *cobra.Command, mgr *cachectl.Manager) {
+	for _, n := range mgr.Notices() {
+		warn(cmd, n)
 	}
-	return &cachectl.Manager{Registry: reg, Report: report}, nil
+}
+
+// printFlush prints a flush's actions and outcome, one line each; verb is
+// "did" or "would do".
+func printFlush(out io.Writer, rep *cachectl.FlushReport, verb string) {
+	if rep == nil {
+		return
+	}
+	for _, g := range rep.Gone {
+		fmt.Fprintf(out, "forgotten: %s at %s: %s\n", g.Entry.Source, g.Entry.Mountpoint, oneLine(g.Why))
+	}
+	for _, a := range rep.Actions {
+		fmt.Fprintf(out, "%s: %s\n", verb, oneLine(a.String()))
+	}
+	for _, n := range rep.Notes {
+		fmt.Fprintln(out, oneLine(n))
+	}
 }
 
 // netnsOf returns the network namespace of the target named by tf, or nil
 // when no target flag is given (all namespaces).
-func netnsOf(cmd *cobra.Command, tf *targetFlags) (*cachectl.NSID, error) {
-	if tf.pid == 0 && tf.netns == "" && tf.mntns == "" {
+func netnsOf(cmd *cobra.Command, tf *targetFlags) (*nsmount.NSID, error) {
+	if tf.pid == 0 && tf.netns == "" && tf.mntns == "" && tf.container == "" {
 		return nil, nil
 	}
 	t, err := tf.open(cmd)
@@ -46,10 +71,7 @@ func netnsOf(cmd *cobra.Command, tf *targetFlags) (*cachectl.NSID, error) {
 		return nil, err
 	}
 	defer t.Close()
-	id := cachectl.NSID{Ino: t.NetNSInode()}
-	if ref, err := cachectl.NSOfPath("/proc/self/ns/net"); err == nil {
-		id.Dev = ref.Dev
-	}
+	id := t.NetNS()
 	return &id, nil
 }
 
@@ -81,6 +103,7 @@ status names where it is still mounted and which processes hold it open.`,
 				return err
 			}
 			rep, err := mgr.Status(cmd.Context(), cachectl.StatusOptions{NetNS: ns, Probe: !noProbe, Timeout: timeout})
+			printNotices(cmd, mgr)
 			if err != nil {
 				return err
 			}
@@ -232,6 +255,7 @@ once. Every action is printed; --dry-run only plans.`,
 				return err
 			}
 			rep, err := mgr.Flush(cmd.Context(), cachectl.FlushOptions{NetNS: ns, Orphans: ns == nil, Server: addr.Unmap(), Kill: kill, Shutdown: down, DryRun: dryRun, Timeout: timeout})
+			printNotices(cmd, mgr)
 			if err != nil {
 				return err
 			}
@@ -245,9 +269,7 @@ once. Every action is printed; --dry-run only plans.`,
 				if dryRun {
 					verb = "would do"
 				}
-				for _, a := range rep.Actions {
-					fmt.Fprintf(out, "%s: %s\n", verb, a)
-				}
+				printFlush(out, rep, verb)
 				if len(rep.Actions) == 0 {
 					fmt.Fprintln(out, "no stale NFS client state")
 				}
@@ -305,6 +327,7 @@ after (two system calls).`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			r, err := mgr.Remount(ctx, *e, "asked")
+			printNotices(cmd, mgr)
 			if err != nil {
 				return err
 			}
@@ -352,17 +375,24 @@ own, so a hung server never delays the others. One line per event on stdout.`,
 				defer cancel()
 			}
 			out := cmd.OutOrStdout()
-			var mu sync.Mutex
-			event := func(e cachectl.WatchEvent) {
-				mu.Lock()
-				defer mu.Unlock()
-				if asJSON {
-					json.NewEncoder(out).Encode(e)
-				} else {
-					fmt.Fprintln(out, e)
+			events := make(chan cachectl.WatchEvent)
+			done := make(chan error, 1)
+			go func() {
+				done <- mgr.Watch(ctx, cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout}, events)
+			}()
+			enc := json.NewEncoder(out)
+			for {
+				select {
+				case e := <-events:
+					if asJSON {
+						enc.Encode(e)
+					} else {
+						fmt.Fprintln(out, oneLine(e.String()))
+					}
+				case err := <-done:
+					return err
 				}
 			}
-			return mgr.Watch(ctx, cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, Event: event})
 		},
 	}
 	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "route check period (route events trigger a check at once)")
