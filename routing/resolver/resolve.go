@@ -1,4 +1,9 @@
-package routing
+// Package resolver resolves a host name the way the container's own
+// getaddrinfo would: from the container's /etc/hosts and /etc/resolv.conf
+// (read safely through its root, parsed with glibc's rules) and with DNS
+// queries sent from inside its network namespace, never through Go's
+// process-wide resolver or the host's files.
+package resolver
 
 import (
 	"context"
@@ -13,11 +18,13 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/nsmount/nsmount/routing"
 )
 
 // Resolution errors. Resolve's errors wrap ErrNotFound, ErrServerFailure,
-// or, when no nameserver answered at all, ErrTimeout (or ErrRefused /
-// ErrNoRoute when every try failed that way).
+// or, when no nameserver answered at all, routing.ErrTimeout (or routing.ErrRefused /
+// routing.ErrNoRoute when every try failed that way).
 var (
 	// ErrNotFound: no source knows the name (NXDOMAIN or no address for
 	// every candidate name).
@@ -53,7 +60,7 @@ type Resolver struct {
 	Hosts *Hosts
 	// In runs a function inside the container's network namespace; query
 	// sockets are created there.
-	In InNetNS
+	In routing.InNetNS
 
 	next atomic.Uint32 // rotate: where the next resolution starts
 }
@@ -103,7 +110,7 @@ type Query struct {
 // rounds; a nameserver answering SERVFAIL, REFUSED or another error code is
 // skipped. The first candidate with addresses wins; NXDOMAIN or an empty
 // answer moves on to the next. When no nameserver answers a candidate, the
-// search stops there with an error wrapping ErrTimeout. CNAME chains in an
+// search stops there with an error wrapping routing.ErrTimeout. CNAME chains in an
 // answer are followed. A UDP answer with TC set is asked again over TCP.
 func (r *Resolver) Resolve(ctx context.Context, name string) (*Resolution, error) {
 	res := &Resolution{Name: name, FQDN: name}
@@ -154,7 +161,7 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (*Resolution, error
 			failed = append(failed, err.Error())
 			continue
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			return nil, fmt.Errorf("resolve %q: stopped at the context's deadline: %w", name, ErrTimeout)
+			return nil, fmt.Errorf("resolve %q: stopped at the context's deadline: %w", name, routing.ErrTimeout)
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("resolve %q: %w", name, ctx.Err())
 		default:
@@ -266,7 +273,7 @@ func (q *querier) exchange(cand string, qtype uint16) (*dns.Msg, netip.AddrPort,
 			}
 			msg, err := q.try(server, cand, qtype)
 			if err != nil {
-				if errors.Is(err, ErrTimeout) {
+				if errors.Is(err, routing.ErrTimeout) {
 					timeouts++
 				}
 				lastErr = err
@@ -297,7 +304,7 @@ func (q *querier) exchange(cand string, qtype uint16) (*dns.Msg, netip.AddrPort,
 		// Every try failed at once (ICMP unreachable...): say so.
 		return nil, netip.AddrPort{}, fmt.Errorf("no answer from %s within %d %s: %w", strings.Join(names, ", "), q.conf.Attempts, attempts, lastErr)
 	}
-	return nil, netip.AddrPort{}, fmt.Errorf("no answer from %s within %d %s of %v: %w", strings.Join(names, ", "), q.conf.Attempts, attempts, q.conf.Timeout, ErrTimeout)
+	return nil, netip.AddrPort{}, fmt.Errorf("no answer from %s within %d %s of %v: %w", strings.Join(names, ", "), q.conf.Attempts, attempts, q.conf.Timeout, routing.ErrTimeout)
 }
 
 // try sends one query to one server over UDP, and again over TCP if the
@@ -330,7 +337,7 @@ func (q *querier) send(server netip.AddrPort, transport string, m *dns.Msg) (*dn
 	}
 	rec.RTT = time.Since(start)
 	switch {
-	case err != nil && errors.Is(err, ErrTimeout):
+	case err != nil && errors.Is(err, routing.ErrTimeout):
 		rec.Result = "timeout"
 	case err != nil:
 		rec.Result = err.Error()
@@ -352,7 +359,7 @@ func (q *querier) sendRaw(server netip.AddrPort, transport string, m *dns.Msg) (
 	defer cancel()
 	conn, err := q.conn(ctx, server, transport)
 	if err != nil {
-		return nil, classify(err, ctx)
+		return nil, routing.Classify(ctx, err)
 	}
 	if transport == "tcp" {
 		defer conn.Close()
@@ -372,7 +379,7 @@ func (q *querier) sendRaw(server netip.AddrPort, transport string, m *dns.Msg) (
 	}()
 	dc := &dns.Conn{Conn: conn, UDPSize: 4096}
 	if err := dc.WriteMsg(m); err != nil {
-		return nil, classify(err, ctx)
+		return nil, routing.Classify(ctx, err)
 	}
 	for {
 		msg, err := dc.ReadMsg()
@@ -380,7 +387,7 @@ func (q *querier) sendRaw(server netip.AddrPort, transport string, m *dns.Msg) (
 			if transport == "udp" && !isNetErr(err) {
 				continue // a malformed datagram is no answer: keep waiting
 			}
-			return nil, classify(err, ctx)
+			return nil, routing.Classify(ctx, err)
 		}
 		// Late answers to an earlier try on the same socket, or spoofed
 		// ones, do not match the ID and question: skip them.
