@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -23,14 +24,14 @@ import (
 )
 
 // Resolution errors. Resolve's errors wrap ErrNotFound, ErrServerFailure,
-// or, when no nameserver answered at all, routing.ErrTimeout (or routing.ErrRefused /
-// routing.ErrNoRoute when every try failed that way).
+// or, when no nameserver answered at all, routing.ErrTimeout (or
+// routing.ErrRefused / routing.ErrNoRoute when every try failed that way).
 var (
-	// ErrNotFound: no source knows the name (NXDOMAIN or no address for
-	// every candidate name).
+	// ErrNotFound: no source knows an address of the name (NXDOMAIN, or
+	// no address, for the candidate names).
 	ErrNotFound = errors.New("name not found")
-	// ErrServerFailure: the nameservers answered, but only with
-	// SERVFAIL, REFUSED or another error code.
+	// ErrServerFailure: the nameservers answered, but with SERVFAIL,
+	// REFUSED or another error code instead of an answer.
 	ErrServerFailure = errors.New("server failure")
 )
 
@@ -40,9 +41,6 @@ const (
 	SourceHosts   = "hosts"   // the container's /etc/hosts
 	SourceDNS     = "dns"     // the container's nameservers
 )
-
-// maxCNAMEs bounds the CNAME chain followed inside one response.
-const maxCNAMEs = 16
 
 // Resolver resolves host names as a container would: its files, its
 // nameservers, queried from inside its netns.
@@ -76,7 +74,9 @@ type Resolution struct {
 	Source string `json:"source"`
 	// Server is the nameserver that answered (Source "dns").
 	Server netip.AddrPort `json:"server,omitzero"`
-	// Addrs are the addresses, IPv4 ones first, in answer order.
+	// Addrs are the addresses, IPv4 ones first, in answer order
+	// (getaddrinfo sorts them by RFC 6724 afterwards; nsmount's own
+	// choice of address is the router's).
 	Addrs []netip.Addr `json:"addrs"`
 	// Queries are the DNS queries made, in order, successful or not.
 	Queries []Query `json:"queries,omitempty"`
@@ -92,26 +92,63 @@ type Query struct {
 	Server netip.AddrPort `json:"server"`
 	// Transport is "udp" or "tcp".
 	Transport string `json:"transport"`
-	// Result is "NOERROR 2 answers", "NXDOMAIN", "SERVFAIL", "REFUSED",
-	// "truncated", "timeout", or the network error.
+	// Result is "NOERROR 2 answers", "NXDOMAIN", "SERVFAIL", "REFUSED"
+	// (or another RCODE), "truncated", "timeout", "lame answer (...)",
+	// or the network error.
 	Result string `json:"result"`
 	// RTT is how long the query took.
 	RTT time.Duration `json:"rtt"`
 }
 
-// Resolve resolves name like glibc's getaddrinfo would in the container
-// (hosts: files dns): an IP address literal is returned as is; then
-// /etc/hosts; then DNS. For DNS, the candidate names come from the search
-// list and ndots (a name with at least ndots dots is tried as is first,
-// then with each search domain; a shorter one the other way round; a name
-// ending in a dot only as is). For each candidate, A and AAAA are asked of
-// the nameservers in order (starting at the next one per resolution with
-// rotate), each try bounded by Conf.Timeout and ctx, for Conf.Attempts
-// rounds; a nameserver answering SERVFAIL, REFUSED or another error code is
-// skipped. The first candidate with addresses wins; NXDOMAIN or an empty
-// answer moves on to the next. When no nameserver answers a candidate, the
-// search stops there with an error wrapping routing.ErrTimeout. CNAME chains in an
-// answer are followed. A UDP answer with TC set is asked again over TCP.
+// Resolve resolves name like glibc's getaddrinfo (AF_UNSPEC, "hosts: files
+// dns") would in the container: an IP address literal is returned as is;
+// then /etc/hosts; then DNS, with these rules, read from glibc 2.36
+// (res_search, res_query, res_send's send_dg, nss_dns's
+// gethostbyname4_r) and checked against it:
+//
+//   - Candidates (res_search): a name ending in a dot is tried only as
+//     is. A name with at least ndots dots is tried as is first; if that
+//     fails, whatever the failure, the search list follows. A shorter
+//     name tries the search list first and the name as is last.
+//   - For each candidate, the A and AAAA queries go together to one
+//     nameserver at a time (one UDP socket, both outstanding), in
+//     resolv.conf order (rotate: starting at the next server for each
+//     resolution), for Conf.Attempts rounds, each try bounded by
+//     Conf.Timeout and ctx. A UDP answer with TC set is asked again over
+//     TCP; a FORMERR to a query with EDNS is asked again without it.
+//   - Per nameserver (send_dg): an answer is any response but SERVFAIL,
+//     NOTIMP, REFUSED and a "lame" NOERROR without records, AA or RA.
+//     When either family gets an answer, this nameserver's two replies
+//     are the result and no other nameserver is asked: the family that
+//     failed (error code or timeout) simply has no addresses. Only when
+//     both fail is the next nameserver asked.
+//   - The result (res_query, gaih_getanswer): the addresses of both
+//     answers; without any, the first error code that is not NOERROR
+//     decides: NXDOMAIN (not found) and NOERROR (no data) move on to the
+//     next candidate; an answer whose records hold no address (a CNAME
+//     only) ends the search, not found; another code (FORMERR...) stops
+//     the search list.
+//   - When no nameserver gave an answer: if the last failure code
+//     received was SERVFAIL, the search list goes on; after REFUSED,
+//     NOTIMP, a lame answer, or timeouts only, the search list stops
+//     (the name as is is still tried if it was not yet); when no try
+//     reached any nameserver (ICMP unreachable, no route) the search ends
+//     at once.
+//   - The error reported is that of the name tried as is first, else
+//     "no data" if a candidate had it, else SERVFAIL if one had it, else
+//     the last one's. Not found wraps ErrNotFound; error codes
+//     ErrServerFailure; timeouts routing.ErrTimeout; unreachable
+//     nameservers routing.ErrRefused or routing.ErrNoRoute.
+//
+// Deliberate differences from glibc: addresses are taken only from the
+// records of the queried type owned by the question's name or the end of
+// its CNAME chain within the answer (glibc takes every A and AAAA record
+// of the answer section); every query carries EDNS0 (glibc only with
+// options edns0); when one family answered and the other timed out, the
+// answer is used after the one timeout (glibc first retries that server
+// twice, one query at a time, which took 3 s with timeout:1); rotate
+// moves per resolution, not per query; a root domain (".") in the search
+// list is ignored; and HOSTALIASES is not read.
 func (r *Resolver) Resolve(ctx context.Context, name string) (*Resolution, error) {
 	res := &Resolution{Name: name, FQDN: name}
 	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(name, "["), "]")); err == nil {
@@ -121,7 +158,7 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (*Resolution, error
 	if name == "" || name == "." {
 		return nil, fmt.Errorf("resolve %q: empty name: %w", name, ErrNotFound)
 	}
-	if _, ok := dns.IsDomainName(name); !ok || strings.Contains(name, "..") {
+	if _, ok := dns.IsDomainName(name); !ok || strings.Contains(name, "..") || strings.HasPrefix(name, ".") {
 		return nil, fmt.Errorf("resolve %q: invalid name: %w", name, ErrNotFound)
 	}
 	if addrs := r.Hosts.Lookup(name); len(addrs) > 0 {
@@ -147,75 +184,192 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (*Resolution, error
 	}
 	q.servers = servers
 
-	var failed []string // "server: RCODE for name"
-	for _, cand := range candidates(name, conf) {
-		addrs, server, err := q.lookup(cand)
-		switch {
-		case err == nil && len(addrs) > 0:
-			res.Source, res.FQDN, res.Server, res.Addrs = SourceDNS, cand, server, addrs
-			return res, nil
-		case err == nil, errors.Is(err, errNXDomain):
-			continue
-		case errors.Is(err, ErrServerFailure):
-			// glibc goes on with the search list after SERVFAIL.
-			failed = append(failed, err.Error())
-			continue
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+	out := q.search(name)
+	switch out.kind {
+	case found:
+		res.Source, res.FQDN, res.Server, res.Addrs = SourceDNS, out.fqdn, out.server, out.addrs
+		return res, nil
+	case aborted:
+		if errors.Is(out.err, context.DeadlineExceeded) {
 			return nil, fmt.Errorf("resolve %q: stopped at the context's deadline: %w", name, routing.ErrTimeout)
-		case ctx.Err() != nil:
-			return nil, fmt.Errorf("resolve %q: %w", name, ctx.Err())
-		default:
-			// No nameserver answered: asking for the next candidate
-			// would only wait again (glibc stops here too).
-			return nil, fmt.Errorf("resolve %q: %w", name, err)
 		}
+		return nil, fmt.Errorf("resolve %q: %w", name, out.err)
+	case noAddress:
+		return nil, fmt.Errorf("resolve %q: %s answered records but no address: %w (asked %s)", name, out.fqdn, ErrNotFound, q.asked())
+	case noData, nxDomain:
+		return nil, fmt.Errorf("resolve %q: %w (asked %s)", name, ErrNotFound, q.asked())
+	case servFail, failed:
+		return nil, fmt.Errorf("resolve %q: %s: %w", name, strings.Join(q.failures, "; "), ErrServerFailure)
 	}
-	asked := q.asked()
-	if len(failed) > 0 {
-		return nil, fmt.Errorf("resolve %q: %s: %w", name, strings.Join(failed, "; "), ErrServerFailure)
-	}
-	return nil, fmt.Errorf("resolve %q: %w (asked %s)", name, ErrNotFound, asked)
+	return nil, fmt.Errorf("resolve %q: %w", name, out.err)
 }
 
-// candidates returns the absolute names (without trailing dot) to try for
-// name, in glibc's res_search order.
-func candidates(name string, conf *ResolvConf) []string {
-	if strings.HasSuffix(name, ".") {
-		return []string{strings.TrimSuffix(name, ".")}
-	}
-	var out []string
-	asIs := strings.Count(name, ".") >= conf.Ndots
-	if asIs {
-		out = append(out, name)
-	}
-	for _, d := range conf.Search {
-		if d = strings.Trim(d, "."); d != "" {
-			out = append(out, name+"."+d)
-		}
-	}
-	if !asIs {
-		out = append(out, name)
-	}
-	return out
+// result is what the DNS said about one candidate name.
+type result struct {
+	kind   outcome
+	fqdn   string         // the candidate, without trailing dot
+	server netip.AddrPort // who answered (found)
+	addrs  []netip.Addr   // found
+	err    error          // timedOut, unreachable, aborted: what happened
 }
 
-// errNXDomain: a nameserver said the candidate does not exist.
-var errNXDomain = errors.New("NXDOMAIN")
+// done reports whether r ends the search: an answer res_search returns
+// (found, noAddress), or the context ended.
+func (r result) done() bool {
+	return r.kind == found || r.kind == noAddress || r.kind == aborted
+}
+
+// search tries the candidate names in res_search's order and returns the
+// first that ends the search, or the failure glibc would report.
+func (q *querier) search(name string) result {
+	trailing := strings.HasSuffix(name, ".")
+	base := strings.TrimSuffix(name, ".")
+	var asIsFirst, noDataRes, servFailRes *result
+	triedAsIs := false
+	if strings.Count(base, ".") >= q.conf.Ndots || trailing {
+		r := q.lookup(base)
+		if r.done() || trailing {
+			return r
+		}
+		asIsFirst, triedAsIs = &r, true
+	}
+	var last result
+list:
+	for _, d := range q.conf.Search {
+		if d = strings.Trim(d, "."); d == "" {
+			continue
+		}
+		r := q.lookup(base + "." + d)
+		if r.done() || r.kind == unreachable {
+			return r
+		}
+		last = r
+		switch r.kind {
+		case noData:
+			if noDataRes == nil {
+				noDataRes = &r
+			}
+		case nxDomain:
+		case servFail:
+			if servFailRes == nil {
+				servFailRes = &r
+			}
+		default: // failed, timedOut
+			break list
+		}
+	}
+	if !triedAsIs {
+		r := q.lookup(base)
+		if r.done() {
+			return r
+		}
+		last = r
+	}
+	switch {
+	case asIsFirst != nil:
+		return *asIsFirst
+	case noDataRes != nil:
+		return *noDataRes
+	case servFailRes != nil:
+		return *servFailRes
+	}
+	return last
+}
+
+// lookup asks the nameservers for the A and AAAA records of the absolute
+// name cand (without trailing dot), as glibc's res_send does: each
+// nameserver in turn, Conf.Attempts rounds, until one of them gives an
+// answer for either family.
+func (q *querier) lookup(cand string) result {
+	lastRcode := -1 // of the last failure answer received
+	timeouts := 0
+	var lastErr error
+	for range q.conf.Attempts {
+		for _, server := range q.servers {
+			if err := q.ctx.Err(); err != nil {
+				return result{kind: aborted, fqdn: cand, err: err}
+			}
+			replies := q.ask(server, cand)
+			var answers [2]*dns.Msg
+			pairRcode := -1
+			for i, rp := range replies {
+				switch {
+				case rp.msg == nil:
+					if errors.Is(rp.err, routing.ErrTimeout) {
+						timeouts++
+					} else {
+						lastErr = rp.err
+					}
+				case failure(rp.msg) != "":
+					q.fail(fmt.Sprintf("%s: %s for %s", server, failure(rp.msg), cand))
+					if pairRcode < 0 {
+						pairRcode = rp.msg.Rcode
+					}
+				default:
+					answers[i] = rp.msg
+				}
+			}
+			if answers[0] != nil || answers[1] != nil {
+				kind, addrs := judge(cand, answers)
+				if kind == failed {
+					for _, m := range answers {
+						if m != nil && m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
+							q.fail(fmt.Sprintf("%s: %s for %s", server, rcodeName(m.Rcode), cand))
+						}
+					}
+				}
+				return result{kind: kind, fqdn: cand, server: server, addrs: addrs}
+			}
+			if pairRcode >= 0 {
+				lastRcode = pairRcode
+			}
+		}
+	}
+	if err := q.ctx.Err(); err != nil {
+		return result{kind: aborted, fqdn: cand, err: err}
+	}
+	switch {
+	case lastRcode == dns.RcodeServerFailure:
+		return result{kind: servFail, fqdn: cand}
+	case lastRcode >= 0:
+		return result{kind: failed, fqdn: cand}
+	}
+	names := make([]string, len(q.servers))
+	for i, s := range q.servers {
+		names[i] = s.String()
+	}
+	attempts := "attempts"
+	if q.conf.Attempts == 1 {
+		attempts = "attempt"
+	}
+	if timeouts == 0 && lastErr != nil {
+		// Every try failed at once (ICMP unreachable, no route).
+		return result{kind: unreachable, fqdn: cand, err: fmt.Errorf("no answer from %s within %d %s: %w", strings.Join(names, ", "), q.conf.Attempts, attempts, lastErr)}
+	}
+	return result{kind: timedOut, fqdn: cand, err: fmt.Errorf("no answer from %s within %d %s of %v: %w", strings.Join(names, ", "), q.conf.Attempts, attempts, q.conf.Timeout, routing.ErrTimeout)}
+}
 
 // querier holds the state of one Resolve call's DNS queries.
 type querier struct {
-	r       *Resolver
-	conf    *ResolvConf
-	ctx     context.Context
-	res     *Resolution
-	servers []netip.AddrPort
-	udp     map[netip.AddrPort]net.Conn // one UDP socket per server, made in the netns
-	zones   map[string]string           // interface name -> index, in the netns
+	r        *Resolver
+	conf     *ResolvConf
+	ctx      context.Context
+	res      *Resolution
+	servers  []netip.AddrPort
+	udp      map[netip.AddrPort]net.Conn // one UDP socket per server, made in the netns
+	failures []string                    // "server: RCODE for name", for messages
 }
 
 func (q *querier) close() {
 	for _, c := range q.udp {
 		c.Close()
+	}
+}
+
+// fail notes a failure answer for the error message.
+func (q *querier) fail(f string) {
+	if !slices.Contains(q.failures, f) {
+		q.failures = append(q.failures, f)
 	}
 }
 
@@ -236,178 +390,179 @@ func (q *querier) asked() string {
 	return strings.Join(servers, ", ") + " for " + strings.Join(names, ", ")
 }
 
-// lookup asks for A and AAAA records of the absolute name cand. It returns
-// the addresses and the server that gave them; errNXDomain; an error
-// wrapping ErrServerFailure; or the error of a query nobody answered.
-func (q *querier) lookup(cand string) ([]netip.Addr, netip.AddrPort, error) {
-	var addrs []netip.Addr
-	var from netip.AddrPort
-	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		msg, server, err := q.exchange(cand, qtype)
-		if err != nil {
-			return nil, netip.AddrPort{}, err
-		}
-		if msg.Rcode == dns.RcodeNameError {
-			return nil, netip.AddrPort{}, errNXDomain
-		}
-		found := answerAddrs(msg, cand, qtype)
-		if len(found) > 0 && !from.IsValid() {
-			from = server
-		}
-		addrs = append(addrs, found...)
-	}
-	return addrs, from, nil
+// reply is what one query got: an answer to it (any RCODE), or the error
+// why none came (wrapping routing.ErrTimeout when none came in time).
+type reply struct {
+	msg *dns.Msg
+	err error
+	rtt time.Duration
 }
 
-// exchange asks the servers for cand's qtype records: Conf.Attempts rounds
-// over the servers, each try bounded by Conf.Timeout and the context. It
-// returns the first NOERROR or NXDOMAIN answer.
-func (q *querier) exchange(cand string, qtype uint16) (*dns.Msg, netip.AddrPort, error) {
-	var lastErr error
-	var failures []string
-	timeouts := 0
-	for range q.conf.Attempts {
-		for _, server := range q.servers {
-			if err := q.ctx.Err(); err != nil {
-				return nil, server, err
-			}
-			msg, err := q.try(server, cand, qtype)
-			if err != nil {
-				if errors.Is(err, routing.ErrTimeout) {
-					timeouts++
-				}
-				lastErr = err
-				continue
-			}
-			switch msg.Rcode {
-			case dns.RcodeSuccess, dns.RcodeNameError:
-				return msg, server, nil
-			}
-			f := fmt.Sprintf("%s: %s for %s", server, dns.RcodeToString[msg.Rcode], cand)
-			if !slices.Contains(failures, f) {
-				failures = append(failures, f)
-			}
+// ask sends the A and AAAA queries for cand to server together over UDP and
+// returns the replies, A first. A truncated answer is asked again over TCP,
+// a FORMERR to a query with EDNS again without it. Every query is recorded
+// in the Resolution.
+func (q *querier) ask(server netip.AddrPort, cand string) [2]reply {
+	qa := newQuery(cand, dns.TypeA, 0)
+	msgs := [2]*dns.Msg{qa, newQuery(cand, dns.TypeAAAA, qa.Id)}
+	replies := q.exchangeUDP(server, msgs)
+	for i := range replies {
+		q.record(server, "udp", msgs[i], replies[i])
+	}
+	for i := range replies {
+		m := msgs[i]
+		if rp := replies[i]; rp.msg != nil && rp.msg.Rcode == dns.RcodeFormatError && m.IsEdns0() != nil {
+			// A server that does not know EDNS may answer FORMERR: ask
+			// again without it (RFC 6891, 7).
+			m = m.Copy()
+			m.Extra, m.Id = nil, dns.Id()
+			replies[i] = q.exchangeUDP1(server, m)
+			q.record(server, "udp", m, replies[i])
+		}
+		if rp := replies[i]; rp.msg != nil && rp.msg.Truncated {
+			m = m.Copy()
+			m.Id = dns.Id()
+			replies[i] = q.exchangeTCP(server, m)
+			q.record(server, "tcp", m, replies[i])
 		}
 	}
-	if len(failures) > 0 && timeouts == 0 {
-		return nil, netip.AddrPort{}, fmt.Errorf("%s: %w", strings.Join(failures, "; "), ErrServerFailure)
-	}
-	var names []string
-	for _, s := range q.servers {
-		names = append(names, s.String())
-	}
-	attempts := "attempts"
-	if q.conf.Attempts == 1 {
-		attempts = "attempt"
-	}
-	if timeouts == 0 && lastErr != nil {
-		// Every try failed at once (ICMP unreachable...): say so.
-		return nil, netip.AddrPort{}, fmt.Errorf("no answer from %s within %d %s: %w", strings.Join(names, ", "), q.conf.Attempts, attempts, lastErr)
-	}
-	return nil, netip.AddrPort{}, fmt.Errorf("no answer from %s within %d %s of %v: %w", strings.Join(names, ", "), q.conf.Attempts, attempts, q.conf.Timeout, routing.ErrTimeout)
+	return replies
 }
 
-// try sends one query to one server over UDP, and again over TCP if the
-// answer is truncated. Each transport gets Conf.Timeout (within the
-// context). Every query is recorded in the Resolution.
-func (q *querier) try(server netip.AddrPort, cand string, qtype uint16) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(cand), qtype)
-	m.SetEdns0(4096, false)
-	msg, err := q.send(server, "udp", m)
-	if err != nil || !msg.Truncated {
-		return msg, err
-	}
-	m.Id = dns.Id()
-	return q.send(server, "tcp", m)
-}
-
-// send makes one exchange of m with server over transport, and records it.
-func (q *querier) send(server netip.AddrPort, transport string, m *dns.Msg) (*dns.Msg, error) {
-	start := time.Now()
-	rec := Query{Name: strings.TrimSuffix(m.Question[0].Name, "."), Type: dns.TypeToString[m.Question[0].Qtype], Server: server, Transport: transport}
-	msg, err := q.sendRaw(server, transport, m)
-	// A server that does not know EDNS may answer FORMERR: ask again
-	// without it (RFC 6891, 7).
-	if err == nil && msg.Rcode == dns.RcodeFormatError && m.IsEdns0() != nil {
-		m2 := m.Copy()
-		m2.Extra = nil
-		m2.Id = dns.Id()
-		msg, err = q.sendRaw(server, transport, m2)
-	}
-	rec.RTT = time.Since(start)
+// record adds the query m to server and its reply to the Resolution.
+func (q *querier) record(server netip.AddrPort, transport string, m *dns.Msg, rp reply) {
+	rec := Query{Name: strings.TrimSuffix(m.Question[0].Name, "."), Type: dns.TypeToString[m.Question[0].Qtype], Server: server, Transport: transport, RTT: rp.rtt}
 	switch {
-	case err != nil && errors.Is(err, routing.ErrTimeout):
+	case rp.err != nil && errors.Is(rp.err, routing.ErrTimeout):
 		rec.Result = "timeout"
-	case err != nil:
-		rec.Result = err.Error()
-	case msg.Truncated && transport == "udp":
+	case rp.err != nil:
+		rec.Result = rp.err.Error()
+	case rp.msg.Truncated && transport == "udp":
 		rec.Result = "truncated"
-	case msg.Rcode == dns.RcodeSuccess:
-		rec.Result = fmt.Sprintf("NOERROR %d answers", len(answerAddrs(msg, rec.Name, m.Question[0].Qtype)))
+	case failure(rp.msg) != "" && rp.msg.Rcode == dns.RcodeSuccess:
+		rec.Result = failure(rp.msg)
+	case rp.msg.Rcode == dns.RcodeSuccess:
+		rec.Result = fmt.Sprintf("NOERROR %d answers", len(answerAddrs(rp.msg, rec.Name, m.Question[0].Qtype)))
 	default:
-		rec.Result = dns.RcodeToString[msg.Rcode]
+		rec.Result = rcodeName(rp.msg.Rcode)
 	}
 	q.res.Queries = append(q.res.Queries, rec)
-	return msg, err
 }
 
-// sendRaw writes m and reads the matching answer, within Conf.Timeout and
-// the context.
-func (q *querier) sendRaw(server netip.AddrPort, transport string, m *dns.Msg) (*dns.Msg, error) {
+// exchangeUDP1 sends one query over UDP and waits for its answer.
+func (q *querier) exchangeUDP1(server netip.AddrPort, m *dns.Msg) reply {
+	return q.exchangeUDP(server, [2]*dns.Msg{m})[0]
+}
+
+// exchangeUDP writes the queries in msgs (a nil one is skipped) on the UDP
+// socket for server and reads until each has its answer, within
+// Conf.Timeout and the context. Datagrams that do not unpack or answer
+// none of the queries are skipped.
+func (q *querier) exchangeUDP(server netip.AddrPort, msgs [2]*dns.Msg) [2]reply {
+	var replies [2]reply
+	start := time.Now()
+	failAll := func(err error) [2]reply {
+		for i := range replies {
+			if replies[i].msg == nil {
+				replies[i] = reply{err: err, rtt: time.Since(start)}
+			}
+		}
+		return replies
+	}
 	ctx, cancel := context.WithTimeout(q.ctx, q.conf.Timeout)
 	defer cancel()
-	conn, err := q.conn(ctx, server, transport)
+	conn, err := q.conn(ctx, server, "udp")
 	if err != nil {
-		return nil, routing.Classify(ctx, err)
+		return failAll(routing.Classify(ctx, err))
 	}
-	if transport == "tcp" {
-		defer conn.Close()
+	stop := interruptible(ctx, conn)
+	defer stop()
+	pending := 0
+	for _, m := range msgs {
+		if m == nil {
+			continue
+		}
+		buf, err := m.Pack()
+		if err != nil {
+			return failAll(fmt.Errorf("packing query: %w", err))
+		}
+		if _, err := conn.Write(buf); err != nil {
+			return failAll(routing.Classify(ctx, err))
+		}
+		pending++
 	}
+	buf := make([]byte, 65535)
+	for pending > 0 {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return failAll(routing.Classify(ctx, err))
+		}
+		for i, m := range msgs {
+			if m == nil || replies[i].msg != nil {
+				continue
+			}
+			if msg, err := readAnswer(buf[:n], m); err == nil {
+				replies[i] = reply{msg: msg, rtt: time.Since(start)}
+				pending--
+				break
+			}
+		}
+	}
+	return replies
+}
+
+// exchangeTCP sends m to server over a new TCP connection and reads its
+// answer, within Conf.Timeout and the context.
+func (q *querier) exchangeTCP(server netip.AddrPort, m *dns.Msg) reply {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(q.ctx, q.conf.Timeout)
+	defer cancel()
+	fail := func(err error) reply { return reply{err: err, rtt: time.Since(start)} }
+	conn, err := q.conn(ctx, server, "tcp")
+	if err != nil {
+		return fail(routing.Classify(ctx, err))
+	}
+	defer conn.Close()
+	stop := interruptible(ctx, conn)
+	defer stop()
+	buf, err := m.Pack()
+	if err != nil {
+		return fail(fmt.Errorf("packing query: %w", err))
+	}
+	if _, err := conn.Write(append([]byte{byte(len(buf) >> 8), byte(len(buf))}, buf...)); err != nil {
+		return fail(routing.Classify(ctx, err))
+	}
+	var size [2]byte
+	if _, err := io.ReadFull(conn, size[:]); err != nil {
+		return fail(routing.Classify(ctx, err))
+	}
+	buf = make([]byte, int(size[0])<<8|int(size[1]))
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return fail(routing.Classify(ctx, err))
+	}
+	msg, err := readAnswer(buf, m)
+	if err != nil {
+		return fail(fmt.Errorf("tcp answer: %w", err))
+	}
+	return reply{msg: msg, rtt: time.Since(start)}
+}
+
+// interruptible bounds conn's I/O by ctx: its deadline, and its
+// cancellation before that. The returned stop must be called before conn
+// is used again.
+func interruptible(ctx context.Context, conn net.Conn) (stop func()) {
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
-	// A context cancelled before its deadline interrupts the I/O too.
 	fired := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
+	after := context.AfterFunc(ctx, func() {
 		conn.SetDeadline(time.Unix(1, 0))
 		close(fired)
 	})
-	defer func() {
-		if !stop() {
+	return func() {
+		if !after() {
 			<-fired // the UDP socket is reused: no late deadline change
 		}
-	}()
-	dc := &dns.Conn{Conn: conn, UDPSize: 4096}
-	if err := dc.WriteMsg(m); err != nil {
-		return nil, routing.Classify(ctx, err)
 	}
-	for {
-		msg, err := dc.ReadMsg()
-		if err != nil {
-			if transport == "udp" && !isNetErr(err) {
-				continue // a malformed datagram is no answer: keep waiting
-			}
-			return nil, routing.Classify(ctx, err)
-		}
-		// Late answers to an earlier try on the same socket, or spoofed
-		// ones, do not match the ID and question: skip them.
-		if msg.Id != m.Id || !msg.Response || len(msg.Question) != 1 ||
-			!strings.EqualFold(msg.Question[0].Name, m.Question[0].Name) || msg.Question[0].Qtype != m.Question[0].Qtype {
-			if transport == "tcp" {
-				return nil, errors.New("tcp answer does not match the query")
-			}
-			continue
-		}
-		return msg, nil
-	}
-}
-
-// isNetErr reports whether err comes from the socket rather than from
-// unpacking a message.
-func isNetErr(err error) bool {
-	var ne net.Error
-	var oe *net.OpError
-	return errors.As(err, &ne) || errors.As(err, &oe)
 }
 
 // conn returns the UDP socket for server (made once per resolution) or a
@@ -420,7 +575,7 @@ func (q *querier) conn(ctx context.Context, server netip.AddrPort, transport str
 	}
 	var conn net.Conn
 	err := q.r.In(func() error {
-		addr, err := q.zoned(server)
+		addr, err := zoned(server)
 		if err != nil {
 			return err
 		}
@@ -441,7 +596,7 @@ func (q *querier) conn(ctx context.Context, server netip.AddrPort, transport str
 // zoned formats server for Dial. An interface name as zone is turned into
 // its index here, inside the netns, because Go's own name-to-index cache is
 // process-wide and may come from another namespace.
-func (q *querier) zoned(server netip.AddrPort) (string, error) {
+func zoned(server netip.AddrPort) (string, error) {
 	zone := server.Addr().Zone()
 	if zone == "" {
 		return server.String(), nil
@@ -454,40 +609,4 @@ func (q *querier) zoned(server netip.AddrPort) (string, error) {
 		zone = strconv.Itoa(ifi.Index)
 	}
 	return netip.AddrPortFrom(server.Addr().WithZone(zone), server.Port()).String(), nil
-}
-
-// answerAddrs returns the qtype addresses for name in msg's answer
-// section, following a CNAME chain within the answer.
-func answerAddrs(msg *dns.Msg, name string, qtype uint16) []netip.Addr {
-	owner := dns.Fqdn(name)
-	for range maxCNAMEs {
-		next := ""
-		for _, rr := range msg.Answer {
-			if c, ok := rr.(*dns.CNAME); ok && strings.EqualFold(c.Hdr.Name, owner) {
-				next = c.Target
-				break
-			}
-		}
-		if next == "" {
-			break
-		}
-		owner = next
-	}
-	var out []netip.Addr
-	for _, rr := range msg.Answer {
-		if !strings.EqualFold(rr.Header().Name, owner) || rr.Header().Rrtype != qtype {
-			continue
-		}
-		var a netip.Addr
-		switch v := rr.(type) {
-		case *dns.A:
-			a, _ = netip.AddrFromSlice(v.A.To4())
-		case *dns.AAAA:
-			a, _ = netip.AddrFromSlice(v.AAAA.To16())
-		}
-		if a.IsValid() && !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
-	return out
 }

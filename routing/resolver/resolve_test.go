@@ -154,6 +154,7 @@ func TestResolve(t *testing.T) {
 			wantAddrs: []netip.Addr{a("192.0.2.10"), a("2001:db8::10")},
 			wantLog: []string{
 				"web.a.test A 192.0.2.1:53 udp NXDOMAIN",
+				"web.a.test AAAA 192.0.2.1:53 udp NXDOMAIN",
 				"web.lab.test A 192.0.2.1:53 udp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.1:53 udp NOERROR 1 answers",
 			},
@@ -212,8 +213,8 @@ func TestResolve(t *testing.T) {
 			wantSource: "dns", wantFQDN: "web.lab.test", wantServer: dnsTrunc, wantAddrs: []netip.Addr{a("192.0.2.10"), a("2001:db8::10")},
 			wantLog: []string{
 				"web.lab.test A 192.0.2.4:53 udp truncated",
-				"web.lab.test A 192.0.2.4:53 tcp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.4:53 udp truncated",
+				"web.lab.test A 192.0.2.4:53 tcp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.4:53 tcp NOERROR 1 answers",
 			},
 		},
@@ -228,8 +229,8 @@ func TestResolve(t *testing.T) {
 			wantAddrs: []netip.Addr{a("192.0.2.10"), a("2001:db8::10")},
 			wantLog: []string{
 				"web.lab.test A 192.0.2.3:53 udp timeout",
-				"web.lab.test A 192.0.2.1:53 udp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.3:53 udp timeout",
+				"web.lab.test A 192.0.2.1:53 udp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.1:53 udp NOERROR 1 answers",
 			},
 		},
@@ -279,7 +280,9 @@ func TestResolveErrors(t *testing.T) {
 			conf: &resolver.ResolvConf{Nameservers: []netip.AddrPort{dnsSilent, dnsSilent2}, Search: []string{"lab.test"}, Ndots: 1, Timeout: time.Second, Attempts: 2},
 			ask:  "web", wantErr: routing.ErrTimeout,
 			wantMsg: `resolve "web": no answer from 192.0.2.3:53, 192.0.2.7:53 within 2 attempts of 1s: timed out`,
-			bound:   20 * time.Second, // 4 tries of 1s; the search stops at the first candidate
+			// 4 tries of 1s (A and AAAA together) for web.lab.test, which
+			// ends the search list, and 4 for "web" as is.
+			bound: 12 * time.Second,
 		},
 		{
 			name: "port closed",
