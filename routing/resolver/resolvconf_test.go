@@ -16,7 +16,16 @@ import (
 	"github.com/nsmount/nsmount/routing/resolver"
 )
 
-func TestParseResolvConf(t *testing.T) {
+// resolvConfTest is a resolv.conf and what it parses to.
+type resolvConfTest struct {
+	name string
+	in   string
+	want *resolver.ResolvConf
+}
+
+// resolvConfTests are the vectors of TestParseResolvConf, and seeds of
+// FuzzParseResolvConf.
+func resolvConfTests() []resolvConfTest {
 	ap := netip.MustParseAddrPort
 	def := resolver.DefaultResolvConf()
 	// conf returns the defaults with f applied.
@@ -25,11 +34,7 @@ func TestParseResolvConf(t *testing.T) {
 		f(c)
 		return c
 	}
-	tests := []struct {
-		name string
-		in   string
-		want *resolver.ResolvConf
-	}{
+	return []resolvConfTest{
 		{"empty", "", def},
 		{"comments only", "# nameserver 192.0.2.1\n; nameserver 192.0.2.2\n", def},
 		{"typical", "nameserver 192.0.2.53\nsearch lab.test\n", conf(func(c *resolver.ResolvConf) {
@@ -82,7 +87,10 @@ func TestParseResolvConf(t *testing.T) {
 			c.Nameservers = []netip.AddrPort{ap("192.0.2.9:53")}
 		})},
 	}
-	for _, tt := range tests {
+}
+
+func TestParseResolvConf(t *testing.T) {
+	for _, tt := range resolvConfTests() {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := resolver.ParseResolvConf(strings.NewReader(tt.in))
 			if err != nil {
@@ -117,8 +125,8 @@ func TestParseNotText(t *testing.T) {
 	}
 }
 
-func TestHosts(t *testing.T) {
-	const file = `# comment
+// hostsFile is the hosts file of TestHosts, and a seed of FuzzParseHosts.
+const hostsFile = `# comment
 127.0.0.1	localhost
 ::1		localhost ip6-localhost   # trailing comment
 192.0.2.10 Web.Lab.Test web www # alias list
@@ -130,13 +138,15 @@ fe80::1%eth0 zoned.test
 192.0.2.12
 192.0.2.13 dotted.test.
 #192.0.2.14 commented.test
-`
-	h, err := resolver.ParseHosts(strings.NewReader(file))
-	if err != nil {
-		t.Fatal(err)
-	}
+` + "192.0.2.15 nbsp\u00a0joined vt\vsplit\n192.0.2.16 CAF\u00c9.test\n"
+
+// hostsTests are the names looked up in hostsFile, with their addresses.
+var hostsTests = func() []struct {
+	name string
+	want []netip.Addr
+} {
 	a := netip.MustParseAddr
-	tests := []struct {
+	return []struct {
 		name string
 		want []netip.Addr
 	}{
@@ -151,9 +161,23 @@ fe80::1%eth0 zoned.test
 		{"zoned.test", nil},
 		{"commented.test", nil},
 		{"alias", nil},
+		// Only C white space separates (fuzzing found U+00A0 did), and
+		// only ASCII letters fold, as in glibc's nss_files.
+		{"nbsp", nil},
+		{"nbsp\u00a0joined", []netip.Addr{a("192.0.2.15")}},
+		{"split", []netip.Addr{a("192.0.2.15")}},
+		{"CAF\u00c9.TEST", []netip.Addr{a("192.0.2.16")}},
+		{"caf\u00e9.test", nil},
 		{"", nil},
 	}
-	for _, tt := range tests {
+}()
+
+func TestHosts(t *testing.T) {
+	h, err := resolver.ParseHosts(strings.NewReader(hostsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range hostsTests {
 		if got := h.Lookup(tt.name); !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("Lookup(%q) = %v, want %v", tt.name, got, tt.want)
 		}
