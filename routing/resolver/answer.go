@@ -166,6 +166,8 @@ var qtypes = [2]uint16{dns.TypeA, dns.TypeAAAA}
 // nil for one without an answer or with a failure) as glibc's
 // __res_context_query and gaih_getanswer combine them: the addresses of
 // both; without any, the first error code that is not NOERROR decides.
+// Two nils (both failed) are no data; lookup asks the next nameserver
+// instead.
 func judge(name string, answers [2]*dns.Msg) (outcome, []netip.Addr) {
 	var addrs []netip.Addr
 	records := false
