@@ -144,11 +144,12 @@ type Query struct {
 // records of the queried type owned by the question's name or the end of
 // its CNAME chain within the answer (glibc takes every A and AAAA record
 // of the answer section); every query carries EDNS0 (glibc only with
-// options edns0); when one family answered and the other timed out, the
-// answer is used after the one timeout (glibc first retries that server
-// twice, one query at a time, which took 3 s with timeout:1); rotate
-// moves per resolution, not per query; a root domain (".") in the search
-// list is ignored; and HOSTALIASES is not read.
+// options edns0); a truncated UDP answer is asked again over TCP for its
+// family only (glibc asks both again); when one family answered and the
+// other timed out, the answer is used after that one timeout (glibc first
+// retries that server twice, one query at a time: 3 s with timeout:1);
+// rotate moves per resolution, not per query; a root domain (".") in the
+// search list is ignored; and HOSTALIASES is not read.
 func (r *Resolver) Resolve(ctx context.Context, name string) (*Resolution, error) {
 	res := &Resolution{Name: name, FQDN: name}
 	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(name, "["), "]")); err == nil {
