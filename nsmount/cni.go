@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsmount/nsmount/routing"
+	"github.com/nsmount/nsmount/routing/resolver"
 )
 
 // OpenNetNS opens the network namespace at path (for example the
@@ -138,7 +139,7 @@ type ServerCheck struct {
 	// Port is the NFS TCP port probed.
 	Port uint16 `json:"port"`
 	// Resolution is how the host name was resolved (also for a literal).
-	Resolution *routing.Resolution `json:"resolution,omitempty"`
+	Resolution *resolver.Resolution `json:"resolution,omitempty"`
 	// Candidates are the addresses considered, with routes and checks.
 	Candidates []routing.Candidate `json:"candidates,omitempty"`
 	// Address is the address chosen; for an unreachable server the first
@@ -175,7 +176,7 @@ func (c *ServerCheck) Err() error {
 // without nameservers fails a name. Then, as Mount would choose, the first
 // address with a route whose NFS port accepts a TCP connection is taken,
 // the route lookups and probes bounded by timeout together.
-func CheckServers(ctx context.Context, t *Target, servers []ServerAddr, conf *routing.ResolvConf, timeout time.Duration) []ServerCheck {
+func CheckServers(ctx context.Context, t *Target, servers []ServerAddr, conf *resolver.ResolvConf, timeout time.Duration) []ServerCheck {
 	timeout = orDefault(timeout, DefaultProbeTimeout)
 	out := make([]ServerCheck, len(servers))
 	var wg sync.WaitGroup
@@ -186,7 +187,7 @@ func CheckServers(ctx context.Context, t *Target, servers []ServerAddr, conf *ro
 	return out
 }
 
-func checkServer(ctx context.Context, t *Target, s ServerAddr, conf *routing.ResolvConf, timeout time.Duration) ServerCheck {
+func checkServer(ctx context.Context, t *Target, s ServerAddr, conf *resolver.ResolvConf, timeout time.Duration) ServerCheck {
 	c := ServerCheck{Server: s.String(), Port: s.Port}
 	fail := func(err error) ServerCheck {
 		c.err, c.Error = err, err.Error()
@@ -195,14 +196,14 @@ func checkServer(ctx context.Context, t *Target, s ServerAddr, conf *routing.Res
 	inNetNS := func(fn func() error) error { return t.Do(NetNS, fn) }
 	var addrs []netip.Addr
 	if a, err := netip.ParseAddr(s.Host); err == nil {
-		c.Resolution = &routing.Resolution{Name: s.Host, FQDN: s.Host, Source: routing.SourceLiteral, Addrs: []netip.Addr{a}}
+		c.Resolution = &resolver.Resolution{Name: s.Host, FQDN: s.Host, Source: resolver.SourceLiteral, Addrs: []netip.Addr{a}}
 		addrs = c.Resolution.Addrs
 	} else {
 		if conf == nil || len(conf.Nameservers) == 0 {
 			return fail(withClass(ErrInvalidArgument, fmt.Errorf("server %s: a host name, and no DNS nameserver is known for %s", s, t)))
 		}
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		r, err := (&routing.Resolver{Conf: conf, In: inNetNS}).Resolve(rctx, s.Host)
+		r, err := (&resolver.Resolver{Conf: conf, In: inNetNS}).Resolve(rctx, s.Host)
 		cancel()
 		c.Resolution = r
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nsmount/nsmount/routing"
+	"github.com/nsmount/nsmount/routing/resolver"
 )
 
 // DefaultNFSPort is the NFS server port when a mount names none (port=).
@@ -40,9 +41,9 @@ type Plan struct {
 	// ResolveFrom is "container" or "host".
 	ResolveFrom string `json:"resolve_from"`
 	// Resolver is the resolver configuration used (nil for an IP literal).
-	Resolver *routing.ResolvConf `json:"resolver,omitempty"`
+	Resolver *resolver.ResolvConf `json:"resolver,omitempty"`
 	// Resolution is the answer, with every query made.
-	Resolution *routing.Resolution `json:"resolution,omitempty"`
+	Resolution *resolver.Resolution `json:"resolution,omitempty"`
 	// Family is the address family allowed (proto=tcp: ipv4, tcp6: ipv6).
 	Family string `json:"family"`
 	// Candidates are the addresses considered, in order.
@@ -154,7 +155,7 @@ func Explain(ctx context.Context, t *Target, req Request) (*Plan, error) {
 // resolve fills in the resolver parts of p and returns the addresses.
 func (p *Plan) resolve(ctx context.Context, t *Target, req Request, inNetNS routing.InNetNS) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(req.Source.Server); err == nil {
-		p.Resolution = &routing.Resolution{Name: req.Source.Server, FQDN: req.Source.Server, Source: "literal", Addrs: []netip.Addr{a.Unmap()}}
+		p.Resolution = &resolver.Resolution{Name: req.Source.Server, FQDN: req.Source.Server, Source: "literal", Addrs: []netip.Addr{a.Unmap()}}
 		return p.Resolution.Addrs, nil
 	}
 	var root *os.File
@@ -172,12 +173,12 @@ func (p *Plan) resolve(ctx context.Context, t *Target, req Request, inNetNS rout
 		return nil, err
 	}
 	defer root.Close()
-	conf, hosts, err := routing.ReadResolverFiles(root)
+	conf, hosts, err := resolver.ReadResolverFiles(root)
 	if err != nil {
 		return nil, withClass(ErrInvalidArgument, fmt.Errorf("resolver files of %s: %w", p.describeResolver(t), err))
 	}
 	p.Resolver = conf
-	res := &routing.Resolver{Conf: conf, Hosts: hosts, In: inNetNS}
+	res := &resolver.Resolver{Conf: conf, Hosts: hosts, In: inNetNS}
 	r, err := res.Resolve(ctx, req.Source.Server)
 	p.Resolution = r
 	if err != nil {

@@ -9,6 +9,9 @@
 // (the vishvananda/netlink Handle pattern). Probes open their sockets on a
 // thread that has entered the namespace; a socket keeps the namespace it was
 // created in.
+//
+// Which addresses a server name stands for, as the container resolves it,
+// is the question of package routing/resolver.
 package routing
 
 import (
@@ -186,11 +189,14 @@ func (r *Router) Probe(ctx context.Context, dst netip.AddrPort, timeout time.Dur
 		conn.Close()
 		return nil
 	}
-	return fmt.Errorf("tcp connect to %s: %w", dst, classify(err, ctx))
+	return fmt.Errorf("tcp connect to %s: %w", dst, Classify(ctx, err))
 }
 
-// classify maps a dial error to one of the package's error classes.
-func classify(err error, ctx context.Context) error {
+// Classify maps an error of a socket made inside the namespace (dial,
+// write or read, bounded by ctx) to one of the package's error classes:
+// it wraps ErrRefused, ErrNoRoute or ErrTimeout, or returns err unchanged.
+// The DNS client (package resolver) classifies its queries with it.
+func Classify(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, unix.ECONNREFUSED):
 		return fmt.Errorf("%w", ErrRefused)

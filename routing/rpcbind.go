@@ -43,7 +43,7 @@ func (r *Router) PortmapGetPort(ctx context.Context, server netip.Addr, prog, ve
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("portmapper %s: %w", dst, classify(err, ctx))
+		return 0, fmt.Errorf("portmapper %s: %w", dst, Classify(ctx, err))
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -51,7 +51,7 @@ func (r *Router) PortmapGetPort(ctx context.Context, server netip.Addr, prog, ve
 	}
 	port, err := getPort(conn, server, prog, vers)
 	if err != nil {
-		return 0, fmt.Errorf("portmapper %s: getport %d v%d: %w", dst, prog, vers, classify(err, ctx))
+		return 0, fmt.Errorf("portmapper %s: getport %d v%d: %w", dst, prog, vers, Classify(ctx, err))
 	}
 	if port == 0 {
 		return 0, fmt.Errorf("portmapper %s: program %d v%d over tcp: %w", dst, prog, vers, ErrNotRegistered)

@@ -15,6 +15,8 @@ check insmod kmod
 check rpc.nfsd nfs-kernel-server
 check mount.nfs nfs-common
 check rpcbind rpcbind
+# The resolver interop tests (routing/resolver) run a real dnsmasq.
+check dnsmasq dnsmasq-base
 check containerd containerd
 check runc runc
 check apt-get apt

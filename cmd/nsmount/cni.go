@@ -22,7 +22,7 @@ import (
 
 	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/nsmount"
-	"github.com/nsmount/nsmount/routing"
+	"github.com/nsmount/nsmount/routing/resolver"
 )
 
 // cniPluginName is the program name (argv[0] base name) under which nsmount
@@ -100,7 +100,7 @@ type cniConfig struct {
 
 	servers    []nsmount.ServerAddr
 	timeout    time.Duration
-	dns        *routing.ResolvConf // from the "dns" field; nil without one
+	dns        *resolver.ResolvConf // from the "dns" field; nil without one
 	prevResult types.Result
 }
 
@@ -171,7 +171,7 @@ func parseCNIConfig(data []byte) (*cniConfig, error) {
 // with glibc's rules as if they were a resolv.conf (at most 3 nameservers,
 // the search list winning over the domain, options ndots/timeout/attempts/
 // rotate). Values that a resolv.conf line could not carry are refused.
-func resolvConfOf(d *types.DNS) (*routing.ResolvConf, error) {
+func resolvConfOf(d *types.DNS) (*resolver.ResolvConf, error) {
 	var b strings.Builder
 	for _, ns := range d.Nameservers {
 		a, err := netip.ParseAddr(ns)
@@ -206,7 +206,7 @@ func resolvConfOf(d *types.DNS) (*routing.ResolvConf, error) {
 		}
 		fmt.Fprintf(&b, "%s %s\n", list.key, strings.Join(list.words, " "))
 	}
-	return routing.ParseResolvConf(strings.NewReader(b.String()))
+	return resolver.ParseResolvConf(strings.NewReader(b.String()))
 }
 
 // cniPlugin carries out the CNI commands.

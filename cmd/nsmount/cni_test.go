@@ -26,7 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsmount/nsmount/nsmount"
-	"github.com/nsmount/nsmount/routing"
+	"github.com/nsmount/nsmount/routing/resolver"
 	"github.com/nsmount/nsmount/testenv"
 )
 
@@ -53,7 +53,7 @@ func TestParseCNIConfig(t *testing.T) {
 				if c.timeout != 250*time.Millisecond || c.StateDir != "/run/x" || !c.Required || len(c.servers) != 2 || c.servers[1].Host != "2001:db8::1" {
 					t.Errorf("parsed %+v", c)
 				}
-				want := &routing.ResolvConf{
+				want := &resolver.ResolvConf{
 					Nameservers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53"), netip.MustParseAddrPort("[2001:db8::53]:53")},
 					Search:      []string{"a.test", "b.test"}, Ndots: 2, Timeout: time.Second, Attempts: 2,
 				}
@@ -589,7 +589,7 @@ func TestCNIPlugin(t *testing.T) {
 		}
 		l.samePassThrough(t, "1.0.0")
 		s := l.record(t, "nsmC-c2").Servers[0]
-		if !s.Reachable || s.Resolution == nil || s.Resolution.Source != routing.SourceDNS || s.Resolution.FQDN != "nfs.nsmc.test" ||
+		if !s.Reachable || s.Resolution == nil || s.Resolution.Source != resolver.SourceDNS || s.Resolution.FQDN != "nfs.nsmc.test" ||
 			s.Resolution.Server != netip.MustParseAddrPort("198.51.100.3:53") || s.Address != a("198.51.100.2") {
 			t.Fatalf("server record %+v resolution %+v; want nfs.nsmc.test from 198.51.100.3:53, reachable", s, s.Resolution)
 		}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/nsmount/nsmount/nsmount"
-	"github.com/nsmount/nsmount/routing"
+	"github.com/nsmount/nsmount/routing/resolver"
 	"github.com/spf13/cobra"
 )
 
@@ -117,7 +117,7 @@ func writePlan(out io.Writer, p *nsmount.Plan) {
 	}
 }
 
-func joinAddrs(r *routing.Resolution) string {
+func joinAddrs(r *resolver.Resolution) string {
 	s := make([]string, len(r.Addrs))
 	for i, a := range r.Addrs {
 		s[i] = a.String()

@@ -1,4 +1,4 @@
-package routing
+package resolver
 
 import (
 	"bufio"
@@ -18,7 +18,8 @@ type Hosts struct {
 }
 
 // ParseHosts reads a hosts(5) file: "ADDRESS NAME [ALIAS...]" per line,
-// "#" starts a comment, IPv4 and IPv6 addresses. Lines whose address does
+// "#" starts a comment, fields separated by ASCII white space, IPv4 and
+// IPv6 addresses. Lines whose address does
 // not parse (including IPv6 with a zone, which glibc refuses too) are
 // ignored. Input that is not text (it contains a NUL byte) is an error.
 func ParseHosts(r io.Reader) (*Hosts, error) {
@@ -34,7 +35,9 @@ func ParseHosts(r io.Reader) (*Hosts, error) {
 		if i := strings.IndexByte(s, '#'); i >= 0 {
 			s = s[:i]
 		}
-		f := strings.Fields(s)
+		// Fields are separated by C white space only, as nss_files
+		// splits them (isspace): not by U+00A0 or other Unicode spaces.
+		f := strings.FieldsFunc(s, isCSpace)
 		if len(f) < 2 {
 			continue
 		}
@@ -62,7 +65,7 @@ func ParseHosts(r io.Reader) (*Hosts, error) {
 }
 
 // Lookup returns the addresses of name in file order (IPv4 and IPv6, from
-// every line that lists it), or nil. Names compare case-insensitively; a
+// every line that lists it), or nil. Names compare ASCII case-insensitively; a
 // trailing dot is ignored.
 func (h *Hosts) Lookup(name string) []netip.Addr {
 	if h == nil {
@@ -75,6 +78,24 @@ func (h *Hosts) Lookup(name string) []netip.Addr {
 	return append([]netip.Addr(nil), addrs...)
 }
 
+// hostKey is the map key of a name: without a trailing dot, ASCII letters
+// in lower case (nss_files compares with strcasecmp, which folds no
+// multi-byte character).
 func hostKey(name string) string {
-	return strings.ToLower(strings.TrimSuffix(name, "."))
+	b := []byte(strings.TrimSuffix(name, "."))
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// isCSpace reports whether r is white space in the C locale.
+func isCSpace(r rune) bool {
+	switch r {
+	case ' ', '\t', '\n', '\v', '\f', '\r':
+		return true
+	}
+	return false
 }

@@ -1,4 +1,4 @@
-package routing_test
+package resolver_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsmount/nsmount/routing"
+	"github.com/nsmount/nsmount/routing/resolver"
 	"github.com/nsmount/nsmount/testenv"
 )
 
@@ -95,12 +96,12 @@ func setupDNSLab(t *testing.T) routing.InNetNS {
 }
 
 // conf is a resolv.conf for the tests: short timeouts.
-func testConf(servers []netip.AddrPort, search ...string) *routing.ResolvConf {
-	return &routing.ResolvConf{Nameservers: servers, Search: search, Ndots: 1, Timeout: 2 * time.Second, Attempts: 2}
+func testConf(servers []netip.AddrPort, search ...string) *resolver.ResolvConf {
+	return &resolver.ResolvConf{Nameservers: servers, Search: search, Ndots: 1, Timeout: 2 * time.Second, Attempts: 2}
 }
 
 // queryLog summarises Queries as "NAME TYPE SERVER TRANSPORT RESULT".
-func queryLog(qs []routing.Query) []string {
+func queryLog(qs []resolver.Query) []string {
 	var out []string
 	for _, q := range qs {
 		out = append(out, fmt.Sprintf("%s %s %s %s %s", q.Name, q.Type, q.Server, q.Transport, q.Result))
@@ -111,14 +112,14 @@ func queryLog(qs []routing.Query) []string {
 func TestResolve(t *testing.T) {
 	in := setupDNSLab(t)
 	a := netip.MustParseAddr
-	hosts, err := routing.ParseHosts(strings.NewReader("192.0.2.30 files.lab.test files\n2001:db8::30 files\n"))
+	hosts, err := resolver.ParseHosts(strings.NewReader("192.0.2.30 files.lab.test files\n2001:db8::30 files\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	good := []netip.AddrPort{dnsGood}
 	tests := []struct {
 		name       string
-		conf       *routing.ResolvConf
+		conf       *resolver.ResolvConf
 		ask        string
 		wantSource string
 		wantFQDN   string
@@ -153,6 +154,7 @@ func TestResolve(t *testing.T) {
 			wantAddrs: []netip.Addr{a("192.0.2.10"), a("2001:db8::10")},
 			wantLog: []string{
 				"web.a.test A 192.0.2.1:53 udp NXDOMAIN",
+				"web.a.test AAAA 192.0.2.1:53 udp NXDOMAIN",
 				"web.lab.test A 192.0.2.1:53 udp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.1:53 udp NOERROR 1 answers",
 			},
@@ -168,7 +170,7 @@ func TestResolve(t *testing.T) {
 		},
 		{
 			name: "dots < ndots: search list first",
-			conf: func() *routing.ResolvConf { c := testConf(good, "test"); c.Ndots = 2; return c }(),
+			conf: func() *resolver.ResolvConf { c := testConf(good, "test"); c.Ndots = 2; return c }(),
 			ask:  "web.lab", wantSource: "dns", wantFQDN: "web.lab.test", wantServer: dnsGood,
 			wantAddrs: []netip.Addr{a("192.0.2.10"), a("2001:db8::10")},
 			wantLog: []string{
@@ -211,8 +213,8 @@ func TestResolve(t *testing.T) {
 			wantSource: "dns", wantFQDN: "web.lab.test", wantServer: dnsTrunc, wantAddrs: []netip.Addr{a("192.0.2.10"), a("2001:db8::10")},
 			wantLog: []string{
 				"web.lab.test A 192.0.2.4:53 udp truncated",
-				"web.lab.test A 192.0.2.4:53 tcp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.4:53 udp truncated",
+				"web.lab.test A 192.0.2.4:53 tcp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.4:53 tcp NOERROR 1 answers",
 			},
 		},
@@ -222,20 +224,20 @@ func TestResolve(t *testing.T) {
 		},
 		{
 			name: "first nameserver silent",
-			conf: &routing.ResolvConf{Nameservers: []netip.AddrPort{dnsSilent, dnsGood}, Ndots: 1, Timeout: time.Second, Attempts: 1},
+			conf: &resolver.ResolvConf{Nameservers: []netip.AddrPort{dnsSilent, dnsGood}, Ndots: 1, Timeout: time.Second, Attempts: 1},
 			ask:  "web.lab.test", wantSource: "dns", wantFQDN: "web.lab.test", wantServer: dnsGood,
 			wantAddrs: []netip.Addr{a("192.0.2.10"), a("2001:db8::10")},
 			wantLog: []string{
 				"web.lab.test A 192.0.2.3:53 udp timeout",
-				"web.lab.test A 192.0.2.1:53 udp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.3:53 udp timeout",
+				"web.lab.test A 192.0.2.1:53 udp NOERROR 1 answers",
 				"web.lab.test AAAA 192.0.2.1:53 udp NOERROR 1 answers",
 			},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := &routing.Resolver{Conf: tt.conf, Hosts: hosts, In: in}
+			r := &resolver.Resolver{Conf: tt.conf, Hosts: hosts, In: in}
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
 			got, err := r.Resolve(ctx, tt.ask)
@@ -261,7 +263,7 @@ func TestResolveErrors(t *testing.T) {
 	in := setupDNSLab(t)
 	tests := []struct {
 		name    string
-		conf    *routing.ResolvConf
+		conf    *resolver.ResolvConf
 		ask     string
 		wantErr error
 		wantMsg string
@@ -269,20 +271,22 @@ func TestResolveErrors(t *testing.T) {
 	}{
 		{
 			name: "NXDOMAIN everywhere", conf: testConf([]netip.AddrPort{dnsGood}, "a.test", "lab.test"), ask: "nope",
-			wantErr: routing.ErrNotFound,
+			wantErr: resolver.ErrNotFound,
 			wantMsg: `resolve "nope": name not found (asked 192.0.2.1:53 for nope.a.test, nope.lab.test, nope)`,
 			bound:   10 * time.Second,
 		},
 		{
 			name: "all nameservers silent",
-			conf: &routing.ResolvConf{Nameservers: []netip.AddrPort{dnsSilent, dnsSilent2}, Search: []string{"lab.test"}, Ndots: 1, Timeout: time.Second, Attempts: 2},
+			conf: &resolver.ResolvConf{Nameservers: []netip.AddrPort{dnsSilent, dnsSilent2}, Search: []string{"lab.test"}, Ndots: 1, Timeout: time.Second, Attempts: 2},
 			ask:  "web", wantErr: routing.ErrTimeout,
 			wantMsg: `resolve "web": no answer from 192.0.2.3:53, 192.0.2.7:53 within 2 attempts of 1s: timed out`,
-			bound:   20 * time.Second, // 4 tries of 1s; the search stops at the first candidate
+			// 4 tries of 1s (A and AAAA together) for web.lab.test, which
+			// ends the search list, and 4 for "web" as is.
+			bound: 12 * time.Second,
 		},
 		{
 			name: "port closed",
-			conf: &routing.ResolvConf{Nameservers: []netip.AddrPort{dnsClosed}, Ndots: 1, Timeout: time.Second, Attempts: 1},
+			conf: &resolver.ResolvConf{Nameservers: []netip.AddrPort{dnsClosed}, Ndots: 1, Timeout: time.Second, Attempts: 1},
 			ask:  "web.lab.test", wantErr: routing.ErrRefused,
 			wantMsg: `resolve "web.lab.test": no answer from 192.0.2.1:54 within 1 attempt: connection refused`,
 			bound:   10 * time.Second,
@@ -293,12 +297,12 @@ func TestResolveErrors(t *testing.T) {
 		},
 		{
 			name: "invalid name", conf: testConf([]netip.AddrPort{dnsGood}), ask: "a..b",
-			wantErr: routing.ErrNotFound, bound: 10 * time.Second,
+			wantErr: resolver.ErrNotFound, bound: 10 * time.Second,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := &routing.Resolver{Conf: tt.conf, In: in}
+			r := &resolver.Resolver{Conf: tt.conf, In: in}
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
 			start := time.Now()
@@ -319,8 +323,8 @@ func TestResolveErrors(t *testing.T) {
 
 func TestResolveContext(t *testing.T) {
 	in := setupDNSLab(t)
-	r := &routing.Resolver{
-		Conf: &routing.ResolvConf{Nameservers: []netip.AddrPort{dnsSilent}, Ndots: 1, Timeout: 30 * time.Second, Attempts: 5},
+	r := &resolver.Resolver{
+		Conf: &resolver.ResolvConf{Nameservers: []netip.AddrPort{dnsSilent}, Ndots: 1, Timeout: 30 * time.Second, Attempts: 5},
 		In:   in,
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
@@ -351,7 +355,7 @@ func TestResolveRotate(t *testing.T) {
 	conf := testConf([]netip.AddrPort{dnsGood, dnsGood2})
 	for _, rotate := range []bool{false, true} {
 		conf.Rotate = rotate
-		r := &routing.Resolver{Conf: conf, In: in}
+		r := &resolver.Resolver{Conf: conf, In: in}
 		var firsts []netip.AddrPort
 		for range 4 {
 			res, err := r.Resolve(t.Context(), "web.lab.test")
@@ -372,12 +376,12 @@ func TestResolveRotate(t *testing.T) {
 
 func TestResolveNoNamespace(t *testing.T) {
 	// Neither hosts nor literal: without In, nothing is sent anywhere.
-	r := &routing.Resolver{Conf: testConf([]netip.AddrPort{dnsGood})}
+	r := &resolver.Resolver{Conf: testConf([]netip.AddrPort{dnsGood})}
 	if _, err := r.Resolve(t.Context(), "web.lab.test"); err == nil {
 		t.Fatal("Resolve without In succeeded")
 	}
 	res, err := r.Resolve(t.Context(), "192.0.2.1")
-	if err != nil || res.Source != routing.SourceLiteral {
+	if err != nil || res.Source != resolver.SourceLiteral {
 		t.Fatalf("literal without In: %+v, %v", res, err)
 	}
 }
