@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path"
@@ -73,9 +74,10 @@ const maxPolicySize = 1 << 20
 // can refer the client to other servers (referrals); the kernel follows
 // those on its own, so allow only servers you trust with your networks.
 type Policy struct {
-	source string
-	digest string // "sha256:HEX" of the policy's bytes
-	rules  []policyRule
+	source  string
+	digest  string // "sha256:HEX" of the policy's bytes
+	rules   []policyRule
+	missing bool // LoadOrDeny found no file: every mount is denied
 }
 
 type policyRule struct {
@@ -153,6 +155,20 @@ func LoadPolicy(path string) (*Policy, error) {
 	}
 	p.source = path
 	return p, nil
+}
+
+// LoadOrDeny loads the policy file at path as LoadPolicy does, with the
+// host's default for a missing file: a policy that denies every mount
+// ("denied: policy PATH does not exist (deny by default)"), so that a host
+// without a policy mounts nothing for its containers. A file that exists
+// but cannot be read, or does not parse, is an error: a broken policy is
+// never taken for no policy.
+func LoadOrDeny(path string) (*Policy, error) {
+	p, err := LoadPolicy(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Policy{source: path, missing: true}, nil
+	}
+	return p, err
 }
 
 // ParsePolicy parses a policy from its JSON text (see Policy). Errors are
@@ -315,6 +331,9 @@ func compileRule(i int, rf ruleFile, global nsmount.Options) (policyRule, error)
 // and recorded with the mount. Refused, the error is nsmount.ErrDenied with
 // the reason given by the rule that matched the request furthest.
 func (p *Policy) Check(v VolumeRequest) (nsmount.Request, *Admission, error) {
+	if p.missing {
+		return nsmount.Request{}, nil, nsmount.WithClass(nsmount.ErrDenied, fmt.Errorf("denied: policy %s does not exist (deny by default)", p.source))
+	}
 	if len(p.rules) == 0 {
 		return nsmount.Request{}, nil, p.denied("no rule allows any mount (deny by default)")
 	}

@@ -333,3 +333,54 @@ func TestAdmissionRecorded(t *testing.T) {
 		t.Errorf("nil admission allows: %v", err)
 	}
 }
+
+// TestLoadOrDeny: a missing policy file denies every mount; a file that is
+// there but unusable is an error, never taken for no policy.
+func TestLoadOrDeny(t *testing.T) {
+	dir := t.TempDir()
+	entry := `{"server":"192.0.2.1","export":"/export","target":"/data"}`
+	for _, tc := range []struct {
+		name  string
+		path  func() string
+		class error  // of LoadOrDeny's error; nil: loads
+		check string // with a policy: a substring of Check's denial, "" allowed
+	}{
+		{name: "missing", path: func() string { return filepath.Join(dir, "missing.json") },
+			check: "denied: policy " + filepath.Join(dir, "missing.json") + " does not exist (deny by default)"},
+		{name: "missing-dir", path: func() string { return filepath.Join(dir, "nodir", "policy.json") },
+			check: "does not exist (deny by default)"},
+		{name: "good", path: func() string {
+			data, err := os.ReadFile("testdata/policies/good_example.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return writePolicy(t, data, 0o644)
+		}},
+		{name: "malformed", path: func() string { return writePolicy(t, []byte(`{"version": 1, "allow": [{}]}`), 0o644) }, class: nsmount.ErrInvalidArgument},
+		{name: "group-writable", path: func() string { return writePolicy(t, []byte(`{"version": 1}`), 0o664) }, class: nsmount.ErrInvalidArgument},
+		{name: "directory", path: func() string { return dir }, class: nsmount.ErrInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := admission.LoadOrDeny(tc.path())
+			if tc.class != nil {
+				if !errors.Is(err, tc.class) || p != nil {
+					t.Fatalf("LoadOrDeny = %v, %v; want no policy and %v", p, err, tc.class)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadOrDeny: %v", err)
+			}
+			_, adm, err := p.Check(volume(t, entry))
+			switch {
+			case tc.check == "" && err != nil:
+				t.Errorf("Check: %v", err)
+			case tc.check != "" && (!errors.Is(err, nsmount.ErrDenied) || !strings.Contains(err.Error(), tc.check) || adm != nil):
+				t.Errorf("Check = %v, %v; want denied with %q", adm, err, tc.check)
+			}
+		})
+	}
+	if _, err := admission.LoadOrDeny(filepath.Join(writePolicy(t, nil, 0o644), "x")); err == nil || errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("LoadOrDeny below a file: %v; want an error that is not not-exist", err)
+	}
+}
