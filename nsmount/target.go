@@ -98,6 +98,23 @@ func OpenPaths(netnsPath, mntnsPath string) (_ *Target, retErr error) {
 	return t, nil
 }
 
+// OpenNetNS opens the network namespace at path (for example the
+// CNI_NETNS of a CNI call, /run/netns/NAME) as a Target that has no mount
+// namespace: Do(NetNS, ...) and route checks work on it, mounting does not.
+// A path that does not exist is ErrTargetNotFound; one that is not a
+// network namespace (an empty bind-mount point left behind) is
+// ErrInvalidArgument.
+func OpenNetNS(path string) (*Target, error) {
+	if path == "" {
+		return nil, withClass(ErrInvalidArgument, errors.New("empty network namespace path"))
+	}
+	f, err := openNS(path, unix.CLONE_NEWNET)
+	if err != nil {
+		return nil, fmt.Errorf("open netns: %w", err)
+	}
+	return &Target{netns: f, desc: "netns " + path}, nil
+}
+
 // openNS opens path and checks that it is a namespace of the given type.
 func openNS(path string, nstype int) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)

@@ -1,4 +1,4 @@
-package nsmount_test
+package cni_test
 
 import (
 	"context"
@@ -12,26 +12,25 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/integration/cni"
 	"github.com/nsmount/nsmount/routing"
 )
 
 func TestParseServerAddr(t *testing.T) {
 	tests := []struct {
 		in   string
-		want nsmount.ServerAddr
+		want cni.ServerAddr
 		err  string
 	}{
-		{in: "198.51.100.1", want: nsmount.ServerAddr{Host: "198.51.100.1", Port: 2049}},
-		{in: "198.51.100.1:20049", want: nsmount.ServerAddr{Host: "198.51.100.1", Port: 20049}},
-		{in: "2001:db8::1", want: nsmount.ServerAddr{Host: "2001:db8::1", Port: 2049}},
-		{in: "[2001:db8::1]", want: nsmount.ServerAddr{Host: "2001:db8::1", Port: 2049}},
-		{in: "[2001:db8::1]:2050", want: nsmount.ServerAddr{Host: "2001:db8::1", Port: 2050}},
-		{in: "::ffff:198.51.100.1", want: nsmount.ServerAddr{Host: "198.51.100.1", Port: 2049}},
-		{in: "nfs", want: nsmount.ServerAddr{Host: "nfs", Port: 2049}},
-		{in: "nfs.example.test.:2049", want: nsmount.ServerAddr{Host: "nfs.example.test.", Port: 2049}},
+		{in: "198.51.100.1", want: cni.ServerAddr{Host: "198.51.100.1", Port: 2049}},
+		{in: "198.51.100.1:20049", want: cni.ServerAddr{Host: "198.51.100.1", Port: 20049}},
+		{in: "2001:db8::1", want: cni.ServerAddr{Host: "2001:db8::1", Port: 2049}},
+		{in: "[2001:db8::1]", want: cni.ServerAddr{Host: "2001:db8::1", Port: 2049}},
+		{in: "[2001:db8::1]:2050", want: cni.ServerAddr{Host: "2001:db8::1", Port: 2050}},
+		{in: "::ffff:198.51.100.1", want: cni.ServerAddr{Host: "198.51.100.1", Port: 2049}},
+		{in: "nfs", want: cni.ServerAddr{Host: "nfs", Port: 2049}},
+		{in: "nfs.example.test.:2049", want: cni.ServerAddr{Host: "nfs.example.test.", Port: 2049}},
 		{in: "", err: "empty"},
 		{in: "nfs:0", err: "is not 1-65535"},
 		{in: "nfs:65536", err: "is not 1-65535"},
@@ -51,7 +50,7 @@ func TestParseServerAddr(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := nsmount.ParseServerAddr(tt.in)
+			got, err := cni.ParseServerAddr(tt.in)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) || !errors.Is(err, nsmount.ErrInvalidArgument) {
 					t.Fatalf("ParseServerAddr(%q) = %v, %v; want an invalid argument error containing %q", tt.in, got, err, tt.err)
@@ -67,12 +66,12 @@ func TestParseServerAddr(t *testing.T) {
 
 func TestServerAddrString(t *testing.T) {
 	for _, tt := range []struct {
-		s    nsmount.ServerAddr
+		s    cni.ServerAddr
 		want string
 	}{
-		{nsmount.ServerAddr{Host: "198.51.100.1", Port: 2049}, "198.51.100.1:2049"},
-		{nsmount.ServerAddr{Host: "2001:db8::1", Port: 2049}, "[2001:db8::1]:2049"},
-		{nsmount.ServerAddr{Host: "nfs", Port: 20049}, "nfs:20049"},
+		{cni.ServerAddr{Host: "198.51.100.1", Port: 2049}, "198.51.100.1:2049"},
+		{cni.ServerAddr{Host: "2001:db8::1", Port: 2049}, "[2001:db8::1]:2049"},
+		{cni.ServerAddr{Host: "nfs", Port: 20049}, "nfs:20049"},
 	} {
 		if got := tt.s.String(); got != tt.want {
 			t.Errorf("%+v.String() = %q, want %q", tt.s, got, tt.want)
@@ -92,37 +91,37 @@ func cniTempDir(t *testing.T) string {
 	return dir
 }
 
-func TestCNIRecordFiles(t *testing.T) {
+func TestRecordFiles(t *testing.T) {
 	state := filepath.Join(cniTempDir(t), "state")
 	// A container ID that would be a path if used as a file name.
 	id, ifname := "../../etc/passwd", "eth0"
-	path := nsmount.CNIRecordPath(state, id, ifname)
+	path := cni.RecordPath(state, id, ifname)
 	if filepath.Dir(path) != filepath.Join(state, "cni") || strings.Contains(filepath.Base(path), "passwd") {
 		t.Fatalf("record path %s: want a hash name under %s/cni", path, state)
 	}
-	if other := nsmount.CNIRecordPath(state, id, "eth1"); other == path {
+	if other := cni.RecordPath(state, id, "eth1"); other == path {
 		t.Fatalf("eth0 and eth1 share the record path %s", path)
 	}
 
-	_, err := nsmount.ReadCNIRecord(state, id, ifname)
+	_, err := cni.ReadRecord(state, id, ifname)
 	if !errors.Is(err, os.ErrNotExist) || !errors.Is(err, nsmount.ErrTargetNotFound) {
 		t.Fatalf("reading a missing record: %v; want not-exist and target-not-found", err)
 	}
-	if err := nsmount.RemoveCNIRecord(state, id, ifname); err != nil {
+	if err := cni.RemoveRecord(state, id, ifname); err != nil {
 		t.Fatalf("removing a missing record: %v", err)
 	}
 
-	rec := &nsmount.CNIRecord{
+	rec := &cni.Record{
 		ContainerID: id, IfName: ifname, Network: "nsmC-net", NetNSPath: "/run/netns/x", NetNS: 4026531840,
 		Time: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
-		Servers: []nsmount.ServerCheck{{
+		Servers: []cni.ServerCheck{{
 			Server: "198.51.100.1:2049", Port: 2049, Address: netip.MustParseAddr("198.51.100.1"), Reachable: true,
 			Route: &routing.Route{Dst: netip.MustParseAddr("198.51.100.1"), Iface: "eth0", Source: netip.MustParseAddr("198.51.100.2"), Table: 254},
 		}},
 	}
 	for range 2 { // the second write replaces the first
-		if err := nsmount.WriteCNIRecord(state, rec); err != nil {
-			t.Fatalf("WriteCNIRecord: %v", err)
+		if err := cni.WriteRecord(state, rec); err != nil {
+			t.Fatalf("WriteRecord: %v", err)
 		}
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
@@ -132,24 +131,24 @@ func TestCNIRecordFiles(t *testing.T) {
 	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("record file: %v, %v; want mode 0600", st, err)
 	}
-	got, err := nsmount.ReadCNIRecord(state, id, ifname)
+	got, err := cni.ReadRecord(state, id, ifname)
 	if err != nil {
-		t.Fatalf("ReadCNIRecord: %v", err)
+		t.Fatalf("ReadRecord: %v", err)
 	}
 	if got.ContainerID != id || got.NetNS != rec.NetNS || len(got.Servers) != 1 || *got.Servers[0].Route != *rec.Servers[0].Route || !got.Time.Equal(rec.Time) {
 		t.Fatalf("read back %+v; want %+v", got, rec)
 	}
 
 	// A file that claims another attachment is refused.
-	if err := os.Rename(path, nsmount.CNIRecordPath(state, "other", ifname)); err != nil {
+	if err := os.Rename(path, cni.RecordPath(state, "other", ifname)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nsmount.ReadCNIRecord(state, "other", ifname); err == nil || !strings.Contains(err.Error(), "it is for container") {
+	if _, err := cni.ReadRecord(state, "other", ifname); err == nil || !strings.Contains(err.Error(), "it is for container") {
 		t.Fatalf("reading a record under another key: %v; want a mismatch error", err)
 	}
 	for range 2 {
-		if err := nsmount.RemoveCNIRecord(state, "other", ifname); err != nil {
-			t.Fatalf("RemoveCNIRecord: %v", err)
+		if err := cni.RemoveRecord(state, "other", ifname); err != nil {
+			t.Fatalf("RemoveRecord: %v", err)
 		}
 	}
 	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 0 {
@@ -157,12 +156,16 @@ func TestCNIRecordFiles(t *testing.T) {
 	}
 }
 
-// cniTestNS creates the named netns and deletes it when the test ends.
+// cniTestNS creates the named netns and deletes it when the test ends,
+// unless the test deleted it already.
 func cniTestNS(t *testing.T, name string) string {
 	t.Helper()
 	exec.Command("ip", "netns", "del", name).Run() // left by a killed run
 	run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() {
+		if _, err := os.Stat("/run/netns/" + name); err != nil {
+			return // deleted by the test
+		}
 		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", name, err, out)
 		}
@@ -175,40 +178,6 @@ func run(t *testing.T, name string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-func TestOpenNetNS(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root: creates network namespaces")
-	}
-	file := filepath.Join(cniTempDir(t), "file")
-	os.WriteFile(file, nil, 0o600)
-	for _, tt := range []struct {
-		path  string
-		class error
-	}{
-		{"", nsmount.ErrInvalidArgument},
-		{"/run/netns/nsmC-missing", nsmount.ErrTargetNotFound},
-		{file, nsmount.ErrInvalidArgument},
-		{"/proc/self/ns/mnt", nsmount.ErrInvalidArgument},
-	} {
-		if _, err := nsmount.OpenNetNS(tt.path); !errors.Is(err, tt.class) {
-			t.Errorf("OpenNetNS(%q) = %v; want %v", tt.path, err, tt.class)
-		}
-	}
-	path := cniTestNS(t, "nsmC-u0")
-	tg, err := nsmount.OpenNetNS(path)
-	if err != nil {
-		t.Fatalf("OpenNetNS: %v", err)
-	}
-	defer tg.Close()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil || st.Ino != tg.NetNSInode() {
-		t.Fatalf("NetNSInode %d; the netns file has %d (%v)", tg.NetNSInode(), st.Ino, err)
-	}
-	if _, err := nsmount.Explain(context.Background(), tg, nsmount.Request{Source: nsmount.Source{Server: "nfs", Export: "/"}}); !errors.Is(err, nsmount.ErrInvalidArgument) || !strings.Contains(err.Error(), "no mount namespace") {
-		t.Fatalf("Explain by name on a netns-only target: %v; want a clear invalid argument", err)
 	}
 }
 
@@ -255,16 +224,16 @@ func TestCheckServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tg.Close()
-	parse := func(s string) nsmount.ServerAddr {
-		sa, err := nsmount.ParseServerAddr(s)
+	parse := func(s string) cni.ServerAddr {
+		sa, err := cni.ParseServerAddr(s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return sa
 	}
-	servers := []nsmount.ServerAddr{parse("198.51.100.2"), parse("198.51.100.2:2050"), parse("203.0.113.1"), parse("nfs")}
+	servers := []cni.ServerAddr{parse("198.51.100.2"), parse("198.51.100.2:2050"), parse("203.0.113.1"), parse("nfs")}
 	start := time.Now()
-	checks := nsmount.CheckServers(context.Background(), tg, servers, nil, time.Second)
+	checks := cni.CheckServers(context.Background(), tg, servers, nil, time.Second)
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("CheckServers took %v; want well under its bounds", took)
 	}
@@ -293,13 +262,13 @@ func TestCheckServers(t *testing.T) {
 
 	// No change: no drift. Then a new source for 198.51.100.2, and a route
 	// to 203.0.113.0/24 appears.
-	if drift, err := nsmount.RouteDrift(tg, checks); err != nil || len(drift) != 0 {
+	if drift, err := cni.RouteDrift(tg, checks); err != nil || len(drift) != 0 {
 		t.Fatalf("RouteDrift unchanged: %q, %v", drift, err)
 	}
 	run(t, "ip", "-n", "nsmC-u1", "addr", "add", "198.51.100.9/24", "dev", "eth0")
 	run(t, "ip", "-n", "nsmC-u1", "route", "add", "198.51.100.2/32", "dev", "eth0", "src", "198.51.100.9")
 	run(t, "ip", "-n", "nsmC-u1", "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
-	drift, err := nsmount.RouteDrift(tg, checks)
+	drift, err := cni.RouteDrift(tg, checks)
 	if err != nil {
 		t.Fatalf("RouteDrift: %v", err)
 	}

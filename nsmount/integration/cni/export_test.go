@@ -1,0 +1,4 @@
+package cni
+
+// RecordedAddrs is recordedAddrs, for the tests.
+var RecordedAddrs = recordedAddrs
