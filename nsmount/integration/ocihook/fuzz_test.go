@@ -61,6 +61,9 @@ func FuzzParseState(f *testing.F) {
 			t.Fatal(err)
 		}
 		back, err := ocihook.ParseState(enc)
+		if len(s.Annotations) == 0 && err == nil && len(back.Annotations) == 0 {
+			back.Annotations = s.Annotations // {} is written as nothing
+		}
 		if err != nil || !reflect.DeepEqual(back, s) {
 			t.Fatalf("state %+v encodes as %s, which parses to %+v, %v", s, enc, back, err)
 		}
