@@ -25,83 +25,10 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/integration/cni"
 	"github.com/nsmount/nsmount/routing/resolver"
 	"github.com/nsmount/nsmount/testenv"
 )
-
-func TestParseCNIConfig(t *testing.T) {
-	const head = `{"cniVersion":"1.0.0","name":"n","type":"nsmount-cni",`
-	tests := []struct {
-		name, conf string
-		err        string // "" means valid
-		check      func(t *testing.T, c *cniConfig)
-	}{
-		{name: "minimal", conf: head + `"servers":["198.51.100.1"]}`, check: func(t *testing.T, c *cniConfig) {
-			if c.StateDir != "/run/nsmount" || c.timeout != 5*time.Second || c.Required || c.dns != nil || c.prevResult != nil {
-				t.Errorf("defaults: %+v", c)
-			}
-			if c.servers[0] != (nsmount.ServerAddr{Host: "198.51.100.1", Port: 2049}) {
-				t.Errorf("servers %v", c.servers)
-			}
-		}},
-		{name: "full", conf: head + `"servers":["nfs:2050","[2001:db8::1]"],"timeout":"250ms","stateDir":"/run/x","required":true,
-			"dns":{"nameservers":["192.0.2.53","2001:db8::53"],"domain":"d.test","search":["a.test","b.test"],"options":["ndots:2","timeout:1"]},
-			"runtimeConfig":{},"args":{"cni":{}},
-			"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"198.51.100.5/24","interface":0}]}}`,
-			check: func(t *testing.T, c *cniConfig) {
-				if c.timeout != 250*time.Millisecond || c.StateDir != "/run/x" || !c.Required || len(c.servers) != 2 || c.servers[1].Host != "2001:db8::1" {
-					t.Errorf("parsed %+v", c)
-				}
-				want := &resolver.ResolvConf{
-					Nameservers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53"), netip.MustParseAddrPort("[2001:db8::53]:53")},
-					Search:      []string{"a.test", "b.test"}, Ndots: 2, Timeout: time.Second, Attempts: 2,
-				}
-				if !reflect.DeepEqual(c.dns, want) {
-					t.Errorf("dns %+v, want %+v", c.dns, want)
-				}
-				r, err := types100.GetResult(c.prevResult)
-				if err != nil || len(r.IPs) != 1 || r.IPs[0].Address.String() != "198.51.100.5/24" {
-					t.Errorf("prevResult %v, %v", c.prevResult, err)
-				}
-			}},
-		{name: "unknown field", conf: head + `"servers":["nfs"],"server":"x"}`, err: `unknown field "server"`},
-		{name: "unknown dns field", conf: head + `"servers":["nfs"],"dns":{"nameserver":["192.0.2.53"]}}`, err: `unknown field "nameserver"`},
-		{name: "not json", conf: `{"servers":`, err: "nsmount-cni config: unexpected EOF"},
-		{name: "trailing data", conf: head + `"servers":["nfs"]} {}`, err: "data after the JSON object"},
-		{name: "no servers", conf: head + `"servers":[]}`, err: `"servers" is empty`},
-		{name: "servers missing", conf: head + `"timeout":"1s"}`, err: `"servers" is empty`},
-		{name: "too many servers", conf: head + `"servers":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]}`, err: "17 servers: at most 16"},
-		{name: "bad server", conf: head + `"servers":["nfs..test"]}`, err: `invalid server "nfs..test"`},
-		{name: "bad port", conf: head + `"servers":["nfs:0"]}`, err: `port "0" is not 1-65535`},
-		{name: "duplicate server", conf: head + `"servers":["198.51.100.1","198.51.100.1:2049"]}`, err: "listed twice"},
-		{name: "bad timeout", conf: head + `"servers":["nfs"],"timeout":"forever"}`, err: `timeout "forever"`},
-		{name: "zero timeout", conf: head + `"servers":["nfs"],"timeout":"0s"}`, err: `timeout "0s"`},
-		{name: "huge timeout", conf: head + `"servers":["nfs"],"timeout":"2h"}`, err: `timeout "2h"`},
-		{name: "relative stateDir", conf: head + `"servers":["nfs"],"stateDir":"run/x"}`, err: `stateDir "run/x"`},
-		{name: "unclean stateDir", conf: head + `"servers":["nfs"],"stateDir":"/run/../etc"}`, err: `stateDir "/run/../etc"`},
-		{name: "bad nameserver", conf: head + `"servers":["nfs"],"dns":{"nameservers":["ns1"]}}`, err: `nameserver "ns1": not an IP address`},
-		{name: "newline in search", conf: head + `"servers":["nfs"],"dns":{"nameservers":["192.0.2.53"],"search":["a\nnameserver 1.2.3.4"]}}`, err: "search"},
-		{name: "bad prevResult", conf: head + `"servers":["nfs"],"prevResult":{"ips":"x"}}`, err: "prevResult"},
-		{name: "servers not a list", conf: head + `"servers":"nfs"}`, err: "cannot unmarshal string"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, err := parseCNIConfig([]byte(tt.conf))
-			if tt.err == "" {
-				if err != nil {
-					t.Fatalf("parse: %v", err)
-				}
-				tt.check(t, c)
-				return
-			}
-			var te *types.Error
-			if !errors.As(err, &te) || !strings.Contains(te.Msg, tt.err) || (te.Code != types.ErrInvalidNetworkConfig && te.Code != types.ErrDecodingFailure) {
-				t.Fatalf("parse = %v; want a CNI config error containing %q", err, tt.err)
-			}
-		})
-	}
-}
 
 func TestCNIExit(t *testing.T) {
 	for _, tt := range []struct {
@@ -114,17 +41,6 @@ func TestCNIExit(t *testing.T) {
 	} {
 		if got := cniExit(types.NewError(tt.code, "x", "")); got != tt.want {
 			t.Errorf("cniExit(code %d) = %d, want %d", tt.code, got, tt.want)
-		}
-	}
-	for _, tt := range []struct {
-		err  error
-		code uint
-	}{
-		{nsmount.ErrUnreachable, 106}, {nsmount.ErrTargetNotFound, 104}, {nsmount.ErrInvalidArgument, 7}, {errors.New("x"), 999},
-	} {
-		var te *types.Error
-		if !errors.As(cniError(tt.err), &te) || te.Code != tt.code {
-			t.Errorf("cniError(%v) = %v, want code %d", tt.err, te, tt.code)
 		}
 	}
 }
@@ -419,9 +335,9 @@ func (l *cniLab) detach(t *testing.T, list *libcni.NetworkConfigList, rt *libcni
 	}
 }
 
-func (l *cniLab) record(t *testing.T, id string) *nsmount.CNIRecord {
+func (l *cniLab) record(t *testing.T, id string) *cni.Record {
 	t.Helper()
-	rec, err := nsmount.ReadCNIRecord(l.state, id, "eth0")
+	rec, err := cni.ReadRecord(l.state, id, "eth0")
 	if err != nil {
 		t.Fatalf("record of %s: %v", id, err)
 	}
@@ -430,7 +346,7 @@ func (l *cniLab) record(t *testing.T, id string) *nsmount.CNIRecord {
 
 func (l *cniLab) noRecord(t *testing.T, id string) {
 	t.Helper()
-	if _, err := nsmount.ReadCNIRecord(l.state, id, "eth0"); !errors.Is(err, os.ErrNotExist) {
+	if _, err := cni.ReadRecord(l.state, id, "eth0"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("record of %s: %v; want none", id, err)
 	}
 }
@@ -545,7 +461,7 @@ func TestCNIPlugin(t *testing.T) {
 		}
 
 		rec := l.record(t, "nsmC-c1")
-		if data, err := os.ReadFile(nsmount.CNIRecordPath(l.state, "nsmC-c1", "eth0")); err == nil {
+		if data, err := os.ReadFile(cni.RecordPath(l.state, "nsmC-c1", "eth0")); err == nil {
 			t.Logf("record:\n%s", data)
 		}
 		if rec.ContainerID != "nsmC-c1" || rec.IfName != "eth0" || rec.Network != cniNet || rec.NetNSPath != path || rec.NetNS != inode(t, path) {

@@ -18,55 +18,8 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/admission"
 )
-
-// TestMain lets the test binary act as nsmount's mount helper, as main does.
-func TestReadState(t *testing.T) {
-	for _, tc := range []struct {
-		name, in, want string // want: "" parses, else a substring of the error
-	}{
-		{"runc", `{"ociVersion":"1.0.2-dev","id":"c1","status":"creating","pid":42,"bundle":"/run/c1","annotations":{"a":"b"}}`, ""},
-		{"poststop", `{"ociVersion":"1.0.2","id":"c1","status":"stopped","bundle":"/run/c1"}` + "\n", ""},
-		{"empty", "", "OCI state on stdin: empty"},
-		{"unknown-field", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b","rootfs":"/x"}`, `unknown field "rootfs"`},
-		{"trailing", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b"} {}`, "unexpected data after the state object"},
-		{"not-json", `status: creating`, "OCI state on stdin: invalid character"},
-		{"no-id", `{"ociVersion":"1.0.2","status":"creating","pid":42,"bundle":"/b"}`, `container id "": empty or not printable`},
-		{"id-newline", `{"ociVersion":"1.0.2","id":"c1\nforged line","status":"creating","pid":42,"bundle":"/b"}`, "not printable"},
-		{"bundle-relative", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"b"}`, `bundle "b": want a clean absolute path`},
-		{"oversized", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b"}` + strings.Repeat(" ", maxStateSize), "larger than 1048576 bytes"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s, err := readState(strings.NewReader(tc.in))
-			switch {
-			case tc.want == "" && err != nil:
-				t.Fatalf("error: %v", err)
-			case tc.want == "":
-				if s.ID != "c1" || s.Bundle != "/run/c1" {
-					t.Errorf("state %+v", s)
-				}
-			case err == nil:
-				t.Fatalf("parsed %+v, want error containing %q", s, tc.want)
-			case !strings.Contains(err.Error(), tc.want) || nsmount.ExitCode(err) != 3 || strings.Contains(err.Error(), "\n"):
-				t.Errorf("error %q (exit %d), want one line containing %q, exit 3", err, nsmount.ExitCode(err), tc.want)
-			}
-		})
-	}
-}
-
-func TestStageOf(t *testing.T) {
-	for status, want := range map[specs.ContainerState]string{
-		specs.StateCreating: stageCreateRuntime,
-		specs.StateStopped:  stagePoststop,
-		specs.StateRunning:  "",
-		"":                  "",
-	} {
-		got, err := stageOf(status)
-		if got != want || (want == "") != (err != nil) {
-			t.Errorf("stageOf(%q) = %q, %v; want %q", status, got, err, want)
-		}
-	}
-}
 
 // hookEnv is what the runc tests share: the nsmount binary, a policy, a
 // runc root and a directory for the bundles, all under one temp dir.
@@ -181,7 +134,7 @@ func (e *hookEnv) bundle(t *testing.T, id, annotation, netns, policy string, hos
 		},
 	}
 	if annotation != "-" {
-		spec.Annotations = map[string]string{nsmount.MountsAnnotation: annotation}
+		spec.Annotations = map[string]string{admission.MountsAnnotation: annotation}
 		if strings.HasPrefix(id, "nsmA-sandbox") {
 			spec.Annotations["io.kubernetes.cri.container-type"] = "sandbox"
 		}
@@ -393,6 +346,12 @@ func TestHookNoAnnotationNoPolicy(t *testing.T) {
 	var uerr usageError
 	if !errors.As(err, &uerr) {
 		t.Errorf("hook with status running and no --stage = %v, want a usage error", err)
+	}
+	cmd = newRootCommand()
+	cmd.SetIn(strings.NewReader(`{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"/b"}`))
+	cmd.SetArgs([]string{"hook", "--stage", "prestart"})
+	if err := cmd.Execute(); !errors.As(err, &uerr) || !strings.Contains(err.Error(), `--stage "prestart": want createRuntime or poststop`) {
+		t.Errorf("hook --stage prestart = %v, want a usage error naming the stages", err)
 	}
 	cmd = newRootCommand()
 	cmd.SetIn(strings.NewReader(`{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"/b"}`))

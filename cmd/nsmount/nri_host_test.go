@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/nsmount/nsmount/cachectl"
-	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/cachectl/registry"
+	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/testenv"
 )
 
@@ -269,7 +269,7 @@ func TestNRIContainerd(t *testing.T) {
 		Hostname:     "nsm7-pod",
 		LogDirectory: filepath.Join(dir, "logs"),
 		Annotations: map[string]string{
-			nsmount.MountsAnnotation:                  required,
+			admission.MountsAnnotation:                required,
 			"nsmount.io/mounts.container.optional":    optional,
 			"nsmount.io/mounts.container.unannotated": "[]",
 		},
@@ -347,7 +347,7 @@ func TestNRIContainerd(t *testing.T) {
 			`option "suid" is not allowed: nosuid is enforced`},
 	} {
 		t.Run("create-"+tc.name, func(t *testing.T) {
-			id, err := create(tc.name, map[string]string{nsmount.MountsAnnotation: tc.annotation})
+			id, err := create(tc.name, map[string]string{admission.MountsAnnotation: tc.annotation})
 			if err == nil {
 				t.Fatalf("CreateContainer succeeded (%s), want it refused with %q", id, tc.want)
 			}
@@ -383,7 +383,7 @@ func TestNRIContainerd(t *testing.T) {
 		}
 		_, info := status(t, id)
 		cr, ps := hooksOf(info.RuntimeSpec)
-		if got := info.RuntimeSpec.Annotations[nsmount.MountsAnnotation]; got != optional {
+		if got := info.RuntimeSpec.Annotations[admission.MountsAnnotation]; got != optional {
 			t.Errorf("container annotation %q, want the pod's per-container one %q", got, optional)
 		}
 		if len(cr) != 1 || len(ps) != 1 || cr[0].Path != bin || !strings.Contains(strings.Join(cr[0].Args, " "), "hook --stage createRuntime --policy "+policy+" --state-dir "+state) {
@@ -464,18 +464,18 @@ func TestNRIContainerd(t *testing.T) {
 			t.Errorf("pod netns %s still exists: %v", podNetNS, err)
 		}
 		if _, err := os.Stat(state); err == nil {
-			reg, err := cachectl.Open(state)
+			reg, err := registry.Open(state)
 			if err != nil {
 				t.Fatal(err)
 			}
-			reg.View(func(s *cachectl.State) error {
+			reg.View(func(s *registry.State) error {
 				if len(s.Entries) != 0 {
 					t.Errorf("registry entries left: %+v", s.Entries)
 				}
 				return nil
 			})
 		}
-		if strings.Contains(plugin.stderr.String(), "warning: stop") || strings.Contains(plugin.stderr.String(), "warning: remove") {
+		if strings.Contains(plugin.stderr.String(), "level=WARN") {
 			t.Errorf("cleanup warned:\n%s", plugin.stderr)
 		}
 	})
