@@ -15,8 +15,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/nsmount/nsmount/nsmount"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/internal/jsonkeys"
 )
 
 // DefaultPolicyPath is where the host's mount policy is read from by default.
@@ -108,6 +110,12 @@ type ruleFile struct {
 	EnforceOptions []string `json:"enforce_options"`
 }
 
+// policyKeys are the keys of a policy file and its rules, as written.
+var policyKeys = map[string]bool{
+	"version": true, "enforce_options": true, "allow": true,
+	"name": true, "servers": true, "networks": true, "exports": true, "targets": true, "options": true,
+}
+
 // alwaysEnforced are enforced by every policy.
 var alwaysEnforced = nsmount.Options{{Key: "nosuid"}, {Key: "nodev"}}
 
@@ -171,8 +179,8 @@ func LoadOrDeny(path string) (*Policy, error) {
 	return p, err
 }
 
-// ParsePolicy parses a policy from its JSON text (see Policy). Errors are
-// nsmount.ErrInvalidArgument.
+// ParsePolicy parses a policy from its JSON text (see Policy): keys are
+// spelt exactly and given once. Errors are nsmount.ErrInvalidArgument.
 func ParsePolicy(data []byte) (*Policy, error) {
 	bad := func(err error) (*Policy, error) { return nil, nsmount.WithClass(nsmount.ErrInvalidArgument, err) }
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -183,6 +191,10 @@ func ParsePolicy(data []byte) (*Policy, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return bad(errors.New("unexpected data after the policy object"))
+	}
+	// The decoder took keys in any case, and the last of a repeated key.
+	if err := jsonkeys.Check(data, policyKeys, true); err != nil {
+		return bad(fmt.Errorf("invalid JSON: %w", err))
 	}
 	if pf.Version != 1 {
 		return bad(fmt.Errorf("version %d: want 1", pf.Version))

@@ -45,6 +45,8 @@ var policyWant = map[string]string{
 	"fail_enforce_conflict.json":   `allow[0].enforce_options[0] "rw": conflicts with enforced "ro"`,
 	"fail_enforce_two.json":        `allow[0].enforce_options[0] "ro,noexec": want one option, KEY or KEY=VALUE`,
 	"fail_not_object.json":         "invalid JSON: json: cannot unmarshal array",
+	"fail_key_case.json":           `invalid JSON: unknown field "Servers"`,
+	"fail_key_twice.json":          `invalid JSON: field "allow" given more than once`,
 }
 
 func TestParsePolicyVectors(t *testing.T) {

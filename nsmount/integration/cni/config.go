@@ -15,6 +15,7 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
+	"github.com/nsmount/nsmount/nsmount/internal/jsonkeys"
 	"github.com/nsmount/nsmount/routing/resolver"
 )
 
@@ -77,10 +78,17 @@ type configFile struct {
 	Args          json.RawMessage `json:"args,omitempty"`
 }
 
+// configKeys are the keys of the configuration, as written.
+var configKeys = map[string]bool{
+	"cniVersion": true, "name": true, "type": true, "servers": true, "timeout": true, "stateDir": true,
+	"required": true, "dns": true, "prevResult": true, "runtimeConfig": true, "args": true,
+}
+
 // ParseConfig decodes and checks the plugin configuration (the stdin of a
 // CNI call: untrusted until checked). Errors are CNI errors: code 7
 // (invalid network configuration), or 6 (decoding failure) for a
-// prevResult that does not decode.
+// prevResult that does not decode. Top-level keys are spelt exactly, and
+// no key is given twice anywhere.
 //
 //	{"cniVersion": "1.0.0", "name": "net", "type": "nsmount-cni",
 //	 "servers": ["nfs.example.test", "198.51.100.10:2049"],
@@ -98,6 +106,10 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return bad("data after the JSON object")
+	}
+	// The decoder took keys in any case, and the last of a repeated key.
+	if err := jsonkeys.Check(data, configKeys, false); err != nil {
+		return bad("%v", err)
 	}
 	c := &Config{CNIVersion: f.CNIVersion, Name: f.Name, Required: f.Required, StateDir: f.StateDir, Timeout: nsmount.DefaultProbeTimeout}
 	if len(f.Servers) == 0 {

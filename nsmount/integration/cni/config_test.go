@@ -59,6 +59,9 @@ func TestParseConfig(t *testing.T) {
 				}
 			}},
 		{name: "unknown field", conf: head + `"servers":["nfs"],"server":"x"}`, err: `unknown field "server"`},
+		{name: "key case", conf: head + `"servers":["nfs"],"StateDir":"/etc"}`, err: `unknown field "StateDir"`},
+		{name: "key twice", conf: head + `"servers":["nfs"],"servers":["198.51.100.1"]}`, err: `field "servers" given more than once`},
+		{name: "key twice in prevResult", conf: head + `"servers":["nfs"],"prevResult":{"cniVersion":"1.0.0","ips":[],"ips":[]}}`, err: `field "ips" given more than once`},
 		{name: "unknown dns field", conf: head + `"servers":["nfs"],"dns":{"nameserver":["192.0.2.53"]}}`, err: `unknown field "nameserver"`},
 		{name: "not json", conf: `{"servers":`, err: "nsmount-cni config: unexpected EOF"},
 		{name: "trailing data", conf: head + `"servers":["nfs"]} {}`, err: "data after the JSON object"},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
+	"github.com/nsmount/nsmount/nsmount/internal/jsonkeys"
 )
 
 // Bounds of what the hook reads.
@@ -84,11 +85,6 @@ func ParseState(data []byte) (*specs.State, error) {
 	case len(bytes.TrimSpace(data)) == 0:
 		return bad("empty (run as an OCI runtime hook)")
 	}
-	// encoding/json matches keys case-insensitively and lets a repeated
-	// key win over the first: check the keys as written first.
-	if err := checkKeys(data); err != nil {
-		return bad("%s", report.OneLine(err.Error()))
-	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var s specs.State
@@ -97,6 +93,10 @@ func ParseState(data []byte) (*specs.State, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return bad("unexpected data after the state object")
+	}
+	// The decoder took keys in any case, and the last of a repeated key.
+	if err := jsonkeys.Check(data, stateKeys, false); err != nil {
+		return bad("%v", err)
 	}
 	switch {
 	case !printable(s.ID):
@@ -109,67 +109,6 @@ func ParseState(data []byte) (*specs.State, error) {
 
 // stateKeys are the keys of an OCI state, as the runtime spec writes them.
 var stateKeys = map[string]bool{"ociVersion": true, "id": true, "status": true, "pid": true, "bundle": true, "annotations": true}
-
-// checkKeys checks that data, if it is a JSON object, has only stateKeys,
-// spelt exactly, each once, and that its annotations repeat no key. What is
-// not such an object is left to the decoder to refuse.
-func checkKeys(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil
-		}
-		key, _ := tok.(string)
-		switch {
-		case !stateKeys[key]:
-			return fmt.Errorf("json: unknown field %q", key)
-		case seen[key]:
-			return fmt.Errorf("field %q given more than once", key)
-		}
-		seen[key] = true
-		var value json.RawMessage
-		if err := dec.Decode(&value); err != nil {
-			return nil
-		}
-		if key == "annotations" {
-			if err := uniqueKeys(value); err != nil {
-				return fmt.Errorf("annotations: %w", err)
-			}
-		}
-	}
-	return nil
-}
-
-// uniqueKeys checks that the JSON object in data, if it is one, repeats no
-// key.
-func uniqueKeys(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil
-		}
-		key, _ := tok.(string)
-		if seen[key] {
-			return fmt.Errorf("key %q given more than once", key)
-		}
-		seen[key] = true
-		var value json.RawMessage
-		if err := dec.Decode(&value); err != nil {
-			return nil
-		}
-	}
-	return nil
-}
 
 // printable reports whether s is non-empty valid UTF-8 without spaces or
 // control characters: a container ID that prints on one line.

@@ -24,7 +24,7 @@ func TestReadState(t *testing.T) {
 		{"unknown-field", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b","rootfs":"/x"}`, `unknown field "rootfs"`},
 		{"key-case", `{"ociVersion":"1.0.2","ID":"c1","status":"creating","pid":42,"bundle":"/b"}`, `unknown field "ID"`},
 		{"key-twice", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b","id":"c2"}`, `field "id" given more than once`},
-		{"annotation-twice", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b","annotations":{"nsmount.io/mounts":"[]","nsmount.io/mounts":"x"}}`, `annotations: key "nsmount.io/mounts" given more than once`},
+		{"annotation-twice", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b","annotations":{"nsmount.io/mounts":"[]","nsmount.io/mounts":"x"}}`, `field "nsmount.io/mounts" given more than once`},
 		{"trailing", `{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b"} {}`, "unexpected data after the state object"},
 		{"not-json", `status: creating`, "OCI state on stdin: invalid character"},
 		{"no-id", `{"ociVersion":"1.0.2","status":"creating","pid":42,"bundle":"/b"}`, `container id "": empty or not printable`},
