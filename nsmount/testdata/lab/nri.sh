@@ -157,7 +157,7 @@ lab_check_fails "no nsmount process but the plugin" sh -c "pidof nsmount | tr ' 
 kill -TERM $NRIPID
 wait $NRIPID
 lab_check "nsmount nri exits 0 on SIGTERM" test $? = 0
-lab_check_fails "cleanup warned nothing" grep -q warning $NRILOG
+lab_check_fails "cleanup warned nothing" grep -Eq "warning|level=WARN" $NRILOG
 lab_log "scenario took $(awk -v t0="$T0" '{ print $1 - t0 }' /proc/uptime)s"
 echo "--- nsmount nri log"
 cat $NRILOG /run/lab/log/nri.out
