@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
@@ -65,7 +66,7 @@ type Config struct {
 	// the hooks (admission.LoadOrDeny: a missing one denies every mount).
 	Policy string
 	// StateDir is the registry's directory, for the hooks and the
-	// cleanups.
+	// cleanups ("" registry.DefaultDir).
 	StateDir string
 	// Log is the file the hooks append their lines to ("" none).
 	Log string
@@ -314,7 +315,11 @@ func (p *Plugin) cleanupPod(event string, pod *api.PodSandbox) {
 // when the registry does not exist (nsmount never mounted anything here).
 // Everything is logged; nothing fails the runtime's event.
 func (p *Plugin) cleanup(event string, r cachectl.TeardownRequest, attrs ...any) {
-	if _, err := os.Stat(p.c.StateDir); err != nil {
+	dir := p.c.StateDir
+	if dir == "" {
+		dir = registry.DefaultDir
+	}
+	if _, err := os.Stat(dir); err != nil {
 		return
 	}
 	log := p.log.With(append([]any{"event", event}, attrs...)...)

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
@@ -31,9 +32,9 @@ type Config struct {
 	// Policy is the host policy file; a missing one denies every mount
 	// (admission.LoadOrDeny).
 	Policy string
-	// StateDir is the registry's directory. It is opened (and created)
-	// only when there is something to mount; poststop does nothing when
-	// it does not exist.
+	// StateDir is the registry's directory ("" registry.DefaultDir). It
+	// is opened (and created) only when there is something to mount;
+	// poststop does nothing when it does not exist.
 	StateDir string
 	// Owner names who the registry records as the mounts' owner:
 	// cachectl.OwnerHook, or cachectl.OwnerNRI when nsmount nri injected
@@ -214,7 +215,7 @@ func undo(ctx context.Context, mgr *cachectl.Manager, t *nsmount.Target, targets
 // a poststop hook's failure only leaves a warning, and everything may
 // already be gone; what cannot be done is a warning event.
 func poststop(ctx context.Context, state *specs.State, c Config, res *Result) {
-	if _, err := os.Stat(c.StateDir); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(stateDir(c.StateDir)); errors.Is(err, os.ErrNotExist) {
 		return // nsmount never mounted anything here
 	}
 	mgr, err := cachectl.Open(cachectl.Config{StateDir: c.StateDir})
@@ -228,4 +229,12 @@ func poststop(ctx context.Context, state *specs.State, c Config, res *Result) {
 		res.event("warning: tear down: %v", err)
 	}
 	res.Events = append(res.Events, report.Teardown(res.Teardown)...)
+}
+
+// stateDir is the registry directory that cachectl.Open opens for dir.
+func stateDir(dir string) string {
+	if dir == "" {
+		return registry.DefaultDir
+	}
+	return dir
 }
