@@ -3,10 +3,14 @@ package cachectl
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -246,5 +250,84 @@ func TestStaleError(t *testing.T) {
 	}
 	if strings.Contains(msg, "\n") {
 		t.Errorf("error has a newline: %q", msg)
+	}
+}
+
+// TestStatusProbesRecordedPort (defect 5): status checks the NFS port the
+// mount was made with (port=), not always 2049. A process in a fresh netns
+// listens on 127.0.0.1:20490 there; the entry that records port 20490 is
+// reachable, the same entry without a port (2049) is not.
+func TestStatusProbesRecordedPort(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes a network namespace")
+	}
+	child := exec.Command("unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 600")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	pid := child.Process.Pid
+	var tg *nsmount.Target
+	for i := 0; ; i++ {
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "sleep" {
+			var err error
+			if tg, err = nsmount.OpenPID(pid); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if i > 500 {
+			t.Fatal("child not ready")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer tg.Close()
+	var ln net.Listener
+	if err := tg.Do(nsmount.NetNS, func() error {
+		var err error
+		ln, err = net.Listen("tcp", "127.0.0.1:20490")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	start, err := kernel.Proc{}.StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		port uint16
+		want bool
+	}{{20490, true}, {0, false}} {
+		t.Run(fmt.Sprint("port ", tc.port), func(t *testing.T) {
+			m := openManager(t, kernel.Proc{})
+			e := testEntry("x")
+			e.Target = registry.Identity{PID: pid, PIDStart: start, NetNS: tg.NetNS(), MountNS: tg.MountNS()}
+			e.Address, e.Port, e.Created = "127.0.0.1", tc.port, time.Now().Add(-time.Hour)
+			e.Route = registry.Route{}
+			// The host has no NFS: the entry's mount cannot exist, so
+			// Status would forget it; its per-mount check is asked
+			// directly.
+			w, err := m.observe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms := m.mountStatus(t.Context(), w, e, StatusOptions{Probe: true, Timeout: 2 * time.Second})
+			if ms.Reachable == nil {
+				t.Fatalf("status %+v, want a probed mount", ms)
+			}
+			if got := *ms.Reachable; got != tc.want {
+				t.Errorf("reachable %v (%s), want %v", got, ms.ReachError, tc.want)
+			}
+		})
 	}
 }

@@ -26,7 +26,13 @@ done
 # -t nfs without vers negotiates the highest version, like mount.nfs.
 lab_check_output default-version-4.2 '"version": "4.2"' nsmount mount --pid $PID --json $S:/export /data
 lab_check_output default-options-nosuid-nodev 'nosuid,nodev' grep " /data " /proc/$PID/mountinfo
-lab_check umount-default nsmount umount --pid $PID /data
+# A plain umount says what it did on stdout, and nothing on stderr (it
+# once reported its own entry as "forgotten ... no longer in mount
+# namespace", as if something were wrong).
+nsmount umount --pid $PID /data >/tmp/umount.out 2>/tmp/umount.err
+lab_check umount-default test $? = 0
+lab_check_output umount-says-unmounted "unmounted /data" cat /tmp/umount.out
+lab_check umount-quiet-on-stderr test ! -s /tmp/umount.err
 
 # Namespaces named by path instead of a PID; --mkdir creates the target in
 # the container's root.

@@ -40,10 +40,12 @@ mounted_in() { grep -q " /data .* - nfs4 " /proc/$1/mountinfo && [ "$(cat /proc/
 lost_total=0
 for r in $(seq 1 $ROUNDS); do
 	T0=$(now)
+	JOBS=
 	for p in $PIDS; do
 		(nsmount mount --pid $p -o vers=4.2 $S:/export /data >/tmp/race-$p.out 2>&1; echo $? >/tmp/race-$p.rc) &
+		JOBS="$JOBS $!"
 	done
-	wait
+	wait $JOBS # not the pod members: they are this shell's jobs too
 	T1=$(now)
 	ok=0 failed= lost=
 	for p in $PIDS; do
@@ -61,14 +63,17 @@ for r in $(seq 1 $ROUNDS); do
 	lab_check "round $r: every mount reported mounted is in place and reads the server" test -z "$lost"
 	lab_check "round $r: $N registry entries" registry_is $N
 	lab_check "round $r: the pod's netns has one NFS client" test "$(nfs_clients $P1)" = 1
+	JOBS=
 	for p in $PIDS; do
 		(nsmount umount --pid $p /data >/tmp/race-$p.out 2>&1; echo $? >/tmp/race-$p.rc) &
+		JOBS="$JOBS $!"
 	done
-	wait
+	wait $JOBS
 	lab_check "round $r: every umount succeeded" sh -c "! grep -vx 0 $(for p in $PIDS; do printf '/tmp/race-%s.rc ' $p; done)"
 	lab_check "round $r: no NFS mount left" test "$(all_nfs_mounts)" = 0
 	lab_check "round $r: no registry entry left" registry_is 0
 done
 lab_log "lost mounts over $ROUNDS rounds: $lost_total"
 for p in $POD; do [ "$p" = "$P1" ] || kill $p; done
+wait 2>/dev/null
 lab_check "no nsmount process left" sh -c '! pidof nsmount nsmount-helper'
