@@ -62,3 +62,50 @@ func TestManifestsCurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeValues: every value of values.yaml is in the README's values
+// table (itself or a value above it, such as `resources`).
+func TestReadmeValues(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaves []string
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		m, ok := v.(map[string]any)
+		if !ok || len(m) == 0 {
+			leaves = append(leaves, prefix)
+			return
+		}
+		for _, k := range keys(m) {
+			p := k
+			if prefix != "" {
+				p = prefix + "." + k
+			}
+			walk(p, m[k])
+		}
+	}
+	walk("", values(t, string(text)))
+	for _, leaf := range leaves {
+		documented := false
+		for p := leaf; p != ""; {
+			if bytes.Contains(readme, []byte("| `"+p+"`")) || bytes.Contains(readme, []byte(", `"+p+"`")) {
+				documented = true
+				break
+			}
+			i := strings.LastIndex(p, ".")
+			if i < 0 {
+				break
+			}
+			p = p[:i]
+		}
+		if !documented {
+			t.Errorf("value %s is not in README.md's values table", leaf)
+		}
+	}
+}
