@@ -30,13 +30,8 @@
 // guest helpers (lab_netns, lab_veth, lab_nfsd, lab_dns, lab_container,
 // lab_exec, lab_mount, lab_check, ...), environment variables and the cache.
 //
-// The package also runs a real containerd for tests, on the host or in a
-// guest: StartContainerd starts the daemon with a private configuration
-// (everything under one short temporary directory, CRI off, its own runc
-// root), RunContainer runs a busybox container built from busybox-static and
-// imported without a registry, and the test's cleanup removes every
-// container, shim, socket, cgroup and mount it made:
-//
-//	c := testenv.StartContainerd(t, testenv.ContainerdConfig{Prefix: "nsmX"})
-//	pid, err := c.RunContainer(ctx, "nsmX-c1", testenv.RunOptions{NetNS: "/run/netns/nsmX-c1"})
+// Containerd in guests: ContainerdGuestFiles are the host's containerd, runc
+// and CNI plugins for a run (WithFiles), Containerd2 a containerd 2.x build
+// kept in the cache. Subpackages: ctrdenv runs a private containerd daemon (on
+// the host or in a guest), ociimage writes the busybox image it imports.
 package testenv

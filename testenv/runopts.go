@@ -42,30 +42,6 @@ func WithMemory(mib int) RunOption {
 	return func(rc *runConfig) { rc.memory = mib }
 }
 
-// ContainerdGuestFiles are the host's containerd (Debian 1.6), its runc shim,
-// runc, and the CNI plugins bridge, host-local and loopback (in
-// /usr/lib/cni, as in Debian), with their libraries: what a guest needs to
-// run containers through containerd and to network them with CNI.
-// Guest memory of 1536 MiB leaves room for them.
-func ContainerdGuestFiles() ([]HostFile, error) {
-	var files []HostFile
-	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "runc"} {
-		p, err := lookTool(name)
-		if err != nil {
-			return nil, fmt.Errorf("%w (install containerd and runc: testenv/install-deps.sh)", err)
-		}
-		files = append(files, HostFile{Src: p, Dst: "/usr/bin/" + name, Libs: true})
-	}
-	for _, name := range []string{"bridge", "host-local", "loopback"} {
-		p := filepath.Join("/usr/lib/cni", name)
-		if _, err := filepath.EvalSymlinks(p); err != nil {
-			return nil, fmt.Errorf("CNI plugin %s not found (install containernetworking-plugins: testenv/install-deps.sh): %w", p, err)
-		}
-		files = append(files, HostFile{Src: p, Dst: "/usr/lib/cni/" + name, Libs: true})
-	}
-	return files, nil
-}
-
 // writeFiles adds files (and, when asked, their libraries) to a.
 func writeFiles(ctx context.Context, a *archive, files []HostFile) error {
 	seen := map[string]bool{}

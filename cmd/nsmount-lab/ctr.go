@@ -16,7 +16,7 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 
-	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/ctrdenv"
 )
 
 // ctrCmd is `nsmount-lab ctr`: containers through a containerd daemon that a
@@ -33,8 +33,8 @@ func ctrCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&ns, "namespace", "lab", "containerd namespace (and cgroup parent)")
 	root.PersistentFlags().StringVar(&dir, "dir", "/run/lab/ctr", "runc root and container logs (DIR/ID.log)")
 	root.PersistentFlags().DurationVar(&timeout, "timeout", time.Minute, "bound for the whole command")
-	attach := func(ctx context.Context) (*testenv.Containerd, error) {
-		return testenv.AttachContainerd(ctx, address, ns, dir, testenv.ContainerdConfig{})
+	attach := func(ctx context.Context) (*ctrdenv.Containerd, error) {
+		return ctrdenv.AttachContainerd(ctx, address, ns, dir, ctrdenv.ContainerdConfig{})
 	}
 
 	var netns, hook string
@@ -64,7 +64,7 @@ container is left and the error names the cause.`,
 			if err != nil {
 				return &exitError{code: 1, err: err}
 			}
-			opts := testenv.RunOptions{NetNS: netns}
+			opts := ctrdenv.RunOptions{NetNS: netns}
 			if len(args) > 1 {
 				opts.Args = args[1:]
 			}
