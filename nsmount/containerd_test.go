@@ -13,6 +13,7 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/testenv/ctrdenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // startContainerd starts a private containerd (the real daemon, runc and
@@ -20,7 +21,7 @@ import (
 func startContainerd(t *testing.T) *ctrdenv.Containerd {
 	t.Helper()
 	requireRoot(t)
-	return ctrdenv.StartContainerd(t, ctrdenv.ContainerdConfig{Prefix: "nsmB"})
+	return labtest.StartContainerd(t, ctrdenv.ContainerdConfig{Prefix: "nsmB"})
 }
 
 // TestOpenContainer resolves a containerd container to its task's

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/testenv/ctrdenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // Test network: the container's netns nsmB-ctr (eth0 198.51.100.2/24) and
@@ -63,7 +64,7 @@ func TestContainerTarget(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	c := ctrdenv.StartContainerd(t, ctrdenv.ContainerdConfig{Prefix: "nsmB"})
+	c := labtest.StartContainerd(t, ctrdenv.ContainerdConfig{Prefix: "nsmB"})
 	addNetNS(t, peerNetNS)
 	addNetNS(t, ctrNetNS)
 	ip(t, "-n", peerNetNS, "link", "add", "nsmB-p0", "type", "veth", "peer", "name", "eth0", "netns", ctrNetNS)

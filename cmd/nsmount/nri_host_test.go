@@ -25,6 +25,7 @@ import (
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/testenv"
 	"github.com/nsmount/nsmount/testenv/ctrdenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // The NRI host lab: a containerd 2.x daemon (built from the module proxy)
@@ -241,7 +242,7 @@ func TestNRIContainerd(t *testing.T) {
 	}
 
 	nriSocket := filepath.Join(dir, "nri.sock")
-	c := ctrdenv.StartContainerd(t, ctrdenv.ContainerdConfig{
+	c := labtest.StartContainerd(t, ctrdenv.ContainerdConfig{
 		Containerd: filepath.Join(ctrd, "containerd"), Shim: filepath.Join(ctrd, "containerd-shim-runc-v2"),
 		Busybox: busybox, Prefix: "nsm7", NetNS: "/run/netns/" + nriNode,
 		CRI: &ctrdenv.CRIConfig{CNIBinDir: cniBin, CNIConfDir: cniConf, NRISocket: nriSocket},

@@ -120,7 +120,7 @@ func TestContainerd(t *testing.T) {
 func TestContainerdCrashCleanup(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	c := StartContainerd(t, ContainerdConfig{Prefix: "nsmB"})
+	c := startContainerd(t, ContainerdConfig{Prefix: "nsmB"})
 	pid, err := c.RunContainer(ctx, "nsmB-crash", RunOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +192,20 @@ func TestContainerdErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startContainerd starts a daemon that the test's cleanup closes (the
+// testing.T binding, labtest.StartContainerd, imports this package).
+func startContainerd(t *testing.T, cfg ContainerdConfig) *Containerd {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	c, err := NewContainerd(ctx, cfg)
+	if err != nil {
+		t.Fatalf("containerd for tests cannot start (install containerd and runc: testenv/install-deps.sh; needs root): %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func link(t *testing.T, path string) string {

@@ -16,5 +16,5 @@
 //	defer c.Close()
 //	pid, err := c.RunContainer(ctx, "nsmX-c1", ctrdenv.RunOptions{NetNS: "/run/netns/nsmX-c1"})
 //
-// In Go tests, StartContainerd ties the daemon to the test.
+// In Go tests, labtest.StartContainerd ties the daemon to the test.
 package ctrdenv

@@ -1,4 +1,4 @@
-package ctrdenv
+package labtest
 
 // A private containerd tied to a test's lifetime.
 
@@ -6,16 +6,18 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/nsmount/nsmount/testenv/ctrdenv"
 )
 
 // StartContainerd starts a private containerd for the test and stops it,
 // with every container, task and shim it ran, when the test ends. The test
 // fails (it never skips) when containerd cannot start; it needs root.
-func StartContainerd(t testing.TB, cfg ContainerdConfig) *Containerd {
+func StartContainerd(t testing.TB, cfg ctrdenv.ContainerdConfig) *ctrdenv.Containerd {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := NewContainerd(ctx, cfg)
+	c, err := ctrdenv.NewContainerd(ctx, cfg)
 	if err != nil {
 		t.Fatalf("containerd for tests cannot start (install containerd and runc: testenv/install-deps.sh; needs root): %v", err)
 	}
