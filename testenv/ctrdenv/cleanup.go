@@ -184,6 +184,7 @@ func (c *Containerd) removeCgroups() error {
 	if p := filepath.Join("/sys/fs/cgroup", c.cgroup); dirExists(p) {
 		parents = append(parents, p)
 	}
+	deadline := time.Now().Add(cgroupBusyWait)
 	var errs []error
 	for _, p := range parents {
 		var dirs []string
@@ -196,12 +197,32 @@ func (c *Containerd) removeCgroups() error {
 		// Deepest first.
 		sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
 		for _, d := range dirs {
-			if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := rmdirCgroup(d, deadline); err != nil {
 				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cgroupBusyWait bounds how long Close retries a busy cgroup.
+const cgroupBusyWait = 5 * time.Second
+
+// rmdirCgroup removes cgroup directory d (gone already is fine), retrying
+// while it is busy until deadline: processes that killShims killed leave
+// their cgroup only once reaped, and orphans are reaped by init, in its
+// own time (seconds on a loaded machine).
+func rmdirCgroup(d string, deadline time.Time) error {
+	for {
+		err := unix.Rmdir(d)
+		switch {
+		case err == nil, errors.Is(err, unix.ENOENT):
+			return nil
+		case !errors.Is(err, unix.EBUSY) || time.Now().After(deadline):
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // unmountUnder detaches every mount at or below dir, deepest first.
