@@ -222,3 +222,14 @@ func TestLabDNS(t *testing.T) {
 	t.Parallel()
 	labtest.RunT(t, dnsScript)
 }
+
+// TestLabVCPUs boots a guest with two vCPUs (WithVCPUs) and runs a script
+// that sees both and uses them.
+func TestLabVCPUs(t *testing.T) {
+	t.Parallel()
+	labtest.RunT(t, `
+lab_check_output two-cpus 2 grep -c ^processor /proc/cpuinfo
+lab_check_output two-online 0-1 cat /sys/devices/system/cpu/online
+lab_check both-run sh -c 'taskset -c 0 true && taskset -c 1 true'
+`, testenv.WithVCPUs(2))
+}

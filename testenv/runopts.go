@@ -26,7 +26,8 @@ type RunOption func(*runConfig)
 // runConfig is what RunOptions set.
 type runConfig struct {
 	files  []HostFile
-	memory int // MiB; 0 means the lab's Config.Memory
+	memory int // MiB
+	vcpus  int
 }
 
 // WithFiles installs host files in the guest of this run, in an archive
@@ -37,9 +38,17 @@ func WithFiles(files ...HostFile) RunOption {
 	return func(rc *runConfig) { rc.files = append(rc.files, files...) }
 }
 
-// WithMemory sets the guest RAM of this run, in MiB.
+// WithMemory sets the guest RAM of this run, in MiB (default
+// Config.Memory).
 func WithMemory(mib int) RunOption {
 	return func(rc *runConfig) { rc.memory = mib }
+}
+
+// WithVCPUs sets the number of virtual CPUs of this run's guest (qemu
+// -smp; default Config.VCPUs). Under TCG each vCPU is a host thread; a
+// VM takes one of the machine's VM slots whatever its vCPUs.
+func WithVCPUs(n int) RunOption {
+	return func(rc *runConfig) { rc.vcpus = n }
 }
 
 // writeFiles adds files (and, when asked, their libraries) to a.

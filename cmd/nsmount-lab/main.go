@@ -1,9 +1,9 @@
 // Command nsmount-lab runs nsmount scenario scripts in throwaway VMs (the
 // nested-VM lab of package testenv).
 //
-//	nsmount-lab run [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--nsmount PATH] SCRIPT|-
+//	nsmount-lab run [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH] SCRIPT|-
 //	nsmount-lab fetch [--kernel VER|--kernel-package META] [--cache DIR] [--nsmount PATH]
-//	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--nsmount PATH]
+//	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH]
 //	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
 //
 // run streams the VM console to stdout and exits with the script's exit
@@ -83,6 +83,8 @@ func rootCmd() *cobra.Command {
 		c.Flags().StringVar(&cfg.Nsmount, "nsmount", "", "static nsmount binary (default: $NSMOUNT_LAB_NSMOUNT or build ./cmd/nsmount)")
 		if timeout {
 			c.Flags().DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "bound for the whole VM run")
+			c.Flags().IntVar(&cfg.Memory, "memory", 768, "guest RAM in MiB")
+			c.Flags().IntVar(&cfg.VCPUs, "vcpus", 1, "guest virtual CPUs (qemu -smp)")
 		}
 	}
 	run := &cobra.Command{
