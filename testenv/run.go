@@ -95,11 +95,16 @@ func (l *Lab) Run(ctx context.Context, script string, out io.Writer, opts ...Run
 	}
 	select {
 	case l.sem <- struct{}{}:
-		defer func() { <-l.sem }()
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for a VM slot: %w", ctx.Err())
+	default:
+		fmt.Fprintf(rc.log, "nsmount-lab: waiting for a VM slot: this lab runs %d VMs already\n", maxVMs)
+		select {
+		case l.sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a VM slot: %w", ctx.Err())
+		}
 	}
-	release, err := acquireSlot(ctx, l.cfg.CacheDir)
+	defer func() { <-l.sem }()
+	release, err := acquireSlot(ctx, l.cfg.CacheDir, rc.log)
 	if err != nil {
 		return nil, err
 	}
@@ -121,6 +126,9 @@ func (l *Lab) runConfig(opts []RunOption) (runConfig, error) {
 	rc := runConfig{memory: l.cfg.Memory, vcpus: l.cfg.VCPUs}
 	for _, o := range opts {
 		o(&rc)
+	}
+	if rc.log == nil {
+		rc.log = io.Discard
 	}
 	if rc.memory < 1 || rc.vcpus < 1 {
 		return rc, fmt.Errorf("lab run with %d MiB and %d vCPUs: both must be at least 1", rc.memory, rc.vcpus)

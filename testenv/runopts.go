@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"io"
 	"path"
 	"path/filepath"
 )
@@ -28,6 +29,7 @@ type runConfig struct {
 	files  []HostFile
 	memory int // MiB
 	vcpus  int
+	log    io.Writer // progress of the host side; never nil
 }
 
 // WithFiles installs host files in the guest of this run, in an archive
@@ -42,6 +44,12 @@ func WithFiles(files ...HostFile) RunOption {
 // Config.Memory).
 func WithMemory(mib int) RunOption {
 	return func(rc *runConfig) { rc.memory = mib }
+}
+
+// WithLog sends the run's progress messages (e.g. that it waits for a VM
+// slot) to w; by default they are discarded.
+func WithLog(w io.Writer) RunOption {
+	return func(rc *runConfig) { rc.log = w }
 }
 
 // WithVCPUs sets the number of virtual CPUs of this run's guest (qemu
