@@ -78,7 +78,8 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// RunT runs script in a fresh VM of the shared lab and logs the console.
+// RunT runs script in a fresh VM of the shared lab and logs the console
+// (and any wait for a VM slot).
 // Each LAB-CHECK line becomes a subtest of t that fails with the check's
 // detail. The test fails if the lab fails, the script exits non-zero or
 // prints no checks.
@@ -91,7 +92,7 @@ func RunT(t *testing.T, script string, opts ...testenv.RunOption) *testenv.Resul
 func RunOnT(t *testing.T, lab *testenv.Lab, script string, opts ...testenv.RunOption) *testenv.Result {
 	t.Helper()
 	ctx := t.Context()
-	res, err := lab.Run(ctx, script, t.Output(), opts...)
+	res, err := lab.Run(ctx, script, t.Output(), append([]testenv.RunOption{testenv.WithLog(t.Output())}, opts...)...)
 	if err != nil {
 		t.Fatalf("lab run: %v", err)
 	}
