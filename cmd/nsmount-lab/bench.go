@@ -21,7 +21,8 @@ var benchScript string
 
 // benchTimeout is the default bound of the bench VM run (the lab's usual
 // 5 minutes was too short: defect 6). On a 2-core host under TCG the run
-// took 7 minutes while other VMs and fuzzers kept the load at 6-11.
+// took 3m48s on a quiet machine, 7 minutes while other VMs and fuzzers
+// kept the load at 4-11.
 const benchTimeout = 10 * time.Minute
 
 // exitInterrupted is the exit status after SIGINT or SIGTERM.
