@@ -32,8 +32,12 @@ vet:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-# nsmount route and mount timed against nsenter + mount.nfs in one lab VM.
+# nsmount route and mount timed against nsenter + mount.nfs in one lab VM;
+# each figure is printed as soon as it is measured. The guest gets the
+# binaries just built (no second build).
 bench: deps build
+	NSMOUNT_LAB_NSMOUNT=$${NSMOUNT_LAB_NSMOUNT:-$(CURDIR)/$(BIN)/nsmount} \
+	NSMOUNT_LAB_BIN=$${NSMOUNT_LAB_BIN:-$(CURDIR)/$(BIN)/nsmount-lab} \
 	$(BIN)/nsmount-lab bench
 
 clean:

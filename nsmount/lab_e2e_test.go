@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // The lab scenarios: each script boots one VM with a real kernel NFS server
@@ -33,14 +34,14 @@ func labScript(t *testing.T, name string) string {
 // its own netns can reach.
 func TestLabMount(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "mount.sh"))
+	labtest.RunT(t, labScript(t, "mount.sh"))
 }
 
 // TestLabFaults feeds bad input and faults (escaping symlinks, dead PID,
 // unreachable and hung servers) and checks nothing leaks.
 func TestLabFaults(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "faults.sh"))
+	labtest.RunT(t, labScript(t, "faults.sh"))
 }
 
 // TestLabRouting resolves and routes from inside containers: one address and
@@ -50,7 +51,7 @@ func TestLabFaults(t *testing.T) {
 // nameserver.
 func TestLabRouting(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "routing.sh"))
+	labtest.RunT(t, labScript(t, "routing.sh"))
 }
 
 // TestLabClientIdentity mounts NFSv4.2 from two containers with the same
@@ -58,7 +59,7 @@ func TestLabRouting(t *testing.T) {
 // it on later mounts, and both clients keep working past a lease period.
 func TestLabClientIdentity(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "identity.sh"))
+	labtest.RunT(t, labScript(t, "identity.sh"))
 }
 
 // TestLabStale makes a superblock outlive its mount (a copy in a sidecar's
@@ -68,7 +69,7 @@ func TestLabClientIdentity(t *testing.T) {
 // reaches the new server. Also: a corrupt registry is rebuilt.
 func TestLabStale(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "stale.sh"))
+	labtest.RunT(t, labScript(t, "stale.sh"))
 }
 
 // TestLabWatch replaces a mount in place (nsmount remount) and runs nsmount
@@ -76,7 +77,7 @@ func TestLabStale(t *testing.T) {
 // (ESTALE) and a dead server.
 func TestLabWatch(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "watch.sh"))
+	labtest.RunT(t, labScript(t, "watch.sh"))
 }
 
 // TestLabChurn mounts into 60 long-lived containers (NFSv4.2 and v3), then
@@ -88,7 +89,7 @@ func TestLabWatch(t *testing.T) {
 // 60 tracked mounts.
 func TestLabChurn(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "churn.sh"))
+	labtest.RunT(t, labScript(t, "churn.sh"))
 }
 
 // TestLabNewerKernel runs on Debian 12's newer kernel (6.12): nsmount
@@ -99,7 +100,7 @@ func TestLabChurn(t *testing.T) {
 // reaches the new route's server with a client of its own.
 func TestLabNewerKernel(t *testing.T) {
 	t.Parallel()
-	testenv.RunOnT(t, testenv.SharedKernel(t, testenv.NewerKernelPackage), labScript(t, "newer_kernel.sh"))
+	labtest.RunOnT(t, labtest.SharedKernel(t, testenv.NewerKernelPackage), labScript(t, "newer_kernel.sh"))
 }
 
 // TestLabContainerd runs containerd and runc in the VM: a container whose
@@ -115,7 +116,7 @@ func TestLabContainerd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.RunT(t, labScript(t, "containerd.sh"), testenv.WithFiles(files...), testenv.WithMemory(1536))
+	labtest.RunT(t, labScript(t, "containerd.sh"), testenv.WithFiles(files...), testenv.WithMemory(1536))
 }
 
 // TestLabNRI runs containerd 2.x (built from the module proxy) with CRI and
@@ -141,7 +142,7 @@ func TestLabNRI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.RunT(t, labScript(t, "nri.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
+	labtest.RunT(t, labScript(t, "nri.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
 }
 
 // TestLabRace mounts one server into 16 containers at once, four of them
@@ -149,7 +150,7 @@ func TestLabNRI(t *testing.T) {
 // mount reported mounted is in place, readable and recorded afterwards.
 func TestLabRace(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "race.sh"))
+	labtest.RunT(t, labScript(t, "race.sh"))
 }
 
 // TestLabAdmission: a mount the OCI hook made under the host policy is
@@ -159,5 +160,5 @@ func TestLabRace(t *testing.T) {
 // on the admitted server; a CLI mount of the same name follows it.
 func TestLabAdmission(t *testing.T) {
 	t.Parallel()
-	testenv.RunT(t, labScript(t, "admission.sh"))
+	labtest.RunT(t, labScript(t, "admission.sh"))
 }

@@ -12,31 +12,17 @@
 // streams the serial console and returns the script's exit status, read
 // from the line "NSMOUNT-LAB-EXIT=<status>" that the guest's /init prints.
 //
-// In tests, use the shared lab:
+// Go tests use it through package labtest (a lab shared per test binary,
+// LAB-CHECK lines as subtests); this package itself links no testing code,
+// so that nsmount-lab stays free of it. Lab tests run by default: a machine
+// without qemu fails them with the reason, and NSMOUNT_LAB=off skips them
+// explicitly. README.md documents the guest helpers (lab_netns, lab_veth,
+// lab_nfsd, lab_dns, lab_container, lab_exec, lab_mount, lab_check, ...),
+// environment variables and the cache.
 //
-//	func TestMountIntoContainer(t *testing.T) {
-//		testenv.RunT(t, `
-//			lab_netns srv1
-//			lab_container c1
-//			lab_veth srv1 eth0 198.51.100.1/24 c1 eth0 198.51.100.2/24
-//			lab_nfsd srv1 srv1
-//			nsmount mount --pid $(lab_pid c1) 198.51.100.1:/export /data
-//			lab_check_output read-whoami srv1 lab_exec c1 cat /data/whoami
-//		`)
-//	}
-//
-// Lab tests run by default: a machine without qemu fails them with the
-// reason, and NSMOUNT_LAB=off skips them explicitly. README.md documents the
-// guest helpers (lab_netns, lab_veth, lab_nfsd, lab_dns, lab_container,
-// lab_exec, lab_mount, lab_check, ...), environment variables and the cache.
-//
-// The package also runs a real containerd for tests, on the host or in a
-// guest: StartContainerd starts the daemon with a private configuration
-// (everything under one short temporary directory, CRI off, its own runc
-// root), RunContainer runs a busybox container built from busybox-static and
-// imported without a registry, and the test's cleanup removes every
-// container, shim, socket, cgroup and mount it made:
-//
-//	c := testenv.StartContainerd(t, testenv.ContainerdConfig{Prefix: "nsmX"})
-//	pid, err := c.RunContainer(ctx, "nsmX-c1", testenv.RunOptions{NetNS: "/run/netns/nsmX-c1"})
+// Containerd in guests: ContainerdGuestFiles are the host's containerd, runc
+// and CNI plugins for a run (WithFiles), Containerd2 a containerd 2.x build
+// kept in the cache. Subpackages: ctrdenv runs a private containerd daemon (on
+// the host or in a guest), ociimage writes the busybox image it imports,
+// labtest binds all of it to *testing.T.
 package testenv

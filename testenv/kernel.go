@@ -106,13 +106,6 @@ func fetchKernel(ctx context.Context, cacheDir, version string, log io.Writer) (
 	return k, nil
 }
 
-// lockCache takes an exclusive lock on the cache directory, so that several
-// processes (go test runs packages in parallel) do not fetch or build the
-// same files at once. The returned function releases the lock.
-func lockCache(ctx context.Context, cacheDir string) (func(), error) {
-	return lockFile(ctx, filepath.Join(cacheDir, ".lock"))
-}
-
 // lastLines returns the last n non-empty lines of s joined by " | ".
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")

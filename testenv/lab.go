@@ -49,6 +49,9 @@ type Config struct {
 	Accel string
 	// Memory is the guest RAM in MiB (default 768).
 	Memory int
+	// VCPUs is the guest's number of virtual CPUs (default 1). Under TCG
+	// two gave boots no gain on a 2-core host.
+	VCPUs int
 	// Timeout bounds one Run (default 5 minutes). The guest stops the
 	// script somewhat earlier, so that it can still report.
 	Timeout time.Duration
@@ -86,6 +89,9 @@ func (c Config) withDefaults() Config {
 	if c.Memory == 0 {
 		c.Memory = 768
 	}
+	if c.VCPUs == 0 {
+		c.VCPUs = 1
+	}
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Minute
 	}
@@ -116,6 +122,9 @@ func New(ctx context.Context, cfg Config) (*Lab, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Accel != "tcg" && cfg.Accel != "kvm" {
 		return nil, fmt.Errorf("unknown accelerator %q (want tcg or kvm)", cfg.Accel)
+	}
+	if cfg.Memory < 1 || cfg.VCPUs < 1 {
+		return nil, fmt.Errorf("lab with %d MiB and %d vCPUs: both must be at least 1", cfg.Memory, cfg.VCPUs)
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return nil, fmt.Errorf("qemu-system-x86_64 not found (apt-get install qemu-system-x86): %w", err)

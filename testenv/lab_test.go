@@ -1,4 +1,4 @@
-package testenv
+package testenv_test
 
 import (
 	"context"
@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // smokeScript proves the lab without nsmount: an NFS server in netns srv1,
@@ -49,15 +52,14 @@ lab_log "smoke: done"
 
 func TestLabSmoke(t *testing.T) {
 	t.Parallel()
-	res := RunT(t, smokeScript)
+	res := labtest.RunT(t, smokeScript)
 	t.Logf("smoke run: %v", res.Duration)
 }
 
 func TestLabGuestTimeout(t *testing.T) {
 	t.Parallel()
-	lab := Shared(t)
-	short := *lab
-	short.cfg.Timeout = 28 * time.Second // the guest stops the script after 8 s
+	lab := labtest.Shared(t)
+	short := testenv.LabWith(lab, 28*time.Second, nil) // the guest stops the script after 8 s
 	res, err := short.Run(t.Context(), "echo started; sleep 600; echo not reached", nil)
 	if err != nil {
 		t.Fatalf("run: %v", err)
@@ -73,12 +75,12 @@ func TestLabGuestTimeout(t *testing.T) {
 
 func TestLabHostTimeoutAndCancel(t *testing.T) {
 	t.Parallel()
-	lab := Shared(t)
+	lab := labtest.Shared(t)
 	t.Run("timeout", func(t *testing.T) {
 		short, assertGone := trackQemu(t, lab, 2*time.Second) // before the guest boots
 		start := time.Now()
 		_, err := short.Run(t.Context(), "sleep 600", nil)
-		if !errors.Is(err, ErrTimeout) {
+		if !errors.Is(err, testenv.ErrTimeout) {
 			t.Fatalf("error %v, want ErrTimeout", err)
 		}
 		// How long it took includes waiting for a VM slot: logged, not asserted.
@@ -90,7 +92,7 @@ func TestLabHostTimeoutAndCancel(t *testing.T) {
 		defer cancel()
 		tracked, assertGone := trackQemu(t, lab, time.Minute)
 		_, err := tracked.Run(ctx, "sleep 600", nil)
-		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrTimeout) {
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, testenv.ErrTimeout) {
 			t.Fatalf("error %v, want context.DeadlineExceeded", err)
 		}
 		assertGone()
@@ -99,17 +101,15 @@ func TestLabHostTimeoutAndCancel(t *testing.T) {
 
 // trackQemu returns a copy of lab that records its qemu PIDs, and a
 // function that fails t if one of them still exists.
-func trackQemu(t *testing.T, lab *Lab, timeout time.Duration) (*Lab, func()) {
-	c := *lab
-	c.cfg.Timeout = timeout
+func trackQemu(t *testing.T, lab *testenv.Lab, timeout time.Duration) (*testenv.Lab, func()) {
 	var mu sync.Mutex
 	var pids []int
-	c.started = func(pid int) {
+	c := testenv.LabWith(lab, timeout, func(pid int) {
 		mu.Lock()
 		pids = append(pids, pid)
 		mu.Unlock()
-	}
-	return &c, func() {
+	})
+	return c, func() {
 		t.Helper()
 		mu.Lock()
 		defer mu.Unlock()
@@ -179,7 +179,7 @@ lab_check_fails c2-root-unmounted grep -q ' /ct/c2 ' /proc/self/mountinfo
 
 func TestLabHelpers(t *testing.T) {
 	t.Parallel()
-	RunT(t, helpersScript)
+	labtest.RunT(t, helpersScript)
 }
 
 // dnsScript proves lab_dns: servers in netns dns1, queried with busybox
@@ -220,5 +220,16 @@ lab_check_fails dns-usage lab_dns dns1 192.0.2.53
 
 func TestLabDNS(t *testing.T) {
 	t.Parallel()
-	RunT(t, dnsScript)
+	labtest.RunT(t, dnsScript)
+}
+
+// TestLabVCPUs boots a guest with two vCPUs (WithVCPUs) and runs a script
+// that sees both and uses them.
+func TestLabVCPUs(t *testing.T) {
+	t.Parallel()
+	labtest.RunT(t, `
+lab_check_output two-cpus 2 grep -c ^processor /proc/cpuinfo
+lab_check_output two-online 0-1 cat /sys/devices/system/cpu/online
+lab_check both-run sh -c 'taskset -c 0 true && taskset -c 1 true'
+`, testenv.WithVCPUs(2))
 }

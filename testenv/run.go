@@ -83,9 +83,9 @@ func ParseChecks(output string) []Check {
 // (ErrNoExit); it then quotes the last console lines, and the partial
 // Result is returned too. qemu never outlives Run.
 func (l *Lab) Run(ctx context.Context, script string, out io.Writer, opts ...RunOption) (*Result, error) {
-	rc := runConfig{memory: l.cfg.Memory}
-	for _, o := range opts {
-		o(&rc)
+	rc, err := l.runConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	if out == nil {
 		out = io.Discard
@@ -95,11 +95,16 @@ func (l *Lab) Run(ctx context.Context, script string, out io.Writer, opts ...Run
 	}
 	select {
 	case l.sem <- struct{}{}:
-		defer func() { <-l.sem }()
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for a VM slot: %w", ctx.Err())
+	default:
+		fmt.Fprintf(rc.log, "nsmount-lab: waiting for a VM slot: this lab runs %d VMs already\n", maxVMs)
+		select {
+		case l.sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a VM slot: %w", ctx.Err())
+		}
 	}
-	release, err := acquireSlot(ctx, l.cfg.CacheDir)
+	defer func() { <-l.sem }()
+	release, err := acquireSlot(ctx, l.cfg.CacheDir, rc.log)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +118,22 @@ func (l *Lab) Run(ctx context.Context, script string, out io.Writer, opts ...Run
 	if err != nil {
 		return nil, err
 	}
-	return l.runQemu(ctx, initrd, rc.memory, out)
+	return l.runQemu(ctx, initrd, rc, out)
+}
+
+// runConfig applies opts to the lab's defaults.
+func (l *Lab) runConfig(opts []RunOption) (runConfig, error) {
+	rc := runConfig{memory: l.cfg.Memory, vcpus: l.cfg.VCPUs}
+	for _, o := range opts {
+		o(&rc)
+	}
+	if rc.log == nil {
+		rc.log = io.Discard
+	}
+	if rc.memory < 1 || rc.vcpus < 1 {
+		return rc, fmt.Errorf("lab run with %d MiB and %d vCPUs: both must be at least 1", rc.memory, rc.vcpus)
+	}
+	return rc, nil
 }
 
 // guestTimeout is how long the guest lets the script run: the run timeout
@@ -124,7 +144,7 @@ func guestTimeout(d time.Duration) int {
 }
 
 // qemuArgs returns the qemu command line for one run.
-func (l *Lab) qemuArgs(initrd string, memory int) []string {
+func (l *Lab) qemuArgs(initrd string, rc runConfig) []string {
 	accel := "tcg,thread=multi"
 	cpu := "qemu64"
 	if l.cfg.Accel == "kvm" {
@@ -133,7 +153,7 @@ func (l *Lab) qemuArgs(initrd string, memory int) []string {
 	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check rdinit=/init lab.timeout=%d",
 		guestTimeout(l.cfg.Timeout))
 	return []string{
-		"-accel", accel, "-cpu", cpu, "-m", strconv.Itoa(memory), "-smp", "1", "-M", "pc",
+		"-accel", accel, "-cpu", cpu, "-m", strconv.Itoa(rc.memory), "-smp", strconv.Itoa(rc.vcpus), "-M", "pc",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-kernel", l.kernel.vmlinuz(), "-initrd", initrd, "-append", appendLine,
@@ -141,8 +161,8 @@ func (l *Lab) qemuArgs(initrd string, memory int) []string {
 }
 
 // runQemu runs the VM until it powers off or ctx ends.
-func (l *Lab) runQemu(ctx context.Context, initrd string, memory int, out io.Writer) (*Result, error) {
-	cmd := exec.Command("qemu-system-x86_64", l.qemuArgs(initrd, memory)...)
+func (l *Lab) runQemu(ctx context.Context, initrd string, rc runConfig, out io.Writer) (*Result, error) {
+	cmd := exec.Command("qemu-system-x86_64", l.qemuArgs(initrd, rc)...)
 	// Own process group, killed as a whole; SIGKILL if this process dies.
 	// The thread that forks stays locked until qemu is reaped, because
 	// Pdeathsig fires when the forking thread exits.

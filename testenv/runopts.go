@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"io"
 	"path"
 	"path/filepath"
 )
@@ -26,7 +27,9 @@ type RunOption func(*runConfig)
 // runConfig is what RunOptions set.
 type runConfig struct {
 	files  []HostFile
-	memory int // MiB; 0 means the lab's Config.Memory
+	memory int // MiB
+	vcpus  int
+	log    io.Writer // progress of the host side; never nil
 }
 
 // WithFiles installs host files in the guest of this run, in an archive
@@ -37,33 +40,23 @@ func WithFiles(files ...HostFile) RunOption {
 	return func(rc *runConfig) { rc.files = append(rc.files, files...) }
 }
 
-// WithMemory sets the guest RAM of this run, in MiB.
+// WithMemory sets the guest RAM of this run, in MiB (default
+// Config.Memory).
 func WithMemory(mib int) RunOption {
 	return func(rc *runConfig) { rc.memory = mib }
 }
 
-// ContainerdGuestFiles are the host's containerd (Debian 1.6), its runc shim,
-// runc, and the CNI plugins bridge, host-local and loopback (in
-// /usr/lib/cni, as in Debian), with their libraries: what a guest needs to
-// run containers through containerd and to network them with CNI.
-// Guest memory of 1536 MiB leaves room for them.
-func ContainerdGuestFiles() ([]HostFile, error) {
-	var files []HostFile
-	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "runc"} {
-		p, err := lookTool(name)
-		if err != nil {
-			return nil, fmt.Errorf("%w (install containerd and runc: testenv/install-deps.sh)", err)
-		}
-		files = append(files, HostFile{Src: p, Dst: "/usr/bin/" + name, Libs: true})
-	}
-	for _, name := range []string{"bridge", "host-local", "loopback"} {
-		p := filepath.Join("/usr/lib/cni", name)
-		if _, err := filepath.EvalSymlinks(p); err != nil {
-			return nil, fmt.Errorf("CNI plugin %s not found (install containernetworking-plugins: testenv/install-deps.sh): %w", p, err)
-		}
-		files = append(files, HostFile{Src: p, Dst: "/usr/lib/cni/" + name, Libs: true})
-	}
-	return files, nil
+// WithLog sends the run's progress messages (e.g. that it waits for a VM
+// slot) to w; by default they are discarded.
+func WithLog(w io.Writer) RunOption {
+	return func(rc *runConfig) { rc.log = w }
+}
+
+// WithVCPUs sets the number of virtual CPUs of this run's guest (qemu
+// -smp; default Config.VCPUs). Under TCG each vCPU is a host thread; a
+// VM takes one of the machine's VM slots whatever its vCPUs.
+func WithVCPUs(n int) RunOption {
+	return func(rc *runConfig) { rc.vcpus = n }
 }
 
 // writeFiles adds files (and, when asked, their libraries) to a.

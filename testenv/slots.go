@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -15,7 +16,10 @@ import (
 // binaries of several packages at once) share the machine's cores, so the
 // bound must hold across them, not only within one Lab. The slot is released
 // by the returned function, or by the kernel if the process dies.
-func acquireSlot(ctx context.Context, cacheDir string) (release func(), err error) {
+//
+// If no slot is free at once, it says so on log, and again once it has one.
+func acquireSlot(ctx context.Context, cacheDir string, log io.Writer) (release func(), err error) {
+	var waitStart time.Time
 	for {
 		for i := 0; i < maxVMs; i++ {
 			name := filepath.Join(cacheDir, fmt.Sprintf("vm-slot-%d.lock", i))
@@ -24,9 +28,17 @@ func acquireSlot(ctx context.Context, cacheDir string) (release func(), err erro
 				return nil, fmt.Errorf("open VM slot: %w", err)
 			}
 			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+				if !waitStart.IsZero() {
+					fmt.Fprintf(log, "nsmount-lab: got a VM slot after %v\n", time.Since(waitStart).Round(time.Second))
+				}
 				return func() { f.Close() }, nil
 			}
 			f.Close()
+		}
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+			fmt.Fprintf(log, "nsmount-lab: waiting for a VM slot: %d VMs already run on this machine (locks %s)\n",
+				maxVMs, filepath.Join(cacheDir, "vm-slot-*.lock"))
 		}
 		select {
 		case <-ctx.Done():

@@ -329,6 +329,54 @@ func TestGuestTimeout(t *testing.T) {
 	}
 }
 
+// TestQemuMachineSize: guest RAM and vCPUs come from Config (defaults 768
+// MiB, 1 vCPU) unless a run's options say otherwise; nonsense is refused.
+func TestQemuMachineSize(t *testing.T) {
+	tests := []struct {
+		name             string
+		cfg              Config
+		opts             []RunOption
+		wantMem, wantCPU string
+		wantErr          bool
+	}{
+		{"defaults", Config{}, nil, "768", "1", false},
+		{"config", Config{Memory: 1024, VCPUs: 2}, nil, "1024", "2", false},
+		{"run options", Config{}, []RunOption{WithVCPUs(2), WithMemory(1536)}, "1536", "2", false},
+		{"run option over config", Config{VCPUs: 2}, []RunOption{WithVCPUs(1)}, "768", "1", false},
+		{"zero vCPUs", Config{}, []RunOption{WithVCPUs(0)}, "", "", true},
+		{"negative memory", Config{}, []RunOption{WithMemory(-1)}, "", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &Lab{cfg: tt.cfg.withDefaults(), kernel: &kernel{version: "6.1.0-0-cloud-amd64", dir: "/k"}}
+			rc, err := l.runConfig(tt.opts)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("runConfig = %+v, want an error", rc)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			args := l.qemuArgs("/initrd", rc)
+			flag := func(name string) string {
+				i := slices.Index(args, name)
+				if i < 0 || i+1 == len(args) {
+					t.Fatalf("no %s in %q", name, args)
+				}
+				return args[i+1]
+			}
+			if got := flag("-m"); got != tt.wantMem {
+				t.Errorf("-m %s, want %s", got, tt.wantMem)
+			}
+			if got := flag("-smp"); got != tt.wantCPU {
+				t.Errorf("-smp %s, want %s", got, tt.wantCPU)
+			}
+		})
+	}
+}
+
 // TestPlainModule decompresses a .ko.xz beside itself once, and leaves a
 // plain .ko alone.
 func TestPlainModule(t *testing.T) {

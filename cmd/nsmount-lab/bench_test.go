@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,19 +17,162 @@ func TestParseBench(t *testing.T) {
 	if res[0].name != "nsmount mount v4.2" || res[0].n != 20 || res[0].med != 78100*time.Microsecond {
 		t.Errorf("first result = %+v", res[0])
 	}
-	var buf bytes.Buffer
-	if err := printBench(&buf, res); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), "nsmount mount v4.2") || !strings.Contains(buf.String(), ": 0.67 (medians)") {
-		t.Errorf("printBench output:\n%s", buf.String())
-	}
 	for _, bad := range []string{"BENCH\tx\t1\t2", "BENCH\tx\tone\t1\t1\t1\t1"} {
 		if _, err := parseBench(bad); err == nil {
 			t.Errorf("parseBench(%q) succeeded", bad)
 		}
 	}
-	if err := printBench(&buf, nil); err == nil {
-		t.Error("printBench(nil) succeeded")
+}
+
+// TestBenchSteps reads the steps from the embedded bench.sh: every
+// bench_step call has a literal name, and no name repeats.
+func TestBenchSteps(t *testing.T) {
+	steps := benchSteps(benchScript)
+	if calls := strings.Count(benchScript, "\nbench_step "); len(steps) != calls || calls < 4 {
+		t.Fatalf("benchSteps found %d steps %q; bench.sh has %d bench_step calls", len(steps), steps, calls)
+	}
+	for i, s := range steps {
+		if slices.Contains(steps[:i], s) {
+			t.Errorf("step %q twice", s)
+		}
+	}
+	if got := benchSteps("bench_step \"a\"\nbench_step \"$X runs\"\n  bench_step \"b\"\nbench_step \"c\"\n"); !slices.Equal(got, []string{"a", "c"}) {
+		t.Errorf("benchSteps = %q, want [a c]", got)
+	}
+}
+
+// benchConsole is a bench run's console up to the middle of its third step.
+var benchConsole = []string{
+	"nsmount-lab: init at 2.20s",
+	"BENCH-STEP one",
+	"lab: netns srv1",
+	"BENCH-STEP two",
+	"BENCH\tnsmount mount v4.2\t20\t78000000\t65000000\t78100000\t92000000",
+	"BENCH\tnsenter + mount.nfs v4.2\t20\t120000000\t113000000\t117000000\t163000000",
+	"BENCH\tnsmount route (address)\t20\t50000000\t40000000\t58500000\t60000000",
+	"NOTE nsenter + mount.nfs by name: fails",
+	"BENCH-STEP three",
+	"BENCH-PROGRESS 50 of 200 containers mounted",
+	"lab: something hangs",
+}
+
+// TestBenchReportStreams: each figure, ratio, note and progress line is
+// printed when its console line arrives, also when lines come in pieces.
+func TestBenchReportStreams(t *testing.T) {
+	tests := []struct {
+		line string   // console line written
+		want []string // what the output has after it, in order
+	}{
+		{benchConsole[0], nil},
+		{benchConsole[1], []string{"] one\n"}},
+		{benchConsole[2], nil},
+		{benchConsole[3], []string{"] two\n"}},
+		{benchConsole[4], []string{"measurement", "nsmount mount v4.2", "78.1"}},
+		{benchConsole[5], []string{"nsenter + mount.nfs v4.2", "117.0", "ratio nsmount mount v4.2", ": 0.67 (medians)"}},
+		{benchConsole[6], []string{"nsmount route (address)", "ratio nsmount route (address)", ": 0.50 (medians)"}},
+		{benchConsole[7], []string{"nsenter + mount.nfs by name: fails\n"}},
+		{benchConsole[8], []string{"] three\n"}},
+		{benchConsole[9], []string{"]   50 of 200 containers mounted\n"}},
+	}
+	var out bytes.Buffer
+	r := newBenchReport(&out, nil, []string{"one", "two", "three", "four"}, time.Now())
+	for _, tt := range tests {
+		before := out.Len()
+		// In two pieces: nothing is printed before the line is complete.
+		half := len(tt.line) / 2
+		r.Write([]byte(tt.line[:half]))
+		if out.Len() != before {
+			t.Fatalf("printed %q before line %q was complete", out.String()[before:], tt.line)
+		}
+		r.Write([]byte(tt.line[half:] + "\n"))
+		got := out.String()[before:]
+		rest := got
+		for _, w := range tt.want {
+			i := strings.Index(rest, w)
+			if i < 0 {
+				t.Fatalf("after %q the output has %q, want %q (in order %q)", tt.line, got, w, tt.want)
+			}
+			rest = rest[i+len(w):]
+		}
+		if tt.want == nil && got != "" {
+			t.Errorf("after %q printed %q, want nothing", tt.line, got)
+		}
+	}
+	if strings.Count(out.String(), "ratio nsmount mount v4.2 ") != 1 {
+		t.Errorf("a ratio printed more than once:\n%s", out.String())
+	}
+	if r.err != nil {
+		t.Error(r.err)
+	}
+}
+
+// TestBenchReportStopped: a stopped run names its step, the reason, the
+// last console lines, everything measured and the steps not reached.
+func TestBenchReportStopped(t *testing.T) {
+	tests := []struct {
+		name    string
+		console []string
+		verbose bool
+		want    []string
+		notWant []string
+	}{
+		{
+			name:    "mid-run",
+			console: benchConsole,
+			want: []string{
+				`STOPPED in step 3 of 4, "three", after `, ": timed out\n",
+				"last console lines:", "  | lab: something hangs\n",
+				"measured before the stop:", "nsmount mount v4.2", "nsenter + mount.nfs v4.2", "nsmount route (address)",
+				"ratio nsmount mount v4.2", "nsenter + mount.nfs by name: fails",
+				"not reached: four\n",
+			},
+		},
+		{
+			name:    "verbose shows no tail",
+			console: benchConsole,
+			verbose: true,
+			want:    []string{`STOPPED in step 3 of 4`, "measured before the stop:"},
+			notWant: []string{"last console lines:"},
+		},
+		{
+			name:    "before the first step",
+			console: []string{"nsmount-lab: init at 2.20s", "Kernel panic"},
+			want:    []string{"STOPPED before the script's first step after", "  | Kernel panic", "nothing was measured before the stop", "not reached: one; two; three; four\n"},
+		},
+		{
+			name:    "unknown step",
+			console: []string{"BENCH-STEP surprise", "partial line without newline"},
+			want:    []string{`STOPPED in step "surprise", after`, "  | partial line without newline"},
+			notWant: []string{"not reached"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, console bytes.Buffer
+			r := newBenchReport(&out, nil, []string{"one", "two", "three", "four"}, time.Now())
+			if tt.verbose {
+				r.console = &console
+			}
+			r.Write([]byte(strings.Join(tt.console, "\n")))
+			before := out.Len()
+			r.stopped("timed out")
+			got := out.String()[before:]
+			rest := got
+			for _, w := range tt.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("summary lacks %q (in order); got:\n%s", w, got)
+				}
+				rest = rest[i+len(w):]
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(got, w) {
+					t.Errorf("summary has %q:\n%s", w, got)
+				}
+			}
+			if tt.verbose && !strings.Contains(console.String(), tt.console[len(tt.console)-1]) {
+				t.Errorf("console copy lacks the last line: %q", console.String())
+			}
+		})
 	}
 }

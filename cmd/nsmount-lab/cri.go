@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/ctrdenv"
 )
 
 // criCmd is `nsmount-lab cri`: pods and containers through the CRI API of a
@@ -74,7 +74,7 @@ func criCmd() *cobra.Command {
 				return &exitError{code: 1, err: err}
 			}
 			defer client.Close()
-			if err := testenv.ImportCRIImages(ctx, client, bb, "native"); err != nil {
+			if err := ctrdenv.ImportCRIImages(ctx, client, bb, "native"); err != nil {
 				return &exitError{code: 1, err: err}
 			}
 			return nil
@@ -136,7 +136,7 @@ func criCmd() *cobra.Command {
 				}
 				r, err := rt.CreateContainer(ctx, &cri.CreateContainerRequest{PodSandboxId: args[0], SandboxConfig: pod, Config: &cri.ContainerConfig{
 					Metadata:    &cri.ContainerMetadata{Name: args[1]},
-					Image:       &cri.ImageSpec{Image: testenv.BusyboxImageName},
+					Image:       &cri.ImageSpec{Image: ctrdenv.BusyboxImageName},
 					Command:     cmd,
 					Annotations: ann,
 					LogPath:     args[1] + ".log",

@@ -2,21 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/containernetworking/cni/libcni"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 
-	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/ctrdenv"
 )
 
 // ctrCmd is `nsmount-lab ctr`: containers through a containerd daemon that a
@@ -33,8 +29,8 @@ func ctrCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&ns, "namespace", "lab", "containerd namespace (and cgroup parent)")
 	root.PersistentFlags().StringVar(&dir, "dir", "/run/lab/ctr", "runc root and container logs (DIR/ID.log)")
 	root.PersistentFlags().DurationVar(&timeout, "timeout", time.Minute, "bound for the whole command")
-	attach := func(ctx context.Context) (*testenv.Containerd, error) {
-		return testenv.AttachContainerd(ctx, address, ns, dir, testenv.ContainerdConfig{})
+	attach := func(ctx context.Context) (*ctrdenv.Containerd, error) {
+		return ctrdenv.AttachContainerd(ctx, address, ns, dir, ctrdenv.ContainerdConfig{})
 	}
 
 	var netns, hook string
@@ -64,7 +60,7 @@ container is left and the error names the cause.`,
 			if err != nil {
 				return &exitError{code: 1, err: err}
 			}
-			opts := testenv.RunOptions{NetNS: netns}
+			opts := ctrdenv.RunOptions{NetNS: netns}
 			if len(args) > 1 {
 				opts.Args = args[1:]
 			}
@@ -123,54 +119,4 @@ func withNsmountHooks(path string, extra []string) oci.SpecOpts {
 		s.Hooks.Poststop = append(s.Hooks.Poststop, hook("poststop"))
 		return nil
 	}
-}
-
-// cniCmd is `nsmount-lab cni`: runs a CNI network configuration list with
-// libcni, as a container runtime would.
-func cniCmd() *cobra.Command {
-	var confList, binDir, cacheDir, netns, ifName string
-	c := &cobra.Command{
-		Use:   "cni add|check|del --conf FILE --netns PATH CONTAINER-ID",
-		Short: "Run a CNI conflist (ADD, CHECK or DEL) for a container, through libcni",
-		Long: `cni runs the plugins of a CNI network configuration list for one
-container, as a container runtime does. ADD prints the result (JSON).
---netns "" runs DEL without a netns (after it is gone).`,
-		Args:      cobra.ExactArgs(2),
-		ValidArgs: []string{"add", "check", "del"},
-		RunE: func(c *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(c.Context(), time.Minute)
-			defer cancel()
-			list, err := libcni.ConfListFromFile(confList)
-			if err != nil {
-				return &exitError{code: 1, err: err}
-			}
-			cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, nil)
-			rt := &libcni.RuntimeConf{ContainerID: args[1], NetNS: netns, IfName: ifName}
-			switch args[0] {
-			case "add":
-				res, err := cni.AddNetworkList(ctx, list, rt)
-				if err != nil {
-					return &exitError{code: 1, err: fmt.Errorf("ADD: %w", err)}
-				}
-				return json.NewEncoder(os.Stdout).Encode(res)
-			case "check":
-				err = cni.CheckNetworkList(ctx, list, rt)
-			case "del":
-				err = cni.DelNetworkList(ctx, list, rt)
-			default:
-				return fmt.Errorf("unknown CNI command %q (want add, check or del)", args[0])
-			}
-			if err != nil {
-				return &exitError{code: 1, err: fmt.Errorf("%s: %w", strings.ToUpper(args[0]), err)}
-			}
-			return nil
-		},
-	}
-	c.Flags().StringVar(&confList, "conf", "", "network configuration list (.conflist)")
-	c.Flags().StringVar(&binDir, "bin-dir", "/usr/lib/cni", "CNI plugin directory")
-	c.Flags().StringVar(&cacheDir, "cache-dir", filepath.Join("/run/lab", "cni-cache"), "libcni cache directory")
-	c.Flags().StringVar(&netns, "netns", "", "the container's network namespace path")
-	c.Flags().StringVar(&ifName, "ifname", "eth0", "interface name in the container")
-	c.MarkFlagRequired("conf")
-	return c
 }

@@ -1,9 +1,9 @@
 // Command nsmount-lab runs nsmount scenario scripts in throwaway VMs (the
 // nested-VM lab of package testenv).
 //
-//	nsmount-lab run [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--nsmount PATH] SCRIPT|-
+//	nsmount-lab run [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH] SCRIPT|-
 //	nsmount-lab fetch [--kernel VER|--kernel-package META] [--cache DIR] [--nsmount PATH]
-//	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--nsmount PATH]
+//	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH]
 //	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
 //
 // run streams the VM console to stdout and exits with the script's exit
@@ -69,33 +69,40 @@ func main() {
 }
 
 func rootCmd() *cobra.Command {
-	var cfg testenv.Config
 	root := &cobra.Command{
 		Use:           "nsmount-lab",
 		Short:         "Run nsmount scenario scripts in throwaway VMs",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	flags := func(c *cobra.Command, timeout bool) {
+	// labFlags adds the lab's flags to c, bound to a Config of c's own; a
+	// timeout other than 0 adds the flags of commands that boot a VM, with
+	// that default.
+	labFlags := func(c *cobra.Command, timeout time.Duration) *testenv.Config {
+		cfg := &testenv.Config{}
 		c.Flags().StringVar(&cfg.KernelVersion, "kernel", "", "Debian kernel version, e.g. 6.1.0-56-cloud-amd64 (default: $NSMOUNT_LAB_KERNEL or the current cloud kernel)")
 		c.Flags().StringVar(&cfg.KernelPackage, "kernel-package", "", "Debian metapackage naming the kernel when --kernel is not given, e.g. "+testenv.NewerKernelPackage+" (default "+testenv.DefaultKernelPackage+")")
 		c.Flags().StringVar(&cfg.CacheDir, "cache", "", "cache directory (default: $NSMOUNT_LAB_CACHE or "+testenv.DefaultCacheDir+")")
 		c.Flags().StringVar(&cfg.Nsmount, "nsmount", "", "static nsmount binary (default: $NSMOUNT_LAB_NSMOUNT or build ./cmd/nsmount)")
-		if timeout {
-			c.Flags().DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "bound for the whole VM run")
+		if timeout != 0 {
+			c.Flags().DurationVar(&cfg.Timeout, "timeout", timeout, "bound for the whole VM run")
+			c.Flags().IntVar(&cfg.Memory, "memory", 768, "guest RAM in MiB")
+			c.Flags().IntVar(&cfg.VCPUs, "vcpus", 1, "guest virtual CPUs (qemu -smp)")
 		}
+		return cfg
 	}
 	run := &cobra.Command{
 		Use:   "run [flags] SCRIPT|-",
 		Short: "Boot a VM, run SCRIPT in it and exit with its status",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(c *cobra.Command, args []string) error {
-			script, err := readScript(args[0])
-			if err != nil {
-				return &exitError{code: exitLab, err: err}
-			}
-			return runScript(c.Context(), cfg, script)
-		},
+	}
+	runCfg := labFlags(run, 5*time.Minute)
+	run.RunE = func(c *cobra.Command, args []string) error {
+		script, err := readScript(args[0])
+		if err != nil {
+			return &exitError{code: exitLab, err: err}
+		}
+		return runScript(c.Context(), *runCfg, script)
 	}
 	fetch := &cobra.Command{
 		Use:   "fetch",
@@ -104,53 +111,56 @@ func rootCmd() *cobra.Command {
 --kernel and --kernel-package both the default kernel's and the newer
 kernel's (` + testenv.NewerKernelPackage + `), and containerd ` + testenv.Containerd2Version + `.`,
 		Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			cfgs := []testenv.Config{cfg}
-			if cfg.KernelVersion == "" && cfg.KernelPackage == "" {
-				newer := cfg
-				newer.KernelPackage = testenv.NewerKernelPackage
-				cfgs = append(cfgs, newer)
-			}
-			for _, cfg := range cfgs {
-				lab, err := newLab(c.Context(), cfg)
-				if err != nil {
-					return err
-				}
-				fmt.Printf("lab ready: kernel %s\n", lab.KernelVersion())
-				if err := lab.Close(); err != nil {
-					return err
-				}
-			}
-			dir, err := testenv.Containerd2(c.Context(), cfg.CacheDir, os.Stderr)
+	}
+	fetchCfg := labFlags(fetch, 0)
+	fetch.RunE = func(c *cobra.Command, _ []string) error {
+		cfg := *fetchCfg
+		cfgs := []testenv.Config{cfg}
+		if cfg.KernelVersion == "" && cfg.KernelPackage == "" {
+			newer := cfg
+			newer.KernelPackage = testenv.NewerKernelPackage
+			cfgs = append(cfgs, newer)
+		}
+		for _, cfg := range cfgs {
+			lab, err := newLab(c.Context(), cfg)
 			if err != nil {
-				return &exitError{code: exitLab, err: err}
+				return err
 			}
-			fmt.Printf("containerd %s ready: %s\n", testenv.Containerd2Version, dir)
-			return nil
-		},
+			fmt.Printf("lab ready: kernel %s\n", lab.KernelVersion())
+			if err := lab.Close(); err != nil {
+				return err
+			}
+		}
+		dir, err := testenv.Containerd2(c.Context(), cfg.CacheDir, os.Stderr)
+		if err != nil {
+			return &exitError{code: exitLab, err: err}
+		}
+		fmt.Printf("containerd %s ready: %s\n", testenv.Containerd2Version, dir)
+		return nil
 	}
 	demo := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the built-in demo: nsmount mounts into a container",
 		Args:  cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			return runScript(c.Context(), cfg, demoScript)
-		},
+	}
+	demoCfg := labFlags(demo, 5*time.Minute)
+	demo.RunE = func(c *cobra.Command, _ []string) error {
+		return runScript(c.Context(), *demoCfg, demoScript)
 	}
 	var verbose bool
 	bench := &cobra.Command{
 		Use:   "bench",
-		Short: "Time nsmount route and mount against nsenter + mount.nfs, and status with 200 tracked mounts, in one lab VM",
-		Args:  cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			return runBench(c.Context(), cfg, verbose)
-		},
+		Short: "Time nsmount route and mount against nsenter + mount.nfs, recovery under watch, and status with 200 tracked mounts, in one lab VM",
+		Long: `bench runs the benchmark scenario in one lab VM and prints each figure
+as soon as the guest has measured it. If the run stops early (timeout,
+failure, interrupt), it says in which step and repeats what was measured.`,
+		Args: cobra.NoArgs,
+	}
+	benchCfg := labFlags(bench, benchTimeout)
+	bench.RunE = func(c *cobra.Command, _ []string) error {
+		return runBench(c.Context(), *benchCfg, verbose)
 	}
 	bench.Flags().BoolVarP(&verbose, "verbose", "v", false, "stream the VM console to stderr")
-	flags(run, true)
-	flags(fetch, false)
-	flags(demo, true)
-	flags(bench, true)
 	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd())
 	return root
 }
@@ -201,7 +211,7 @@ func runInLab(ctx context.Context, cfg testenv.Config, script string, console io
 		return nil, err
 	}
 	defer lab.Close()
-	res, err := lab.Run(ctx, script, console)
+	res, err := lab.Run(ctx, script, console, testenv.WithLog(os.Stderr))
 	switch {
 	case errors.Is(err, testenv.ErrTimeout):
 		return nil, &exitError{code: exitTimeout, err: err}

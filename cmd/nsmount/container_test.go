@@ -13,7 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsmount/nsmount/nsmount"
-	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/ctrdenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // Test network: the container's netns nsmB-ctr (eth0 198.51.100.2/24) and
@@ -63,7 +64,7 @@ func TestContainerTarget(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	c := testenv.StartContainerd(t, testenv.ContainerdConfig{Prefix: "nsmB"})
+	c := labtest.StartContainerd(t, ctrdenv.ContainerdConfig{Prefix: "nsmB"})
 	addNetNS(t, peerNetNS)
 	addNetNS(t, ctrNetNS)
 	ip(t, "-n", peerNetNS, "link", "add", "nsmB-p0", "type", "veth", "peer", "name", "eth0", "netns", ctrNetNS)
@@ -72,7 +73,7 @@ func TestContainerTarget(t *testing.T) {
 	ip(t, "-n", ctrNetNS, "addr", "add", "198.51.100.2/24", "dev", "eth0")
 	ip(t, "-n", ctrNetNS, "link", "set", "eth0", "up")
 	const id = "nsmB-cli"
-	pid, err := c.RunContainer(ctx, id, testenv.RunOptions{NetNS: "/run/netns/" + ctrNetNS})
+	pid, err := c.RunContainer(ctx, id, ctrdenv.RunOptions{NetNS: "/run/netns/" + ctrNetNS})
 	if err != nil {
 		t.Fatal(err)
 	}

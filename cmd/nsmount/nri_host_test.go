@@ -24,6 +24,8 @@ import (
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/ctrdenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // The NRI host lab: a containerd 2.x daemon (built from the module proxy)
@@ -240,10 +242,10 @@ func TestNRIContainerd(t *testing.T) {
 	}
 
 	nriSocket := filepath.Join(dir, "nri.sock")
-	c := testenv.StartContainerd(t, testenv.ContainerdConfig{
+	c := labtest.StartContainerd(t, ctrdenv.ContainerdConfig{
 		Containerd: filepath.Join(ctrd, "containerd"), Shim: filepath.Join(ctrd, "containerd-shim-runc-v2"),
 		Busybox: busybox, Prefix: "nsm7", NetNS: "/run/netns/" + nriNode,
-		CRI: &testenv.CRIConfig{CNIBinDir: cniBin, CNIConfDir: cniConf, NRISocket: nriSocket},
+		CRI: &ctrdenv.CRIConfig{CNIBinDir: cniBin, CNIConfDir: cniConf, NRISocket: nriSocket},
 	})
 
 	policy, state, logFile := filepath.Join(dir, "policy.json"), filepath.Join(dir, "state"), filepath.Join(dir, "nsmount.log")
@@ -304,7 +306,7 @@ func TestNRIContainerd(t *testing.T) {
 			PodSandboxId: podID, SandboxConfig: podCfg,
 			Config: &cri.ContainerConfig{
 				Metadata:    &cri.ContainerMetadata{Name: name},
-				Image:       &cri.ImageSpec{Image: testenv.BusyboxImageName},
+				Image:       &cri.ImageSpec{Image: ctrdenv.BusyboxImageName},
 				Command:     []string{"sleep", "3600"},
 				Annotations: annotations,
 				LogPath:     name + ".log",

@@ -13,15 +13,16 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/containerd"
-	"github.com/nsmount/nsmount/testenv"
+	"github.com/nsmount/nsmount/testenv/ctrdenv"
+	"github.com/nsmount/nsmount/testenv/labtest"
 )
 
 // startContainerd starts a private containerd (the real daemon, runc and
 // shim) for the test.
-func startContainerd(t *testing.T) *testenv.Containerd {
+func startContainerd(t *testing.T) *ctrdenv.Containerd {
 	t.Helper()
 	requireRoot(t)
-	return testenv.StartContainerd(t, testenv.ContainerdConfig{Prefix: "nsmB"})
+	return labtest.StartContainerd(t, ctrdenv.ContainerdConfig{Prefix: "nsmB"})
 }
 
 // TestOpenContainer resolves a containerd container to its task's
@@ -31,7 +32,7 @@ func TestOpenContainer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	c := startContainerd(t)
-	pid, err := c.RunContainer(ctx, "nsmB-open", testenv.RunOptions{})
+	pid, err := c.RunContainer(ctx, "nsmB-open", ctrdenv.RunOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,18 +89,18 @@ func TestOpenContainerErrors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	c := startContainerd(t)
-	if _, err := c.RunContainer(ctx, "nsmB-run", testenv.RunOptions{}); err != nil {
+	if _, err := c.RunContainer(ctx, "nsmB-run", ctrdenv.RunOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// A container whose task has exited (not deleted) ...
-	if _, err := c.RunContainer(ctx, "nsmB-stopped", testenv.RunOptions{}); err != nil {
+	if _, err := c.RunContainer(ctx, "nsmB-stopped", ctrdenv.RunOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.StopTask(ctx, "nsmB-stopped"); err != nil {
 		t.Fatal(err)
 	}
 	// ... and one with no task at all.
-	if _, err := c.RunContainer(ctx, "nsmB-notask", testenv.RunOptions{}); err != nil {
+	if _, err := c.RunContainer(ctx, "nsmB-notask", ctrdenv.RunOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.StopTask(ctx, "nsmB-notask"); err != nil {

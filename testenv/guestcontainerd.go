@@ -1,8 +1,10 @@
 package testenv
 
+// Containerd for lab guests: the host's Debian containerd 1.6 set and a
+// containerd 2.x built into the cache, as files a run installs.
+
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,9 +12,31 @@ import (
 	"path/filepath"
 	"runtime"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
+
+// ContainerdGuestFiles are the host's containerd (Debian 1.6), its runc shim,
+// runc, and the CNI plugins bridge, host-local and loopback (in
+// /usr/lib/cni, as in Debian), with their libraries: what a guest needs to
+// run containers through containerd and to network them with CNI.
+// Guest memory of 1536 MiB leaves room for them.
+func ContainerdGuestFiles() ([]HostFile, error) {
+	var files []HostFile
+	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "runc"} {
+		p, err := lookTool(name)
+		if err != nil {
+			return nil, fmt.Errorf("%w (install containerd and runc: testenv/install-deps.sh)", err)
+		}
+		files = append(files, HostFile{Src: p, Dst: "/usr/bin/" + name, Libs: true})
+	}
+	for _, name := range []string{"bridge", "host-local", "loopback"} {
+		p := filepath.Join("/usr/lib/cni", name)
+		if _, err := filepath.EvalSymlinks(p); err != nil {
+			return nil, fmt.Errorf("CNI plugin %s not found (install containernetworking-plugins: testenv/install-deps.sh): %w", p, err)
+		}
+		files = append(files, HostFile{Src: p, Dst: "/usr/lib/cni/" + name, Libs: true})
+	}
+	return files, nil
+}
 
 // Containerd2Version is the containerd release that Containerd2 builds: a
 // 2.x daemon, for what Debian's 1.6 lacks (NRI with CRI).
@@ -89,30 +113,4 @@ func containerd2Complete(dir string) bool {
 		}
 	}
 	return true
-}
-
-// lockFile takes an exclusive flock on path (created if needed), waiting
-// until ctx ends (the cache lock, the containerd build lock). The returned function releases it; so does the kernel if
-// the process dies.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock: %w", err)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for lock %s: %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }

@@ -1,4 +1,7 @@
-package testenv
+package labtest
+
+// Labs for tests: one shared Lab per test binary and kernel, and scenario
+// runs whose LAB-CHECK lines become subtests.
 
 import (
 	"context"
@@ -7,13 +10,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nsmount/nsmount/testenv"
 )
 
 // sharedLab is a lab shared by the tests of this test binary, created on
 // first use.
 type sharedLab struct {
 	once sync.Once
-	lab  *Lab
+	lab  *testenv.Lab
 	err  error
 }
 
@@ -25,17 +30,18 @@ var shared struct {
 }
 
 // Shared returns the lab shared by all tests of this test binary, creating
-// it on first use with the default Config (environment variables apply).
+// it on first use with the default testenv.Config (environment variables
+// apply).
 // If the lab cannot be created the test fails with the reason, unless
 // NSMOUNT_LAB=off, in which case it is skipped with a message saying so.
 // The lab's temporary files live until the process exits.
-func Shared(t testing.TB) *Lab { return SharedKernel(t, "") }
+func Shared(t testing.TB) *testenv.Lab { return SharedKernel(t, "") }
 
 // SharedKernel is Shared for the kernel that metapackage pkg names (e.g.
-// NewerKernelPackage); "" is the default kernel.
-func SharedKernel(t testing.TB, pkg string) *Lab {
+// testenv.NewerKernelPackage); "" is the default kernel.
+func SharedKernel(t testing.TB, pkg string) *testenv.Lab {
 	t.Helper()
-	if os.Getenv(EnvLab) == "off" {
+	if os.Getenv(testenv.EnvLab) == "off" {
 		t.Skip("lab disabled by NSMOUNT_LAB=off")
 	}
 	shared.mu.Lock()
@@ -52,7 +58,7 @@ func SharedKernel(t testing.TB, pkg string) *Lab {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
 		start := time.Now()
-		s.lab, s.err = New(ctx, Config{KernelPackage: pkg, Log: testLogWriter{t}})
+		s.lab, s.err = testenv.New(ctx, testenv.Config{KernelPackage: pkg, Log: testLogWriter{t}})
 		if s.err == nil {
 			t.Logf("lab ready in %v (kernel %s)", time.Since(start).Round(time.Millisecond), s.lab.KernelVersion())
 		}
@@ -72,20 +78,21 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// RunT runs script in a fresh VM of the shared lab and logs the console.
+// RunT runs script in a fresh VM of the shared lab and logs the console
+// (and any wait for a VM slot).
 // Each LAB-CHECK line becomes a subtest of t that fails with the check's
 // detail. The test fails if the lab fails, the script exits non-zero or
 // prints no checks.
-func RunT(t *testing.T, script string, opts ...RunOption) *Result {
+func RunT(t *testing.T, script string, opts ...testenv.RunOption) *testenv.Result {
 	t.Helper()
 	return RunOnT(t, Shared(t), script, opts...)
 }
 
 // RunOnT is RunT in lab (e.g. SharedKernel's).
-func RunOnT(t *testing.T, lab *Lab, script string, opts ...RunOption) *Result {
+func RunOnT(t *testing.T, lab *testenv.Lab, script string, opts ...testenv.RunOption) *testenv.Result {
 	t.Helper()
 	ctx := t.Context()
-	res, err := lab.Run(ctx, script, t.Output(), opts...)
+	res, err := lab.Run(ctx, script, t.Output(), append([]testenv.RunOption{testenv.WithLog(t.Output())}, opts...)...)
 	if err != nil {
 		t.Fatalf("lab run: %v", err)
 	}

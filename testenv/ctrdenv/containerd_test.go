@@ -1,15 +1,10 @@
-package testenv
+package ctrdenv
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,84 +12,6 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 )
-
-// TestWriteBusyboxImage checks the layout that containerd imports: the
-// index names the image, every blob is where its digest says, and the layer
-// has busybox and its applets.
-func TestWriteBusyboxImage(t *testing.T) {
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatalf("busybox-static is needed (testenv/install-deps.sh): %v", err)
-	}
-	var a, b bytes.Buffer
-	if err := WriteBusyboxImage(&a, busybox, BusyboxImageName); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteBusyboxImage(&b, busybox, BusyboxImageName); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(a.Bytes(), b.Bytes()) {
-		t.Error("two builds of the image differ")
-	}
-	files := map[string][]byte{}
-	tr := tar.NewReader(&a)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := io.ReadAll(tr)
-		files[h.Name] = data
-	}
-	var index struct {
-		Manifests []struct {
-			Digest      string            `json:"digest"`
-			Annotations map[string]string `json:"annotations"`
-		} `json:"manifests"`
-	}
-	if err := json.Unmarshal(files["index.json"], &index); err != nil {
-		t.Fatalf("index.json: %v", err)
-	}
-	if len(index.Manifests) != 1 || index.Manifests[0].Annotations["io.containerd.image.name"] != BusyboxImageName {
-		t.Fatalf("index.json manifests = %+v", index.Manifests)
-	}
-	blob := func(d string) []byte {
-		data, ok := files["blobs/sha256/"+strings.TrimPrefix(d, "sha256:")]
-		if !ok {
-			t.Fatalf("blob %s missing", d)
-		}
-		return data
-	}
-	var manifest struct {
-		Layers []struct{ Digest string } `json:"layers"`
-	}
-	if err := json.Unmarshal(blob(index.Manifests[0].Digest), &manifest); err != nil || len(manifest.Layers) != 1 {
-		t.Fatalf("manifest: %v, %d layers", err, len(manifest.Layers))
-	}
-	layer := tar.NewReader(bytes.NewReader(blob(manifest.Layers[0].Digest)))
-	links := map[string]string{}
-	for {
-		h, err := layer.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		links[h.Name] = h.Linkname
-	}
-	for _, want := range []string{"bin/busybox", "bin/sh", "bin/sleep", "tmp/", "proc/"} {
-		if _, ok := links[want]; !ok {
-			t.Errorf("layer has no %s", want)
-		}
-	}
-	if links["bin/sh"] != "busybox" {
-		t.Errorf("bin/sh -> %q, want busybox", links["bin/sh"])
-	}
-}
 
 // TestContainerd runs a container through a private containerd and checks
 // that Close leaves nothing behind: no daemon, shim or container process,
@@ -118,7 +35,7 @@ func TestContainerd(t *testing.T) {
 	start := time.Now()
 	pid, err := c.RunContainer(ctx, "nsmB-c1", RunOptions{})
 	if err != nil {
-		t.Fatalf("RunContainer: %v\n%s", err, c.logTail(40))
+		t.Fatalf("RunContainer: %v\n%s", err, c.LogTail(40))
 	}
 	t.Logf("image import and first container in %v", time.Since(start).Round(time.Millisecond))
 	start = time.Now()
@@ -203,7 +120,7 @@ func TestContainerd(t *testing.T) {
 func TestContainerdCrashCleanup(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	c := StartContainerd(t, ContainerdConfig{Prefix: "nsmB"})
+	c := startContainerd(t, ContainerdConfig{Prefix: "nsmB"})
 	pid, err := c.RunContainer(ctx, "nsmB-crash", RunOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -275,6 +192,20 @@ func TestContainerdErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startContainerd starts a daemon that the test's cleanup closes (the
+// testing.T binding, labtest.StartContainerd, imports this package).
+func startContainerd(t *testing.T, cfg ContainerdConfig) *Containerd {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	c, err := NewContainerd(ctx, cfg)
+	if err != nil {
+		t.Fatalf("containerd for tests cannot start (install containerd and runc: testenv/install-deps.sh; needs root): %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func link(t *testing.T, path string) string {

@@ -1,4 +1,4 @@
-package testenv
+package ociimage
 
 import (
 	"archive/tar"
