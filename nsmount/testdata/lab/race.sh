@@ -74,6 +74,7 @@ for r in $(seq 1 $ROUNDS); do
 	lab_check "round $r: no registry entry left" registry_is 0
 done
 lab_log "lost mounts over $ROUNDS rounds: $lost_total"
-for p in $POD; do [ "$p" = "$P1" ] || kill $p; done
-wait 2>/dev/null
+KILLED=
+for p in $POD; do [ "$p" = "$P1" ] || { kill $p; KILLED="$KILLED $p"; }; done
+wait $KILLED 2>/dev/null
 lab_check "no nsmount process left" sh -c '! pidof nsmount nsmount-helper'
