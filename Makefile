@@ -3,7 +3,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin
 
-.PHONY: all build deps demo test vet fmt bench clean
+.PHONY: all build deps demo test vet fmt fuzz bench deploy-manifests clean
 
 all: build
 
@@ -17,14 +17,34 @@ deps:
 demo: deps build
 	$(BIN)/nsmount-lab demo
 
-# Everything: vet, formatting, unit tests, host namespace tests and the lab
-# e2e tests (real kernel NFS in a VM). NSMOUNT_LAB=off opts out of the lab
-# (the lab tests then report SKIP, never PASS).
+# Everything: vet, formatting, unit tests, host namespace tests, the lab
+# e2e tests (real kernel NFS in a VM), then every fuzz target for FUZZTIME.
+# NSMOUNT_LAB=off opts out of the lab (the lab tests then report SKIP,
+# never PASS).
 test: deps vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	@# Fetch the kernel and build the initramfs once, before packages test in parallel.
 	@if [ "$$NSMOUNT_LAB" != off ]; then $(GO) run ./cmd/nsmount-lab fetch; fi
 	$(GO) test -count=1 -timeout 40m ./...
+	$(MAKE) fuzz
+
+# Every fuzz target of every package, FUZZTIME each (their seed vectors,
+# testdata/fuzz included, also run in every plain `go test`). What a fuzzer
+# finds goes to the package's testdata/fuzz/FuzzX/ and stays as a vector.
+FUZZTIME ?= 5s
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$f ($$pkg, $(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg >/tmp/nsmount-fuzz.log 2>&1 || \
+				{ cat /tmp/nsmount-fuzz.log; exit 1; }; \
+		done; \
+	done
+
+# deploy/manifests/nsmount.yaml from the Helm chart (a test checks it is
+# current).
+deploy-manifests:
+	$(GO) generate ./deploy
 
 vet:
 	$(GO) vet ./...

@@ -127,7 +127,12 @@ func parseResolvLine(c *ResolvConf, line string) {
 		if len(fields) == 0 {
 			return
 		}
-		c.Search = []string{strings.TrimSuffix(fields[0], ".")}
+		// "domain ." names the root: no search domain (found by
+		// FuzzParseResolvConf; glibc's search list ignores "." too).
+		c.Search = nil
+		if d := strings.TrimSuffix(fields[0], "."); d != "" {
+			c.Search = []string{d}
+		}
 	case "search":
 		if len(fields) == 0 {
 			return
