@@ -363,7 +363,7 @@ func (m *Manager) act(ctx context.Context, a *Action, o FlushOptions) {
 		err = killWait(a.Holder.PID, orDefault(o.Timeout, nsmount.DefaultMountTimeout))
 	case "umount":
 		var t *nsmount.Target
-		if t, err = nsmount.OpenPID(a.Mount.PID); err == nil {
+		if t, err = m.openPID(a.Mount.PID); err == nil {
 			err = nsmount.UnmountID(ctx, t, a.Mount.MountID, nsmount.UnmountOptions{Timeout: o.Timeout})
 			t.Close()
 		}

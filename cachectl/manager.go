@@ -19,9 +19,10 @@ import (
 // admission it was made under. A Manager is safe for concurrent use, and
 // several nsmount processes may use one registry at once.
 type Manager struct {
-	reg   *registry.Registry
-	proc  kernel.Proc
-	knobs Shutdowner
+	reg       *registry.Registry
+	proc      kernel.Proc
+	knobs     Shutdowner
+	isolation nsmount.Isolation
 
 	mu      sync.Mutex
 	notices []string
@@ -37,6 +38,11 @@ type Config struct {
 	// kernel's when Proc is the real /proc, and none otherwise (the PIDs
 	// of another procfs cannot be entered).
 	Shutdowner Shutdowner
+	// Isolation is where the targets the Manager opens itself (to probe,
+	// unmount or remount through a process) run the work that can block on
+	// a server: nsmount.InHelper (the default) for a long-lived Manager
+	// (watch, an agent), nsmount.InThread for one command's.
+	Isolation nsmount.Isolation
 }
 
 // Open opens the registry in c.StateDir (creating it) and returns a
@@ -46,7 +52,7 @@ func Open(c Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{reg: reg, proc: c.Proc, knobs: c.Shutdowner}
+	m := &Manager{reg: reg, proc: c.Proc, knobs: c.Shutdowner, isolation: c.Isolation}
 	if m.knobs == nil && c.Proc.Root == "" {
 		m.knobs = kernelKnobs{}
 	}
@@ -172,6 +178,16 @@ func (kernelKnobs) Shutdown(ctx context.Context, pid int, dev string) error {
 	}
 	defer t.Close()
 	return kernel.Shutdown(ctx, t, dev)
+}
+
+// openPID opens process pid as a target with the Manager's isolation.
+func (m *Manager) openPID(pid int) (*nsmount.Target, error) {
+	t, err := nsmount.OpenPID(pid)
+	if err != nil {
+		return nil, err
+	}
+	t.SetIsolation(m.isolation)
+	return t, nil
 }
 
 // observe takes a full observation of the kernel (every process and mount

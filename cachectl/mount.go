@@ -81,6 +81,31 @@ type MountResult struct {
 	Flushed *FlushReport `json:"flushed,omitempty"`
 	// Warnings are things the caller should tell the user, one line each.
 	Warnings []string `json:"warnings,omitempty"`
+	// Phases are how long each step took, in order: plan (resolve,
+	// route, check), lock (waiting for the server's lock), stale (the
+	// stale-state check and flush), mount, record.
+	Phases []Phase `json:"phases"`
+}
+
+// Phase is one step of a command and how long it took.
+type Phase struct {
+	Name string        `json:"name"`
+	Took time.Duration `json:"took"`
+}
+
+// phases times the steps of one command.
+type phases struct {
+	list []Phase
+	last time.Time
+}
+
+func startPhases() *phases { return &phases{last: time.Now()} }
+
+// done ends step name.
+func (p *phases) done(name string) {
+	now := time.Now()
+	p.list = append(p.list, Phase{Name: name, Took: now.Sub(p.last)})
+	p.last = now
 }
 
 // Mount makes r.Request's mount in t and records it. The decision is made
@@ -101,6 +126,7 @@ func (m *Manager) Mount(ctx context.Context, t *nsmount.Target, r MountRequest) 
 	if needsAdmission(r.Owner) && r.Admission == nil {
 		return nil, nsmount.WithClass(nsmount.ErrDenied, fmt.Errorf("a mount for %s needs a policy admission", r.Owner))
 	}
+	ph := startPhases()
 	plan, err := nsmount.Explain(ctx, t, r.Request)
 	if err != nil {
 		return nil, err
@@ -110,25 +136,31 @@ func (m *Manager) Mount(ctx context.Context, t *nsmount.Target, r MountRequest) 
 			return nil, err
 		}
 	}
+	ph.done("plan")
 	l, err := m.lockServer(ctx, t.NetNS(), plan.Address)
 	if err != nil {
 		return nil, err
 	}
 	defer l.Unlock()
+	ph.done("lock")
 	res := &MountResult{}
 	if res.Flushed, res.Warnings, err = m.prepare(ctx, t, plan, policy, r); err != nil {
 		return nil, err
 	}
+	ph.done("stale")
 	mnt, err := nsmount.MountPlan(ctx, t, plan)
 	if err != nil {
 		return nil, err
 	}
+	ph.done("mount")
 	res.Mounted = mnt
 	res.Entry = entryOf(mnt, plan, r, t.NetNS(), t.MountNS())
 	if pid := t.PID(); pid != 0 {
 		res.Entry.Target.PIDStart, _ = m.proc.StartTime(pid)
 	}
 	err = m.update(func(s *registry.State) error { s.Put(res.Entry); return nil })
+	ph.done("record")
+	res.Phases = ph.list
 	if err != nil {
 		return res, fmt.Errorf("mounted %s at %s, but recording it failed: %w", mnt.Source, mnt.Target, err)
 	}

@@ -114,7 +114,7 @@ func (m *Manager) openEntry(e *registry.Entry) (*nsmount.Target, error) {
 		}
 		pid = p
 	}
-	t, err := nsmount.OpenPID(pid)
+	t, err := m.openPID(pid)
 	if err != nil {
 		return nil, err
 	}

@@ -134,7 +134,7 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 }
 
 func (m *Manager) clientID(ctx context.Context, pid int) string {
-	t, err := nsmount.OpenPID(pid)
+	t, err := m.openPID(pid)
 	if err != nil {
 		return ""
 	}
@@ -150,7 +150,7 @@ func (m *Manager) mountStatus(ctx context.Context, w *World, e registry.Entry, o
 		ms.Verdict, ms.Advice = "unknown", "no process in the mount namespace to check through"
 		return ms
 	}
-	t, err := nsmount.OpenPID(pid)
+	t, err := m.openPID(pid)
 	if err != nil {
 		ms.Verdict, ms.RouteError = "unknown", err.Error()
 		return ms

@@ -143,7 +143,7 @@ func (m *Manager) unmountEntry(ctx context.Context, w *World, e registry.Entry) 
 	if !ok {
 		return fmt.Errorf("%s at %s: no process left in mount namespace %s to unmount it through", e.Source, e.Mountpoint, e.Target.MountNS)
 	}
-	t, err := nsmount.OpenPID(pid)
+	t, err := m.openPID(pid)
 	if err != nil {
 		return fmt.Errorf("unmount %s: %w", e.Mountpoint, err)
 	}

@@ -257,7 +257,7 @@ func (w *watcher) health(ctx context.Context, world *World, e registry.Entry) (n
 	if !ok {
 		return nsmount.Health{}, errors.New("no process")
 	}
-	t, err := nsmount.OpenPID(pid)
+	t, err := w.m.openPID(pid)
 	if err != nil {
 		return nsmount.Health{}, err
 	}
@@ -270,7 +270,7 @@ func (w *watcher) health(ctx context.Context, world *World, e registry.Entry) (n
 // The socket is created inside the netns and keeps it; it is read here,
 // on an ordinary goroutine.
 func (w *watcher) subscribe(ctx context.Context, ns nsmount.NSID, pid int) {
-	t, err := nsmount.OpenPID(pid)
+	t, err := w.m.openPID(pid)
 	if err != nil {
 		w.forget(ns)
 		return

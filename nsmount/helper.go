@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -103,29 +104,44 @@ func helperRun(req *helperRequest, resp *helperResponse) error {
 		desc:  "target",
 	}
 	defer t.Close()
+	if req.HasRoot {
+		t.root = os.NewFile(helperRoot, "root")
+	}
+	return t.inside(req, resp, nil)
+}
+
+// inside runs req in t's network and mount namespaces, on a fresh locked
+// thread (Target.Do), filling in resp. gate, if set, must let an attaching
+// operation (mount, replace) go ahead right before it attaches anything.
+func (t *Target) inside(req *helperRequest, resp *helperResponse, gate *commitGate) error {
 	// The host's /proc, opened before entering: the container may have none.
 	proc, err := openPath("/proc")
 	if err != nil {
 		return err
 	}
 	defer proc.Close()
+	var root *os.File
+	if t.root != nil {
+		if root, err = dupCloexec(t.root); err != nil {
+			return fmt.Errorf("dup root of %s: %w", t, err)
+		}
+	}
 	return t.Do(NetNS|MountNS, func() error {
-		root := t.root
-		if req.HasRoot {
-			root = os.NewFile(helperRoot, "root")
-		} else if root, err = openPath("/"); err != nil {
-			return err
+		if root == nil {
+			if root, err = openPath("/"); err != nil {
+				return err
+			}
 		}
 		defer root.Close()
 		switch req.Op {
 		case "mount":
-			return mountInside(req, root, proc, resp)
+			return mountInside(req, root, proc, resp, gate)
 		case "umount":
 			return umountInside(req, root, proc, resp)
 		case "umount-id":
 			return umountIDInside(req, root, proc)
 		case "replace":
-			return replaceInside(req, root, proc, resp)
+			return replaceInside(req, root, proc, resp, gate)
 		case "probe":
 			return probeInside(req, root, resp)
 		}
@@ -133,12 +149,43 @@ func helperRun(req *helperRequest, resp *helperResponse) error {
 	})
 }
 
+// commitGate decides, between a thread that is about to attach a mount
+// and a caller whose deadline passed, which one wins: a mount is either
+// attached and reported, or never attached.
+type commitGate struct {
+	mu    sync.Mutex
+	state int // 0 running, 1 committing, 2 cancelled
+}
+
+// commit reports whether the thread may attach; a nil gate always may.
+func (g *commitGate) commit() bool {
+	if g == nil {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state == 0 {
+		g.state = 1
+	}
+	return g.state == 1
+}
+
+// cancel stops a thread that has not started to attach; false when it has.
+func (g *commitGate) cancel() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state == 0 {
+		g.state = 2
+	}
+	return g.state == 2
+}
+
 // mountInside runs on the helper's thread in the target's namespaces. The
 // order matters: the target directory is resolved first (bad targets fail
 // before any network traffic), then the superblock is created (fsconfig,
 // talks to the server), mounted detached (fsmount), verified against this
 // netns's NFS client list, and only then attached (move_mount).
-func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) error {
+func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse, gate *commitGate) error {
 	target, err := openInRoot(root, req.Target, req.Mkdir)
 	if err != nil {
 		return err
@@ -149,6 +196,9 @@ func mountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) 
 		return err // mfd < 0: the legacy path mounted already
 	}
 	defer unix.Close(mfd) // a detached mount vanishes with its last fd
+	if !gate.commit() {
+		return withClass(ErrTimeout, errors.New("deadline passed before the mount was attached; not attached"))
+	}
 	if err := unix.MoveMount(mfd, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return withClass(ErrMountFailed, fmt.Errorf("attach mount at %s: %w", req.Target, err))
 	}
@@ -308,11 +358,15 @@ func umountInside(req *helperRequest, root, proc *os.File, resp *helperResponse)
 	return nil
 }
 
-// callHelper runs req in a helper process inside t's namespaces and waits for
-// it until ctx is done; then it kills the helper and returns ErrTimeout.
+// callHelper runs req inside t's namespaces, where t's Isolation says (a
+// helper process, by default), and waits for it until ctx is done; then it
+// stops it and returns ErrTimeout.
 func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperResponse, error) {
 	if t.netns == nil || t.mntns == nil {
 		return nil, errors.New("target is closed")
+	}
+	if t.isolation == InThread {
+		return callThread(ctx, t, req)
 	}
 	files := []*os.File{t.netns, t.mntns}
 	if t.root != nil {
@@ -377,6 +431,12 @@ func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperRespo
 	return &resp, nil
 }
 
+// took is how long the helper worked on the request.
+func (r *helperResponse) took() time.Duration {
+	d, _ := time.ParseDuration(r.Elapsed)
+	return d
+}
+
 // setErr records err in r: its message, class and errno (unless an errno
 // was recorded already, as a probe does for the filesystem's answer).
 func (r *helperResponse) setErr(err error) {
@@ -386,6 +446,45 @@ func (r *helperResponse) setErr(err error) {
 	if r.Errno == 0 && errors.As(err, &errno) {
 		r.Errno = int(errno)
 	}
+}
+
+// callThread runs req on a thread of this process (Isolation InThread).
+// When ctx ends first, the thread is left to finish on its own (a thread in
+// the kernel cannot be stopped), but its mount, if it makes one, is never
+// attached: the gate decides between the two.
+func callThread(ctx context.Context, t *Target, req helperRequest) (*helperResponse, error) {
+	// The thread works on its own descriptors: an abandoned thread may
+	// outlive the caller's Target.
+	own, err := t.dup()
+	if err != nil {
+		return nil, err
+	}
+	resp := &helperResponse{}
+	gate := &commitGate{}
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		defer own.Close()
+		done <- own.inside(&req, resp, gate)
+	}()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		if gate.cancel() {
+			return nil, withClass(ErrTimeout, fmt.Errorf("%s in %s did not finish in time, abandoned: %w", req.Op, t, context.Cause(ctx)))
+		}
+		err = <-done // attaching: a local operation, it ends
+	}
+	resp.Elapsed = time.Since(start).String()
+	if err != nil {
+		var errno syscall.Errno
+		if resp.Errno == 0 && errors.As(err, &errno) {
+			resp.Errno = int(errno)
+		}
+		resp.Error = err.Error()
+		return resp, err
+	}
+	return resp, nil
 }
 
 // err rebuilds the helper's error in the parent: its message, its class

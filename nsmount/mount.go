@@ -76,6 +76,10 @@ type Mounted struct {
 	ClientIDSet bool   `json:"client_id_set,omitempty"`
 	// Plan is the decision the mount carried out.
 	Plan *Plan `json:"plan"`
+	// InHelper is how long the mount took where it was made (the helper
+	// process, or the thread), from the request to the answer: the rest of
+	// MountPlan's time is starting the helper.
+	InHelper time.Duration `json:"in_helper"`
 }
 
 // Mount mounts req.Source at req.Target inside t: Explain, then MountPlan.
@@ -125,6 +129,7 @@ func mountedOf(t *Target, plan *Plan, resp *helperResponse) *Mounted {
 
 		ClientID:    resp.ClientID,
 		ClientIDSet: resp.ClientIDSet,
+		InHelper:    resp.took(),
 	}
 }
 

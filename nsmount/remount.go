@@ -51,7 +51,7 @@ func ReplacePlan(ctx context.Context, t *Target, plan *Plan, oldID uint64) (*Mou
 }
 
 // replaceInside runs in the helper: see Replace.
-func replaceInside(req *helperRequest, root, proc *os.File, resp *helperResponse) error {
+func replaceInside(req *helperRequest, root, proc *os.File, resp *helperResponse, gate *commitGate) error {
 	target, err := openInRoot(root, req.Target, false)
 	if err != nil {
 		return err
@@ -93,6 +93,9 @@ func replaceInside(req *helperRequest, root, proc *os.File, resp *helperResponse
 	}
 	if m == nil {
 		return withClass(ErrNotMounted, fmt.Errorf("mount %d at %s is gone", old, req.Target))
+	}
+	if !gate.commit() {
+		return withClass(ErrTimeout, errors.New("deadline passed before the new mount was swapped in; nothing changed"))
 	}
 	beneath := unix.MoveMount(mfd, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH|moveMountBeneath)
 	if beneath == nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -32,9 +33,20 @@ func (f *targetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.address, "address", containerd.DefaultAddress, "containerd socket for --container")
 }
 
-// open opens the target that the flags name. The command's context (and
-// containerd.DefaultTimeout) bounds the talk with containerd.
+// open opens the target that the flags name, for one command (its work
+// that can block on a server runs on threads: see nsmount.InThread). The
+// command's context (and containerd.DefaultTimeout) bounds the talk with
+// containerd.
 func (f *targetFlags) open(cmd *cobra.Command) (*nsmount.Target, error) {
+	t, err := f.openTarget(cmd)
+	if err != nil {
+		return nil, err
+	}
+	t.SetIsolation(nsmount.InThread)
+	return t, nil
+}
+
+func (f *targetFlags) openTarget(cmd *cobra.Command) (*nsmount.Target, error) {
 	paths := f.netns != "" || f.mntns != ""
 	if !cmd.Flags().Changed("container") && (cmd.Flags().Changed("namespace") || cmd.Flags().Changed("address")) {
 		return nil, usageError{fmt.Errorf("--namespace and --address need --container")}
@@ -114,6 +126,7 @@ func newMountCommand() *cobra.Command {
 		mountTimeout  time.Duration
 		stale         string
 		kill, down    bool
+		timings       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "mount [flags] SERVER:/EXPORT TARGET",
@@ -152,6 +165,13 @@ func newMountCommand() *cobra.Command {
 				return err
 			}
 			m := res.Mounted
+			if timings {
+				var b strings.Builder
+				for _, p := range res.Phases {
+					fmt.Fprintf(&b, " %s %.1fms", p.Name, float64(p.Took.Microseconds())/1000)
+				}
+				warn(cmd, fmt.Sprintf("timings:%s (in the helper %.1fms)", b.String(), float64(m.InHelper.Microseconds())/1000))
+			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), m)
 			}
@@ -167,6 +187,7 @@ func newMountCommand() *cobra.Command {
 	cmd.Flags().StringVar(&stale, "stale", string(cachectl.StaleFlush), "stale NFS state of the same server in the container's netns: flush (unmount stale copies, refuse if some remain), refuse, or share (inherit it knowingly)")
 	cmd.Flags().BoolVar(&kill, "kill", false, "with --stale flush: end processes that hold stale superblocks open")
 	cmd.Flags().BoolVar(&down, "shutdown", false, "with --stale flush: shut down stale superblocks held open (Linux 6.6+; their holders get EIO, none is ended)")
+	cmd.Flags().BoolVar(&timings, "timings", false, "print how long each step took (plan, lock, stale, mount, record) on stderr")
 	return cmd
 }
 

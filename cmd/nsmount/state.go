@@ -24,10 +24,20 @@ func stateDirDefault() string {
 	return registry.DefaultDir
 }
 
-// newManager opens the registry named by --state-dir.
+// newManager opens the registry named by --state-dir, for one command:
+// the work that can block on a server runs on threads of this short-lived
+// process (no helper to start).
 func newManager(cmd *cobra.Command) (*cachectl.Manager, error) {
 	dir, _ := cmd.Flags().GetString("state-dir")
-	return cachectl.Open(cachectl.Config{StateDir: dir})
+	return cachectl.Open(cachectl.Config{StateDir: dir, Isolation: nsmount.InThread})
+}
+
+// newLongManager opens the registry for a long-running command (watch):
+// the work that can block on a server runs in helper processes, which can
+// be killed when a server hangs.
+func newLongManager(cmd *cobra.Command) (*cachectl.Manager, error) {
+	dir, _ := cmd.Flags().GetString("state-dir")
+	return cachectl.Open(cachectl.Config{StateDir: dir, Isolation: nsmount.InHelper})
 }
 
 // warn prints one line on stderr.
@@ -364,7 +374,7 @@ not answer within --timeout is reported dead. Each mount is handled on its
 own, so a hung server never delays the others. One line per event on stdout.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			mgr, err := newManager(cmd)
+			mgr, err := newLongManager(cmd)
 			if err != nil {
 				return err
 			}

@@ -1,7 +1,7 @@
 // Package containerd finds the namespaces of a containerd container: the
 // container ID, through containerd's API, to an nsmount.Target of its
-// task's process. It is the only package of nsmount that links containerd's
-// client; the mount core and the mount helper never do.
+// task's process. It is the only package of nsmount that talks to
+// containerd; the mount core never imports it.
 package containerd
 
 import (
@@ -10,11 +10,18 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
-	client "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/errdefs"
+	containers "github.com/containerd/containerd/api/services/containers/v1"
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types/task"
 	"github.com/nsmount/nsmount/nsmount"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // Defaults for Ref.
@@ -74,11 +81,17 @@ func Open(ctx context.Context, ref Ref) (_ *nsmount.Target, retErr error) {
 	if err := checkContainerd(ctx, addr); err != nil {
 		return nil, err
 	}
-	c, err := client.New(addr, client.WithDefaultNamespace(ns), client.WithTimeout(timeout))
+	// Only the containers and tasks services are needed: they are asked
+	// directly over gRPC, without containerd's client library (which
+	// links and initialises most of containerd's API in every nsmount
+	// process, helpers included).
+	conn, err := grpc.NewClient("unix://"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("containerd at %s: %w", addr, err)
 	}
-	defer c.Close()
+	defer conn.Close()
+	c := api{containers: containers.NewContainersClient(conn), tasks: tasks.NewTasksClient(conn)}
+	ctx = metadata.AppendToOutgoingContext(ctx, namespaceHeader, ns)
 
 	name := fmt.Sprintf("container %q in namespace %q", ref.ID, ns)
 	pid, err := containerPID(ctx, c, ref.ID)
@@ -122,38 +135,41 @@ type notRunning struct{ reason string }
 
 func (e *notRunning) Error() string { return e.reason }
 
+// namespaceHeader is the gRPC metadata key that carries the containerd
+// namespace of a call.
+const namespaceHeader = "containerd-namespace"
+
+// api is the part of containerd's API that Open uses.
+type api struct {
+	containers containers.ContainersClient
+	tasks      tasks.TasksClient
+}
+
 // containerPID returns the PID of the container's task, which must exist and
 // not be stopped.
-func containerPID(ctx context.Context, c *client.Client, id string) (uint32, error) {
-	ctr, err := c.LoadContainer(ctx, id)
-	if err != nil {
+func containerPID(ctx context.Context, c api, id string) (uint32, error) {
+	if _, err := c.containers.Get(ctx, &containers.GetContainerRequest{ID: id}); err != nil {
 		return 0, err
 	}
-	task, err := ctr.Task(ctx, nil)
+	resp, err := c.tasks.Get(ctx, &tasks.GetRequest{ContainerID: id})
 	if err != nil {
-		if errdefs.IsNotFound(err) {
+		if status.Code(err) == codes.NotFound {
 			return 0, &notRunning{"no task"}
 		}
 		return 0, err
 	}
-	st, err := task.Status(ctx)
-	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return 0, &notRunning{"no task"}
-		}
-		return 0, err
-	}
-	switch st.Status {
-	case client.Created, client.Running, client.Paused, client.Pausing:
-	case client.Stopped:
-		return 0, &notRunning{fmt.Sprintf("task stopped with exit status %d", st.ExitStatus)}
+	p := resp.GetProcess()
+	switch st := p.GetStatus(); st {
+	case task.Status_CREATED, task.Status_RUNNING, task.Status_PAUSED, task.Status_PAUSING:
+	case task.Status_STOPPED:
+		return 0, &notRunning{fmt.Sprintf("task stopped with exit status %d", p.GetExitStatus())}
 	default:
-		return 0, &notRunning{fmt.Sprintf("task status %q", st.Status)}
+		return 0, &notRunning{fmt.Sprintf("task status %q", strings.ToLower(st.String()))}
 	}
-	if task.Pid() == 0 {
+	if p.GetPid() == 0 {
 		return 0, &notRunning{"task has no pid"}
 	}
-	return task.Pid(), nil
+	return p.GetPid(), nil
 }
 
 // containerdError classifies an error of a containerd call about name.
@@ -162,13 +178,13 @@ func containerdError(ctx context.Context, name, addr string, timeout time.Durati
 	switch {
 	case errors.As(err, &nr):
 		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s is not running (%s)", name, nr.reason))
-	case errdefs.IsNotFound(err):
+	case status.Code(err) == codes.NotFound:
 		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s not found", name))
 	case errors.Is(ctx.Err(), context.Canceled):
 		return fmt.Errorf("asking containerd at %s about %s: %w", addr, name, ctx.Err())
-	case ctx.Err() != nil || errdefs.IsDeadlineExceeded(err):
+	case ctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded:
 		return nsmount.WithClass(nsmount.ErrTimeout, fmt.Errorf("containerd at %s did not answer about %s within %v", addr, name, timeout))
-	case errdefs.IsUnavailable(err):
+	case status.Code(err) == codes.Unavailable:
 		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("containerd at %s is unavailable: %w", addr, err))
 	}
 	return fmt.Errorf("containerd at %s: %s: %w", addr, name, err)
