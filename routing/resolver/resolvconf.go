@@ -130,7 +130,7 @@ func parseResolvLine(c *ResolvConf, line string) {
 		// "domain ." names the root: no search domain (found by
 		// FuzzParseResolvConf; glibc's search list ignores "." too).
 		c.Search = nil
-		if d := strings.TrimSuffix(fields[0], "."); d != "" {
+		if d := strings.TrimRight(fields[0], "."); d != "" {
 			c.Search = []string{d}
 		}
 	case "search":
@@ -139,7 +139,9 @@ func parseResolvLine(c *ResolvConf, line string) {
 		}
 		c.Search = c.Search[:0:0]
 		for _, d := range fields {
-			if d = strings.TrimSuffix(d, "."); d != "" {
+			// "." or ".." names the root: no search domain (found by
+			// FuzzParseResolvConf).
+			if d = strings.TrimRight(d, "."); d != "" {
 				c.Search = append(c.Search, d)
 			}
 		}
