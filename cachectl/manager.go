@@ -119,19 +119,24 @@ func (m *Manager) state() (*registry.State, error) {
 	return out, err
 }
 
+// netnsState returns the registry's entries of network namespace ns only
+// (read without the others').
+func (m *Manager) netnsState(ns nsmount.NSID) (*registry.State, error) {
+	var out *registry.State
+	err := m.repaired(func() error {
+		return m.reg.ViewNetNS(ns, func(s *registry.State) error { out = s; return nil })
+	})
+	return out, err
+}
+
+// put records e (and nothing else).
+func (m *Manager) put(e registry.Entry) error {
+	return m.repaired(func() error { return m.reg.Put(e) })
+}
+
 // forget removes the entries with the given IDs, if still there.
 func (m *Manager) forget(ids ...string) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	drop := map[string]bool{}
-	for _, id := range ids {
-		drop[id] = true
-	}
-	return m.update(func(s *registry.State) error {
-		s.Remove(func(e *registry.Entry) bool { return drop[e.ID] })
-		return nil
-	})
+	return m.repaired(func() error { return m.reg.Remove(ids...) })
 }
 
 // lockServer takes the lock of server's NFS client state in network

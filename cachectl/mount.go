@@ -158,7 +158,7 @@ func (m *Manager) Mount(ctx context.Context, t *nsmount.Target, r MountRequest) 
 	if pid := t.PID(); pid != 0 {
 		res.Entry.Target.PIDStart, _ = m.proc.StartTime(pid)
 	}
-	err = m.update(func(s *registry.State) error { s.Put(res.Entry); return nil })
+	err = m.put(res.Entry)
 	ph.done("record")
 	res.Phases = ph.list
 	if err != nil {
@@ -190,7 +190,7 @@ func (m *Manager) prepare(ctx context.Context, t *nsmount.Target, plan *nsmount.
 	if err != nil {
 		return nil, nil, fmt.Errorf("check stale NFS state in netns %s: %w", netns, err)
 	}
-	s, err := m.state()
+	s, err := m.netnsState(netns)
 	if err != nil {
 		return nil, nil, err
 	}

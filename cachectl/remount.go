@@ -21,7 +21,7 @@ type Remounted struct {
 // FindEntry returns the entry of the nsmount mount at mountpoint in the
 // mount namespace of t.
 func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*registry.Entry, error) {
-	s, err := m.state()
+	s, err := m.netnsState(t.NetNS())
 	if err != nil {
 		return nil, err
 	}
@@ -84,11 +84,10 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 	if pid := t.PID(); pid != 0 {
 		ne.Target.PIDStart, _ = m.proc.StartTime(pid)
 	}
-	err = m.update(func(s *registry.State) error {
-		s.Remove(func(x *registry.Entry) bool { return x.ID == e.ID })
-		s.Put(ne)
-		return nil
-	})
+	err = m.put(ne)
+	if err == nil && ne.ID != e.ID {
+		err = m.forget(e.ID)
+	}
 	r := &Remounted{Old: e, New: ne, Mounted: mnt, Elapsed: time.Since(start), Why: why}
 	if err != nil {
 		return r, fmt.Errorf("remounted %s at %s, but recording it failed: %w", e.Source, e.Mountpoint, err)

@@ -25,12 +25,13 @@ func (m *Manager) Unmount(ctx context.Context, t *nsmount.Target, target string,
 	}
 	res := &Unmounted{MountID: id}
 	entryID := fmt.Sprintf("%d:%d", t.MountNSInode(), id)
-	err = m.update(func(s *registry.State) error {
-		if gone := s.Remove(func(e *registry.Entry) bool { return e.ID == entryID }); len(gone) > 0 {
-			res.Entry = &gone[0]
+	s, err := m.netnsState(t.NetNS())
+	if err == nil {
+		if e := s.Find(entryID); e != nil {
+			res.Entry = e
 		}
-		return nil
-	})
+		err = m.forget(entryID)
+	}
 	if err != nil {
 		return res, fmt.Errorf("unmounted %s, but forgetting its entry failed: %w", target, err)
 	}

@@ -88,17 +88,12 @@ func TestRegistryEmpty(t *testing.T) {
 	if len(s.Entries) != 0 {
 		t.Errorf("fresh registry has %d entries", len(s.Entries))
 	}
-	// View alone writes no state file.
-	if _, err := os.Stat(filepath.Join(r.Dir(), stateFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("View created %s: %v", stateFile, err)
-	}
-	// An Update of nothing writes "entries": [], not null.
+	// An Update of nothing writes nothing.
 	if err := r.Update(func(*State) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(filepath.Join(r.Dir(), stateFile))
-	if !bytes.Contains(b, []byte(`"entries": []`)) {
-		t.Errorf("empty state written as:\n%s", b)
+	if got := dirNames(t, filepath.Join(r.Dir(), entriesDir)); len(got) != 0 {
+		t.Errorf("entries dir holds %v", got)
 	}
 }
 
@@ -111,7 +106,7 @@ func TestRegistryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := viewState(t, r)
-	// Stored sorted by ID.
+	// Read back sorted by ID.
 	if want := []Entry{e1, e2}; !reflect.DeepEqual(got.Entries, want) {
 		t.Errorf("View =\n%+v\nwant\n%+v", got.Entries, want)
 	}
@@ -135,6 +130,57 @@ func TestRegistryRoundTrip(t *testing.T) {
 	}
 	if s := viewState(t, r); s.Find("nope") != nil || s.Find(e1.ID).Mountpoint != "/other" {
 		t.Errorf("Find: %+v", s.Entries)
+	}
+	// An entry whose network namespace changes keeps one file.
+	e1c := e1b
+	e1c.Target.NetNS.Ino++
+	if err := r.Update(func(s *State) error { s.Put(e1c); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := dirNames(t, filepath.Join(r.Dir(), entriesDir)); len(got) != 1 || got[0] != fileName(&e1c) {
+		t.Errorf("entries dir holds %v, want only %s", got, fileName(&e1c))
+	}
+}
+
+// TestRegistryViewNetNS: the entries of one network namespace are read
+// without the others' files (a corrupt file of another netns does not
+// matter to them).
+func TestRegistryViewNetNS(t *testing.T) {
+	r := openTest(t)
+	a, b := testEntry("a:1"), testEntry("b:2")
+	b.Target.NetNS.Ino = 4026539999
+	if err := r.Update(func(s *State) error { s.Put(a); s.Put(b); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(r.Dir(), entriesDir, fileName(&b)), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := r.ViewNetNS(a.Target.NetNS, func(s *State) error { got = ids(s); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"a:1"}) {
+		t.Errorf("ViewNetNS = %v, want [a:1]", got)
+	}
+	if err := r.View(func(*State) error { return nil }); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("View of all = %v, want ErrCorrupt", err)
+	}
+}
+
+// TestFileName: entry IDs become file names that are safe, distinct and
+// carry the netns.
+func TestFileName(t *testing.T) {
+	seen := map[string]string{}
+	for _, id := range []string{"4026532280:530", "4026532280_530", "a", "A", "../x", ".hidden", "x/y", "ü", "", "a b"} {
+		e := testEntry(id)
+		n := fileName(&e)
+		if strings.ContainsAny(n, "/ ") || strings.HasPrefix(n, ".") || !strings.HasPrefix(n, "n4026532281_") || !strings.HasSuffix(n, ".json") {
+			t.Errorf("fileName(%q) = %q", id, n)
+		}
+		if other, dup := seen[n]; dup {
+			t.Errorf("IDs %q and %q share the file %s", id, other, n)
+		}
+		seen[n] = id
 	}
 }
 
@@ -169,7 +215,8 @@ func TestRegistryPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Update(func(s *State) error { s.Put(testEntry("a")); return nil }); err != nil {
+	e := testEntry("a")
+	if err := r.Update(func(s *State) error { s.Put(e); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	for _, tt := range []struct {
@@ -177,7 +224,8 @@ func TestRegistryPermissions(t *testing.T) {
 		want os.FileMode
 	}{
 		{dir, os.ModeDir | 0o700},
-		{filepath.Join(dir, stateFile), 0o600},
+		{filepath.Join(dir, entriesDir), os.ModeDir | 0o700},
+		{filepath.Join(dir, entriesDir, fileName(&e)), 0o600},
 		{filepath.Join(dir, lockFile), 0o600},
 	} {
 		fi, err := os.Stat(tt.path)
@@ -204,8 +252,13 @@ func TestRegistryNoTempFilesLeft(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := dirNames(t, r.Dir()); !slices.Equal(got, []string{lockFile, stateFile}) {
-		t.Errorf("registry dir holds %v", got)
+	for _, n := range dirNames(t, filepath.Join(r.Dir(), entriesDir)) {
+		if !strings.HasSuffix(n, ".json") || strings.HasPrefix(n, ".") {
+			t.Errorf("entries dir holds %s", n)
+		}
+	}
+	if got := len(viewState(t, r).Entries); got != 13 {
+		t.Errorf("%d entries, want 13", got)
 	}
 }
 
@@ -251,8 +304,8 @@ func checkAllEntries(t *testing.T, r *Registry, prefix string, workers, each int
 			}
 		}
 	}
-	if got := dirNames(t, r.Dir()); !slices.Equal(got, []string{lockFile, stateFile}) {
-		t.Errorf("registry dir holds %v", got)
+	if got := dirNames(t, filepath.Join(r.Dir(), entriesDir)); len(got) != workers*each {
+		t.Errorf("entries dir holds %d files, want %d", len(got), workers*each)
 	}
 }
 
@@ -315,106 +368,90 @@ func TestRegistryConcurrentProcesses(t *testing.T) {
 	checkAllEntries(t, r, "p", procs, each)
 }
 
-// TestRegistryLockExcludes: while one process is inside an Update, another
-// process's Update waits, and then sees the first one's change.
-func TestRegistryLockExcludes(t *testing.T) {
+// TestRegistryRepairExcludes: a repair waits for an access in progress,
+// and an access waits for a repair.
+func TestRegistryRepairExcludes(t *testing.T) {
 	r := openTest(t)
 	inside := make(chan struct{})
 	release := make(chan struct{})
 	done := make(chan error)
 	go func() {
-		done <- r.Update(func(s *State) error {
+		done <- r.View(func(*State) error {
 			close(inside)
 			<-release
-			s.Put(testEntry("first"))
 			return nil
 		})
 	}()
 	<-inside
-	// A separate process tries to update meanwhile.
-	cmd := exec.Command(os.Args[0], "-test.run=^TestRegistryHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envHelperDir+"="+r.Dir(), envHelperWorker+"=9", envHelperCount+"=1")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan error)
-	go func() { waited <- cmd.Wait() }()
+	repaired := make(chan error)
+	go func() {
+		_, err := r.Repair(&State{})
+		repaired <- err
+	}()
 	select {
-	case err := <-waited:
-		t.Fatalf("the other process finished its Update while the lock was held: %v\n%s", err, &out)
-	case <-time.After(500 * time.Millisecond):
+	case err := <-repaired:
+		t.Fatalf("Repair finished while a View was in progress: %v", err)
+	case <-time.After(300 * time.Millisecond):
 	}
 	close(release)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if err := <-waited; err != nil {
-		t.Fatalf("helper: %v\n%s", err, &out)
-	}
-	if got := ids(viewState(t, r)); !slices.Equal(got, []string{"first", "p9-000"}) {
-		t.Errorf("entries %v, want both updates", got)
+	if err := <-repaired; err != nil {
+		t.Fatal(err)
 	}
 }
 
-// validFile returns the bytes of a valid registry file holding entries.
-func validFile(t *testing.T, entries ...Entry) []byte {
+// validEntryFile returns the bytes of a valid entry file of e.
+func validEntryFile(t *testing.T, e Entry) []byte {
 	t.Helper()
 	r := openTest(t)
-	err := r.Update(func(s *State) error {
-		for _, e := range entries {
-			s.Put(e)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := r.Update(func(s *State) error { s.Put(e); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(r.Dir(), stateFile))
+	b, err := os.ReadFile(filepath.Join(r.Dir(), entriesDir, fileName(&e)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
-// withState returns a file with raw as state, version and a correct checksum.
-func withState(version int, raw string) []byte {
-	return fmt.Appendf(nil, `{"version":%d,"checksum":%q,"state":%s}`, version, checksum([]byte(raw)), raw)
+// withEntry returns an entry file with raw as entry, version and a
+// correct checksum.
+func withEntry(version int, raw string) []byte {
+	return fmt.Appendf(nil, `{"version":%d,"checksum":%q,"entry":%s}`, version, checksum([]byte(raw)), raw)
 }
 
 func TestRegistryCorrupt(t *testing.T) {
-	valid := validFile(t, testEntry("4026532280:530"))
+	e := testEntry("4026532280:530")
+	valid := validEntryFile(t, e)
 	half := len(valid) / 2
+	other := testEntry("other:1")
+	otherRaw, _ := json.Marshal(other)
 	tests := []struct {
 		name string
 		// data is the file content; size, if set, makes it a sparse file of
 		// that size starting with data.
 		data []byte
 		size int64
-		// why is the reason the report line gives.
+		// why is the reason the error gives.
 		why string
 	}{
 		{name: "garbage", data: []byte("\x00\xffnot json at all"), why: "parse: invalid character"},
 		{name: "empty file", data: nil, why: "parse: EOF"},
 		{name: "torn write", data: valid[:half], why: "parse: unexpected EOF"},
-		{name: "torn after the state", data: bytes.TrimRight(valid, "}\n"), why: "parse: unexpected EOF"},
 		{name: "wrong checksum", data: bytes.Replace(valid, []byte(`"checksum": "sha256:`), []byte(`"checksum": "sha256:00`), 1), why: "checksum mismatch"},
-		{name: "no checksum", data: []byte(`{"version":1,"state":{"entries":[]}}`), why: "checksum mismatch"},
-		{name: "lab's hand-written file", data: []byte(`{"version":1,"checksum":"sha256:00","state":{"entries":[]}}`), why: "checksum mismatch"},
-		{name: "one byte edited in the state", data: bytes.Replace(valid, []byte(`"/data"`), []byte(`"/dbta"`), 1), why: "checksum mismatch"},
-		{name: "digit edited in the state", data: bytes.Replace(valid, []byte(`"mount_id": 530`), []byte(`"mount_id": 531`), 1), why: "checksum mismatch"},
-		{name: "other format version", data: withState(2, `{"entries":[]}`), why: "format version 2, want 1"},
-		{name: "no version", data: []byte(`{"checksum":"` + checksum([]byte(`{"entries":[]}`)) + `","state":{"entries":[]}}`), why: "format version 0, want 1"},
-		{name: "unknown top-level field", data: []byte(`{"version":1,"checksum":"` + checksum([]byte(`{"entries":[]}`)) + `","state":{"entries":[]},"extra":1}`), why: `unknown field "extra"`},
-		{name: "state of the wrong shape", data: withState(1, `{"entries":{"a":1}}`), why: "parse state"},
-		{name: "not an object", data: []byte(`[1,2,3]`), why: "parse: json: cannot unmarshal array"},
-		{name: "trailing object", data: append(slices.Clone(valid), `{"version":1}`...), why: "trailing data"},
-		{name: "trailing garbage", data: append(slices.Clone(valid), "xyz"...), why: "trailing data"},
+		{name: "no checksum", data: []byte(`{"version":2,"entry":{"id":"x"}}`), why: "checksum mismatch"},
+		{name: "one byte edited in the entry", data: bytes.Replace(valid, []byte(`"/data"`), []byte(`"/dbta"`), 1), why: "checksum mismatch"},
+		{name: "digit edited in the entry", data: bytes.Replace(valid, []byte(`"mount_id": 530`), []byte(`"mount_id": 531`), 1), why: "checksum mismatch"},
+		{name: "other format version", data: withEntry(1, `{"id":"4026532280:530"}`), why: "format version 1, want 2"},
+		{name: "unknown top-level field", data: []byte(`{"version":2,"checksum":"x","entry":{},"extra":1}`), why: `unknown field "extra"`},
+		{name: "entry of the wrong shape", data: withEntry(2, `{"id":{"a":1}}`), why: "parse entry"},
+		{name: "entry without an ID", data: withEntry(2, `{"mountpoint":"/x"}`), why: "entry without an ID"},
+		{name: "another entry than the name says", data: withEntry(2, string(otherRaw)), why: `holds entry "other:1"`},
+		{name: "trailing data", data: append(slices.Clone(valid), "xyz"...), why: "trailing data"},
 		{name: "trailing brace", data: append(slices.Clone(valid), "}\n"...), why: "trailing data"},
-		{name: "trailing bracket", data: append(slices.Clone(valid), "]"...), why: "trailing data"},
-		{name: "valid file twice", data: append(slices.Clone(valid), valid...), why: "trailing data"},
-		{name: "oversized", data: valid, size: maxStateSize + 1, why: fmt.Sprintf("larger than %d bytes", maxStateSize)},
+		{name: "oversized", data: valid, size: maxEntrySize + 1, why: fmt.Sprintf("larger than %d bytes", maxEntrySize)},
 	}
 	rebuilt := testEntry("rebuilt:1")
 	rebuilt.Rebuilt = true
@@ -422,7 +459,11 @@ func TestRegistryCorrupt(t *testing.T) {
 		for _, via := range []string{"Update", "View"} {
 			t.Run(tt.name+"/"+via, func(t *testing.T) {
 				r := openTest(t)
-				path := filepath.Join(r.Dir(), stateFile)
+				keep := testEntry("kept:1")
+				if err := r.Update(func(s *State) error { s.Put(keep); return nil }); err != nil {
+					t.Fatal(err)
+				}
+				path := filepath.Join(r.Dir(), entriesDir, fileName(&e))
 				if err := os.WriteFile(path, tt.data, 0o600); err != nil {
 					t.Fatal(err)
 				}
@@ -449,42 +490,25 @@ func TestRegistryCorrupt(t *testing.T) {
 				if strings.Contains(err.Error(), "\n") {
 					t.Errorf("error has a newline: %q", err)
 				}
-				// Nothing was touched: the file is still there as it was.
-				if names := dirNames(t, r.Dir()); slices.ContainsFunc(names, func(n string) bool { return strings.Contains(n, ".corrupt-") }) {
-					t.Errorf("%s set the file aside by itself: %v", via, names)
-				}
-				rep, err := r.Repair(&State{Entries: []Entry{rebuilt}})
+				rep, err := r.Repair(&State{Entries: []Entry{rebuilt, keep}})
 				if err != nil || rep == nil {
 					t.Fatalf("Repair = %+v, %v", rep, err)
 				}
-				if !strings.Contains(rep.Why, tt.why) || rep.Entries != 1 || !strings.HasPrefix(rep.Aside, stateFile+".corrupt-") {
-					t.Errorf("Repair reported %+v, want the reason %q, 1 entry, the aside name", rep, tt.why)
+				if !strings.Contains(rep.Why, tt.why) || rep.Entries != 1 || len(rep.Aside) != 1 || !strings.HasPrefix(rep.Aside[0], fileName(&e)+".corrupt-") {
+					t.Errorf("Repair reported %+v, want the reason %q, 1 entry stored (kept:1 has its file), the aside name", rep, tt.why)
 				}
 				// The corrupt file is set aside, byte for byte.
-				var aside string
-				for _, n := range dirNames(t, r.Dir()) {
-					if strings.HasPrefix(n, stateFile+".corrupt-") {
-						if aside != "" {
-							t.Errorf("two files set aside: %s, %s", aside, n)
-						}
-						aside = n
-					}
-				}
-				if aside != rep.Aside {
-					t.Fatalf("set aside as %q, Repair says %q (%v)", aside, rep.Aside, dirNames(t, r.Dir()))
-				}
-				if fi, err := os.Stat(filepath.Join(r.Dir(), aside)); err != nil {
+				aside := filepath.Join(r.Dir(), entriesDir, rep.Aside[0])
+				if fi, err := os.Stat(aside); err != nil {
 					t.Error(err)
 				} else if tt.size > 0 && fi.Size() != tt.size {
 					t.Errorf("aside file has %d bytes, want %d", fi.Size(), tt.size)
 				} else if tt.size == 0 {
-					if b, _ := os.ReadFile(filepath.Join(r.Dir(), aside)); !bytes.Equal(b, tt.data) {
+					if b, _ := os.ReadFile(aside); !bytes.Equal(b, tt.data) {
 						t.Errorf("aside file differs from the corrupt file")
 					}
 				}
-				// The rebuilt state was stored; a second Repair finds
-				// nothing to do.
-				if got := ids(viewState(t, r)); !slices.Equal(got, []string{rebuilt.ID}) {
+				if got := ids(viewState(t, r)); !slices.Equal(got, []string{keep.ID, rebuilt.ID}) {
 					t.Errorf("after repair: %v", got)
 				}
 				if rep, err := r.Repair(&State{}); rep != nil || err != nil {
@@ -498,7 +522,8 @@ func TestRegistryCorrupt(t *testing.T) {
 // TestRegistryAcceptsReformatted: the checksum covers the content, not the
 // layout, so a re-indented file is still valid.
 func TestRegistryAcceptsReformatted(t *testing.T) {
-	valid := validFile(t, testEntry("a"), testEntry("b"))
+	e := testEntry("a")
+	valid := validEntryFile(t, e)
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, valid); err != nil {
 		t.Fatal(err)
@@ -511,26 +536,76 @@ func TestRegistryAcceptsReformatted(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := openTest(t)
-			if err := os.WriteFile(filepath.Join(r.Dir(), stateFile), data, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(r.Dir(), entriesDir, fileName(&e)), data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if got := ids(viewState(t, r)); !slices.Equal(got, []string{"a", "b"}) {
+			if got := ids(viewState(t, r)); !slices.Equal(got, []string{"a"}) {
 				t.Errorf("entries %v", got)
 			}
 		})
 	}
 }
 
-// TestRegistryReadError: a state file that cannot be read is an error, not
-// a corruption (nothing set aside, nothing rebuilt).
+// TestRegistryReadError: an entry file that cannot be read is an error,
+// not a corruption (nothing set aside, nothing rebuilt).
 func TestRegistryReadError(t *testing.T) {
 	r := openTest(t)
-	if err := os.Mkdir(filepath.Join(r.Dir(), stateFile), 0o700); err != nil {
+	e := testEntry("a")
+	if err := os.Mkdir(filepath.Join(r.Dir(), entriesDir, fileName(&e)), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	err := r.View(func(*State) error { return nil })
-	if err == nil || !strings.Contains(err.Error(), "read registry") {
+	if err == nil || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "read registry") {
 		t.Errorf("View = %v, want a read error", err)
+	}
+}
+
+// TestRegistryMigratesLegacy: the one file of earlier releases becomes
+// entry files when the registry is opened; a corrupt one is left for
+// Repair, which sets it aside.
+func TestRegistryMigratesLegacy(t *testing.T) {
+	legacy := func(entries ...Entry) []byte {
+		raw, err := json.Marshal(&State{Entries: entries})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := json.MarshalIndent(legacyState{Version: legacyFormat, Checksum: checksum(raw), State: raw}, "", " ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	dir := filepath.Join(t.TempDir(), "nsmDreg")
+	os.MkdirAll(dir, 0o700)
+	a, b := testEntry("a:1"), testEntry("b:2")
+	if err := os.WriteFile(filepath.Join(dir, legacyFile), legacy(a, b), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := viewState(t, r).Entries; !reflect.DeepEqual(got, []Entry{a, b}) {
+		t.Errorf("migrated %+v", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, legacyFile+".migrated")); err != nil {
+		t.Errorf("legacy file not renamed: %v", err)
+	}
+
+	dir = filepath.Join(t.TempDir(), "nsmDreg")
+	os.MkdirAll(dir, 0o700)
+	if err := os.WriteFile(filepath.Join(dir, legacyFile), []byte(`{"version":1,"checksum":"sha256:00","state":{"entries":[]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.View(func(*State) error { return nil }); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("View with a corrupt legacy file = %v, want ErrCorrupt (its entries are lost until rebuilt)", err)
+	}
+	rep, err := r.Repair(&State{Entries: []Entry{a}})
+	if err != nil || rep == nil || !strings.Contains(rep.Why, "checksum mismatch") || len(rep.Aside) != 1 || !strings.HasPrefix(rep.Aside[0], legacyFile+".corrupt-") {
+		t.Fatalf("Repair = %+v, %v", rep, err)
 	}
 }
 
@@ -540,6 +615,7 @@ func BenchmarkRegistryUpdate200(b *testing.B) {
 		for i := range 200 {
 			e := testEntry(fmt.Sprintf("4026532280:%d", 1000+i))
 			e.MountID = uint64(1000 + i)
+			e.Target.NetNS.Ino = uint64(4026530000 + i)
 			s.Put(e)
 		}
 		return nil
@@ -558,8 +634,29 @@ func BenchmarkRegistryUpdate200(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	fi, _ := os.Stat(filepath.Join(r.Dir(), stateFile))
-	b.ReportMetric(float64(fi.Size()), "file-bytes")
+}
+
+// BenchmarkRegistryViewNetNS200: what a mount reads of a registry of 200
+// entries in 200 namespaces: its own namespace's.
+func BenchmarkRegistryViewNetNS200(b *testing.B) {
+	r := openTest(b)
+	err := r.Update(func(s *State) error {
+		for i := range 200 {
+			e := testEntry(fmt.Sprintf("4026532280:%d", 1000+i))
+			e.Target.NetNS.Ino = uint64(4026530000 + i)
+			s.Put(e)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ns := nsmount.NSID{Dev: 4, Ino: 4026530100}
+	for b.Loop() {
+		if err := r.ViewNetNS(ns, func(*State) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // TestLockExcludes: a named lock held by one process makes another wait
@@ -615,6 +712,26 @@ func TestLockExcludes(t *testing.T) {
 	for _, bad := range []string{"", "../x", "a/b", "a b"} {
 		if _, err := r.Lock(ctx, bad); err == nil {
 			t.Errorf("Lock(%q) accepted", bad)
+		}
+	}
+}
+
+func BenchmarkRegistryView200(b *testing.B) {
+	r := openTest(b)
+	err := r.Update(func(s *State) error {
+		for i := range 200 {
+			e := testEntry(fmt.Sprintf("4026532280:%d", 1000+i))
+			e.Target.NetNS.Ino = uint64(4026530000 + i)
+			s.Put(e)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := r.View(func(*State) error { return nil }); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -38,8 +38,8 @@ state creating | nsmount hook --stage createRuntime --policy $POLICY >/tmp/hook.
 lab_check "hook, exit 0" test $? = 0
 cat /tmp/hook.out
 lab_check "hook, the mount reads srvA" reads /data srvA
-lab_check "hook, the registry records the admission" grep -q '"rule": "rule 0 \\"lab\\""' /run/nsmount/registry.json
-lab_check "hook, recorded networks" grep -q '198.51.100.0/24' /run/nsmount/registry.json
+lab_check "hook, the registry records the admission" registry_has '"rule": "rule 0 ..lab'
+lab_check "hook, recorded networks" registry_has '198\.51\.100\.0/24'
 DEV0=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
 
 # The CLI's own mount of the same name, for contrast.

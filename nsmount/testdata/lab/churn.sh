@@ -59,9 +59,7 @@ counts() {
 		awk -F: '$1 ~ /volumes$/ { v++ } $1 ~ /servers$/ { s++ } END { printf "nfs_volumes=%d nfs_clients=%d ", v, s }'
 	printf 'nfs_mounts=%s ' "$(cat $_mnt 2>/dev/null | grep -cE ' - nfs4? ')"
 	printf 'vm_mounts=%s ' "$(grep -c . /proc/self/mountinfo)"
-	_reg=0
-	[ ! -e /run/nsmount/registry.json ] || _reg=$(grep -o '"mountpoint"' /run/nsmount/registry.json | grep -c .)
-	printf 'registry=%s ' "$_reg"
+	printf 'registry=%s ' "$(registry_entries)"
 	printf 'nsmount_procs=%s ' "$(ps -o args | grep -cE '^(/usr/bin/)?nsmount( |-helper|$)')"
 	printf 'nfsd_clients=%s ' "$(nsenter -t "$SRVPID" -m ls /proc/fs/nfsd/clients | grep -c .)"
 	printf 'mem_avail_mib=%s\n' "$(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo)"
@@ -296,7 +294,7 @@ lab_log "successor: y0's nsmount mount was $OLD, y1's is $NEW ($n retries)"
 failures successor-setup
 lab_check_output successor-reuses-inode-mount-id-dev "$OLD" echo "$NEW"
 nsmount status --no-probe >/dev/null
-lab_check successor-does-not-revive-entry sh -c "! grep -q '\"id\": *\"${OLD%% *}\"' /run/nsmount/registry.json"
+lab_check_fails successor-does-not-revive-entry registry_has "\"id\": *\"${OLD%% *}\""
 nsmount $OTHER umount --pid "$PID" /data >/dev/null || fail "y1: other umount"
 lab_stop y1 >/dev/null || fail "y1: stop"
 failures successor-teardown

@@ -85,7 +85,13 @@ wait_for() {
 }
 
 # registry_entries: number of entries in nsmount's registry.
-registry_entries() { cat /run/nsmount/registry.json 2>/dev/null | grep -c '"mountpoint"'; }
+registry_entries() { ls /run/nsmount/entries/ 2>/dev/null | grep -c '\.json$'; }
+
+# registry_text: every entry of nsmount's registry (JSON, one file each).
+registry_text() { cat /run/nsmount/entries/*.json 2>/dev/null; }
+
+# registry_has ERE: some entry of the registry matches ERE.
+registry_has() { registry_text | grep -Eq "$1"; }
 
 # registry_is N: nsmount's registry has N entries.
 registry_is() { test "$(registry_entries)" = "$1"; }

@@ -113,7 +113,7 @@ lab_check "nosuid,nodev enforced" grep -q ' /data .*nosuid,nodev' /proc/$PID/mou
 PODIP=$(nsenter -t "$PODPID" -n ip -4 -o addr show dev eth0 | awk '{ split($4, a, "/"); print a[1] }')
 lab_check "the NFS client's address is the pod's ($PODIP)" grep -q "clientaddr=$PODIP," /proc/$PID/mountinfo
 lab_check "registry has app's mount" test "$(registry_entries)" = 1
-lab_check "the registry names nri as its owner" grep -Eq '"owner": *"nri"' /run/nsmount/registry.json
+lab_check "the registry names nri as its owner" registry_has '"owner": *"nri"'
 check_says "hook log - mounted" "mounted 198.51.100.10:/export on /data" cat $NRILOG
 
 # A container of the same pod that the annotation does not name gets nothing.

@@ -78,10 +78,19 @@ lab_check mount-b2 nsmount mount --pid $C1 -o vers=4.2 $X:/export /data
 lab_check_output reads-b2 srvB whoami_at /data
 
 # --- a corrupt registry is set aside and rebuilt from mountinfo ----------
-echo '{"version":1,"checksum":"sha256:00","state":{"entries":[]}}' >/run/nsmount/registry.json
+# An entry file edited (its checksum no longer matches): set aside, and the
+# entry rebuilt from the kernel's mountinfo.
+ENTRY=$(ls /run/nsmount/entries/*.json)
+sed -i 's|"/data"|"/dbta"|' $ENTRY
 check_says corrupt-detected "checksum mismatch" nsmount status --pid $C1 --no-probe
-lab_check corrupt-set-aside sh -c 'ls /run/nsmount/registry.json.corrupt-*'
+lab_check corrupt-set-aside sh -c "ls $ENTRY.corrupt-*"
 check_says rebuilt-entry "$X:/export" nsmount status --pid $C1 --no-probe
+lab_check rebuilt-marked grep -q '"rebuilt": true' $ENTRY
+# A registry of an earlier release (one registry.json) that is corrupt: set
+# aside too.
+echo '{"version":1,"checksum":"sha256:00","state":{"entries":[]}}' >/run/nsmount/registry.json
+check_says legacy-corrupt-detected "checksum mismatch" nsmount status --pid $C1 --no-probe
+lab_check legacy-set-aside sh -c 'ls /run/nsmount/registry.json.corrupt-*'
 lab_check umount-rebuilt nsmount umount --pid $C1 /data
 lab_check no-leaks no_leaks $C1
-check_says registry-empty '"entries": []' cat /run/nsmount/registry.json
+lab_check registry-empty registry_is 0
