@@ -23,6 +23,7 @@ type Manager struct {
 	proc      kernel.Proc
 	knobs     Shutdowner
 	isolation nsmount.Isolation
+	keepConns bool
 
 	mu      sync.Mutex
 	notices []string
@@ -43,6 +44,10 @@ type Config struct {
 	// a server: nsmount.InHelper (the default) for a long-lived Manager
 	// (watch, an agent), nsmount.InThread for one command's.
 	Isolation nsmount.Isolation
+	// KeepConnections: a remount after a route change leaves the NFS
+	// client's connection to the server's address alone, instead of
+	// resetting it (see Manager.Remount).
+	KeepConnections bool
 }
 
 // Open opens the registry in c.StateDir (creating it) and returns a
@@ -52,7 +57,7 @@ func Open(c Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{reg: reg, proc: c.Proc, knobs: c.Shutdowner, isolation: c.Isolation}
+	m := &Manager{reg: reg, proc: c.Proc, knobs: c.Shutdowner, isolation: c.Isolation, keepConns: c.KeepConnections}
 	if m.knobs == nil && c.Proc.Root == "" {
 		m.knobs = kernelKnobs{}
 	}

@@ -3,8 +3,10 @@ package cachectl
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/kernel"
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 )
@@ -16,6 +18,9 @@ type Remounted struct {
 	Mounted *nsmount.Mounted `json:"mounted"`
 	Elapsed time.Duration    `json:"elapsed"`
 	Why     string           `json:"why,omitempty"`
+	// Reset is how many TCP connections to the server's address were
+	// reset first (a route change to the same address; see Remount).
+	Reset int `json:"reset,omitempty"`
 }
 
 // FindEntry returns the entry of the nsmount mount at mountpoint in the
@@ -43,7 +48,14 @@ func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*registry.Ent
 // new address must be inside e's recorded admission: a mount that a
 // policy admitted is never moved outside it (ErrDenied, nothing touched),
 // and one that needs an admission and has none recorded is not moved at
-// all. The registry entry is replaced; why is recorded in the result.
+// all. When the server's address is the same but its route changed, the
+// TCP connections of the container's netns to that address (the NFS
+// client's, shared by every superblock of that server there) are reset
+// first (kernel.ResetConnections), unless the Manager keeps connections:
+// the client reconnects over the new route at once, and the old mount's
+// open files then talk to whatever answers at the address now (ESTALE or
+// EIO when it is another server: that is what moving to it means). The
+// registry entry is replaced; why is recorded in the result.
 func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*Remounted, error) {
 	start := time.Now()
 	t, err := m.openEntry(&e)
@@ -69,6 +81,24 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 		return nil, err
 	}
 	defer l.Unlock()
+	reset := 0
+	if !m.keepConns && plan.Address == addrOf(e.Address) && plan.Route != nil && len(drift(e.Route, *plan.Route)) > 0 {
+		// The same address, another route: the netns's NFS client for
+		// that address, which the new superblock shares (nosharecache
+		// gives a superblock of its own, not a client), keeps its
+		// connection over the old route, and it hangs until the RPC
+		// layer gives up (measured: 18.5 s). Reset, it reconnects at once
+		// over the route the netns has now.
+		port := e.Port
+		if port == 0 {
+			port = nsmount.DefaultNFSPort
+		}
+		n, err := kernel.ResetConnections(ctx, t, netip.AddrPortFrom(plan.Address, port))
+		if err != nil {
+			return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
+		}
+		reset = n
+	}
 	mnt, err := nsmount.ReplacePlan(ctx, t, plan, e.MountID)
 	if err != nil {
 		return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
@@ -88,7 +118,7 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 	if err == nil && ne.ID != e.ID {
 		err = m.forget(e.ID)
 	}
-	r := &Remounted{Old: e, New: ne, Mounted: mnt, Elapsed: time.Since(start), Why: why}
+	r := &Remounted{Old: e, New: ne, Mounted: mnt, Elapsed: time.Since(start), Why: why, Reset: reset}
 	if err != nil {
 		return r, fmt.Errorf("remounted %s at %s, but recording it failed: %w", e.Source, e.Mountpoint, err)
 	}

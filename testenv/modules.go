@@ -16,8 +16,11 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-// labModules are the kernel modules the guest loads, before dependencies.
-var labModules = []string{"nfs", "nfsv3", "nfsv4", "nfsd", "veth", "bridge"}
+// labModules are the kernel modules the guest loads, before dependencies:
+// the NFS client and server, veth and bridge for the scenarios' networks,
+// and tcp_diag (with inet_diag) for sock_diag, which nsmount uses to reset
+// an NFS client's connections after a route change (as `ss -K`).
+var labModules = []string{"nfs", "nfsv3", "nfsv4", "nfsd", "veth", "bridge", "tcp_diag"}
 
 // sigMagic ends a kernel module that carries an appended signature.
 const sigMagic = "~Module signature appended~\n"

@@ -32,14 +32,6 @@ func newManager(cmd *cobra.Command) (*cachectl.Manager, error) {
 	return cachectl.Open(cachectl.Config{StateDir: dir, Isolation: nsmount.InThread})
 }
 
-// newLongManager opens the registry for a long-running command (watch):
-// the work that can block on a server runs in helper processes, which can
-// be killed when a server hangs.
-func newLongManager(cmd *cobra.Command) (*cachectl.Manager, error) {
-	dir, _ := cmd.Flags().GetString("state-dir")
-	return cachectl.Open(cachectl.Config{StateDir: dir, Isolation: nsmount.InHelper})
-}
-
 // warn prints one line on stderr.
 func warn(cmd *cobra.Command, s string) {
 	fmt.Fprintf(cmd.ErrOrStderr(), "nsmount: %s\n", oneLine(s))
@@ -305,9 +297,10 @@ once. Every action is printed; --dry-run only plans.`,
 
 func newRemountCommand() *cobra.Command {
 	var (
-		tf      targetFlags
-		asJSON  bool
-		timeout time.Duration
+		tf        targetFlags
+		asJSON    bool
+		keepConns bool
+		timeout   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "remount [flags] TARGET",
@@ -326,7 +319,8 @@ after (two system calls).`,
 				return err
 			}
 			defer t.Close()
-			mgr, err := newManager(cmd)
+			dir, _ := cmd.Flags().GetString("state-dir")
+			mgr, err := cachectl.Open(cachectl.Config{StateDir: dir, Isolation: nsmount.InThread, KeepConnections: keepConns})
 			if err != nil {
 				return err
 			}
@@ -353,13 +347,14 @@ after (two system calls).`,
 	tf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultMountTimeout, "bound for the whole remount")
+	cmd.Flags().BoolVar(&keepConns, "keep-connections", false, "after a route change to the same address, do not reset the NFS client's connection to it (the new mount then waits for the old connection to time out)")
 	return cmd
 }
 
 func newWatchCommand() *cobra.Command {
 	var (
 		interval, probeInterval, timeout, duration time.Duration
-		asJSON                                     bool
+		asJSON, keepConns                          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "watch [flags]",
@@ -374,7 +369,8 @@ not answer within --timeout is reported dead. Each mount is handled on its
 own, so a hung server never delays the others. One line per event on stdout.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			mgr, err := newLongManager(cmd)
+			dir, _ := cmd.Flags().GetString("state-dir")
+			mgr, err := cachectl.Open(cachectl.Config{StateDir: dir, Isolation: nsmount.InHelper, KeepConnections: keepConns})
 			if err != nil {
 				return err
 			}
@@ -410,5 +406,6 @@ own, so a hung server never delays the others. One line per event on stdout.`,
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "bound for one probe: a server silent that long is reported dead")
 	cmd.Flags().DurationVar(&duration, "for", 0, "stop after this long (default: until interrupted)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event")
+	cmd.Flags().BoolVar(&keepConns, "keep-connections", false, "after a route change to the same address, do not reset the NFS client's connection to it before remounting")
 	return cmd
 }

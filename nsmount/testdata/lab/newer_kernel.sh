@@ -68,3 +68,21 @@ kill $HOLD 2>/dev/null
 wait $HOLD 2>/dev/null
 lab_check held-superblock-goes-with-holder wait_for 5 no_volumes
 lab_check no-leaks no_leaks $C1
+
+# --- a route change to another server at the same address: remount ---------
+# The netns's NFS client for $X keeps its connection to srvA; remount resets
+# it (sock_diag) and the new mount reads srvB at once instead of after the
+# old connection times out.
+now() { awk '{print $1}' /proc/uptime; }
+ip -n c1 route del $X/32 via 198.51.100.1 dev eth1
+lab_check mount-a3 nsmount mount --pid $C1 -o vers=4.2 $X:/export /data
+lab_check_output reads-a3 srvA cat /proc/$C1/root/data/whoami
+to_b
+T0=$(now)
+lab_check_output remount-after-route-change "remounted" nsmount remount --pid $C1 /data
+T1=$(now)
+lab_log "route change -> remount reads srvB after $(awk -v a=$T0 -v b=$T1 'BEGIN{printf "%.2f", b - a}') s (6.12)"
+lab_check_output reads-b3 srvB cat /proc/$C1/root/data/whoami
+lab_check remount-within-5s awk -v a=$T0 -v b=$T1 'BEGIN{exit !(b - a < 5)}'
+lab_check umount-b3 nsmount umount --pid $C1 /data
+lab_check no-leaks-3 no_leaks $C1

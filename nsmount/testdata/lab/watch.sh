@@ -43,11 +43,14 @@ WATCH=$!
 sleep 1.5
 T0=$(now)
 ip -n c1 route replace $X/32 via 198.51.100.1 dev eth1
-if wait_read /data/whoami srvB 20; then
+# The new superblock shares the netns's NFS client for $X, whose connection
+# to srvA would hang for ~18 s: watch resets it (sock_diag) before the
+# remount. Generous bound here; `make bench` measures the goal (1 s).
+if wait_read /data/whoami srvB 5; then
 	lab_log "watch: route change -> mount reads srvB after $(since $T0) s"
-	echo "LAB-CHECK PASS route-change-followed"
+	echo "LAB-CHECK PASS route-change-followed within 5 s"
 else
-	echo "LAB-CHECK FAIL route-change-followed: still $(cat /proc/$C1/root/data/whoami 2>&1) after 20 s: $(tail -n 5 /tmp/watch.log | tr '\n' ' ')"
+	echo "LAB-CHECK FAIL route-change-followed within 5 s: still $(cat /proc/$C1/root/data/whoami 2>&1) after 5 s: $(tail -n 5 /tmp/watch.log | tr '\n' ' ')"
 fi
 lab_check_output watch-saw-drift "drift" cat /tmp/watch.log
 lab_check_output watch-remounted "remounted /data" cat /tmp/watch.log
