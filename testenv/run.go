@@ -123,7 +123,7 @@ func (l *Lab) Run(ctx context.Context, script string, out io.Writer, opts ...Run
 
 // runConfig applies opts to the lab's defaults.
 func (l *Lab) runConfig(opts []RunOption) (runConfig, error) {
-	rc := runConfig{memory: l.cfg.Memory, vcpus: l.cfg.VCPUs}
+	rc := runConfig{memory: l.cfg.Memory, vcpus: l.cfg.VCPUs, timeout: l.cfg.Timeout}
 	for _, o := range opts {
 		o(&rc)
 	}
@@ -132,6 +132,9 @@ func (l *Lab) runConfig(opts []RunOption) (runConfig, error) {
 	}
 	if rc.memory < 1 || rc.vcpus < 1 {
 		return rc, fmt.Errorf("lab run with %d MiB and %d vCPUs: both must be at least 1", rc.memory, rc.vcpus)
+	}
+	if rc.timeout <= 0 {
+		return rc, fmt.Errorf("lab run with timeout %v: want a positive duration", rc.timeout)
 	}
 	return rc, nil
 }
@@ -151,7 +154,7 @@ func (l *Lab) qemuArgs(initrd string, rc runConfig) []string {
 		accel, cpu = "kvm", "host"
 	}
 	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check rdinit=/init lab.timeout=%d",
-		guestTimeout(l.cfg.Timeout))
+		guestTimeout(rc.timeout))
 	return []string{
 		"-accel", accel, "-cpu", cpu, "-m", strconv.Itoa(rc.memory), "-smp", strconv.Itoa(rc.vcpus), "-M", "pc",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -231,7 +234,7 @@ func (l *Lab) runQemu(ctx context.Context, initrd string, rc runConfig, out io.W
 	}()
 	// After qemu ends, drain the pipe (it closes when qemu and its
 	// group are gone); then report.
-	timer := time.NewTimer(l.cfg.Timeout)
+	timer := time.NewTimer(rc.timeout)
 	defer timer.Stop()
 	var timedOut, sawExit bool
 	var ctxErr error

@@ -6,6 +6,7 @@ import (
 	"io"
 	"path"
 	"path/filepath"
+	"time"
 )
 
 // HostFile is a host file installed in the guest for one Run, beyond what
@@ -26,10 +27,11 @@ type RunOption func(*runConfig)
 
 // runConfig is what RunOptions set.
 type runConfig struct {
-	files  []HostFile
-	memory int // MiB
-	vcpus  int
-	log    io.Writer // progress of the host side; never nil
+	files   []HostFile
+	memory  int // MiB
+	vcpus   int
+	timeout time.Duration
+	log     io.Writer // progress of the host side; never nil
 }
 
 // WithFiles installs host files in the guest of this run, in an archive
@@ -57,6 +59,12 @@ func WithLog(w io.Writer) RunOption {
 // VM takes one of the machine's VM slots whatever its vCPUs.
 func WithVCPUs(n int) RunOption {
 	return func(rc *runConfig) { rc.vcpus = n }
+}
+
+// WithTimeout sets the bound of this run (default Config.Timeout), for a
+// scenario that is long by design (many containers, many cycles).
+func WithTimeout(d time.Duration) RunOption {
+	return func(rc *runConfig) { rc.timeout = d }
 }
 
 // writeFiles adds files (and, when asked, their libraries) to a.

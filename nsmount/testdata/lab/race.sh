@@ -29,7 +29,9 @@ for i in 2 3 4; do
 	POD="$POD $!"
 done
 PIDS="$PIDS $POD"
-sleep 0.2
+# Each member is nsenter, then unshare, then sleep: ready once it is sleep.
+is_sleep() { [ "$(cat /proc/$1/comm 2>/dev/null)" = sleep ]; }
+for p in $POD; do wait_for 10 is_sleep $p; done
 lab_check "pod members share one netns" test "$(for p in $POD; do readlink /proc/$p/ns/net; done | sort -u | grep -c .)" = 1
 lab_check "pod members have their own mount namespaces" test "$(for p in $POD; do readlink /proc/$p/ns/mnt; done | sort -u | grep -c .)" = 4
 N=$(echo $PIDS | wc -w)
