@@ -1,8 +1,9 @@
-# nsmount-lab bench: nsmount next to nsenter + nfs-utils' mount.nfs, in one
-# VM, same server, same container, sequential runs; then detection to
-# recovery under nsmount watch (route change, server re-export); then
-# nsmount status with STATUS_N tracked mounts, one in each of STATUS_N
-# containers.
+# nsmount-lab bench, the main run: nsmount next to nsenter + nfs-utils'
+# mount.nfs, in one VM, same server, same container, sequential runs; then
+# detection to recovery under nsmount watch (route change, server
+# re-export); then mount and status with 100 and 200 tracked mounts, one in
+# each of as many containers; 16 mounts at once and one after another;
+# watch's footprint over 1000 mount/umount cycles.
 #
 # The host prints each BENCH and NOTE line as it arrives. bench_step names
 # the part that runs now (the host says which one a stopped run was in);
@@ -12,6 +13,33 @@ set -e
 bench_step() { echo "BENCH-STEP $1"; }
 # bench_progress MSG: a line the host shows as progress within a step.
 bench_progress() { echo "BENCH-PROGRESS $*"; }
+
+# bench_concurrency SUFFIX: 16 light containers (c0..c15, each its own
+# netns routed to srv1's 192.0.2.1) and their mounts timed one after
+# another and all at once, 3 runs each; SUFFIX ends the measurements'
+# names (e.g. " (2 vCPUs)").
+bench_concurrency() {
+	ip -n srv1 addr add 192.0.2.1/32 dev lo 2>/dev/null || true
+	mkdir -p /data
+	_pids=
+	for _k in $(seq 0 15); do
+		lab_light_routed c$_k srv1 192.0.2.$((100 + _k)) 192.0.2.1 >/dev/null
+		_pids="$_pids $(lab_pid c$_k)"
+	done
+	cat >/tmp/bench-seq <<EOS
+for p in $_pids; do nsmount mount --pid \$p -o vers=4.2 192.0.2.1:/export /data >/dev/null || exit 1; done
+EOS
+	cat >/tmp/bench-par <<EOS
+for p in $_pids; do nsmount mount --pid \$p -o vers=4.2 192.0.2.1:/export /data >/dev/null & done
+wait
+EOS
+	cat >/tmp/bench-umount <<EOS
+for p in $_pids; do nsenter -t \$p -m /bin/busybox umount /data; done
+nsmount status --no-probe >/dev/null
+EOS
+	nsmount-lab time -n 3 --name "16 mounts one after another$1" --after "sh /tmp/bench-umount" -- sh /tmp/bench-seq
+	nsmount-lab time -n 3 --name "16 mounts at once$1" --after "sh /tmp/bench-umount" -- sh /tmp/bench-par
+}
 
 bench_step "setup: NFS server, DNS server and container c1"
 lab_netns srv1
@@ -45,11 +73,13 @@ else
 	echo "NOTE nsenter + mount.nfs by name: fails, it resolves with the VM's files: $out"
 fi
 
+
 # Detection to recovery under nsmount watch: container c2 reaches srvA
 # (eth0) and srvB (eth1, once a /32 route says so) at 203.0.113.10. Times
-# are from the change to the mount reading the right server again. A route
-# change costs ~18.5 s each way (the old connection hangs until the RPC
-# layer gives up), the same every time: one run there and back.
+# are from the change to the mount reading the right server again. After a
+# route change watch resets the netns's connections to the address before
+# it remounts (the old connection would hang ~18.5 s until the RPC layer
+# gives up, the same every time); one run there and back.
 bench_step "recovery under nsmount watch: route change, re-export"
 lab_netns srvA
 lab_netns srvB
@@ -76,10 +106,15 @@ until_reads() {
 	grep -q "$2" "/proc/$C2/root$1" 2>/dev/null || _r='not recovered within '
 	awk -v a="$_t0" -v b="$(up)" -v r="$_r" 'BEGIN{printf "%s%.2f", r, b - a}'
 }
+# bench_seconds NAME SECONDS: one BENCH line of a time the script measured.
+bench_seconds() {
+	case $2 in not*) echo "NOTE $1: $2 s"; return ;; esac
+	awk -v n="$1" -v s="$2" 'BEGIN{ns = int(s * 1e9); printf "BENCH\t%s\t1\t%d\t%d\t%d\t%d\n", n, ns, ns, ns, ns}'
+}
 ip -n c2 route replace 203.0.113.10/32 via 198.51.100.1 dev eth1
-echo "NOTE recovery, route change to another server at the same address (to srvB): $(until_reads /data/whoami srvB) s"
+bench_seconds "route change to another server at the same address, under watch" "$(until_reads /data/whoami srvB)"
 ip -n c2 route del 203.0.113.10/32
-echo "NOTE recovery, route change back (to srvA): $(until_reads /data/whoami srvA) s"
+bench_seconds "route change back, under watch" "$(until_reads /data/whoami srvA)"
 MOUNTD=$(for p in $(ip netns pids srvA); do [ "$(cat /proc/$p/comm)" = rpc.mountd ] && echo $p; done | head -n 1)
 for fsid in 71 72 73; do
 	nsenter -t $MOUNTD -n -m sh -c "exportfs -ua && exportfs -o rw,no_root_squash,insecure,no_subtree_check,fsid=$fsid '*:/export' && exportfs -f"
@@ -90,22 +125,62 @@ wait $WATCH || true
 grep -c remounted /tmp/bench-watch.log | sed 's/^/NOTE watch remounts during the recovery runs: /'
 nsmount umount --pid $C2 /data
 
-# nsmount status with STATUS_N tracked mounts: STATUS_N light containers
-# (own net, mount and UTS namespaces), each with a veth to srv1 and one
-# NFSv4.2 mount.
-bench_step "200 light containers, one NFSv4.2 mount each"
-STATUS_N=${BENCH_STATUS_N:-200}
+# nsmount status and mount with 100, then 200 tracked mounts: light
+# containers (own net, mount and UTS namespaces), each with a veth to srv1
+# and one NFSv4.2 mount.
+bench_step "100 light containers, one NFSv4.2 mount each"
 ip -n srv1 addr add 192.0.2.1/32 dev lo
 mkdir -p /data
 i=0
-while [ $i -lt "$STATUS_N" ]; do
-	lab_light_routed s$i srv1 203.0.113.$((i % 250 + 1)) 192.0.2.1 >/dev/null
-	nsmount mount --pid "$(lab_pid s$i)" -o vers=4.2 192.0.2.1:/export /data >/dev/null
-	i=$((i + 1))
-	[ $((i % 50)) -ne 0 ] || bench_progress "$i of $STATUS_N containers mounted"
-done
-echo "NOTE status: $STATUS_N containers with one mount each; VM memory available $(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo) MiB"
+# containers_to N: light containers s0..s(N-1), one mount each.
+containers_to() {
+	while [ $i -lt "$1" ]; do
+		lab_light_routed s$i srv1 203.0.113.$((i % 250 + 1)) 192.0.2.1 >/dev/null
+		nsmount mount --pid "$(lab_pid s$i)" -o vers=4.2 192.0.2.1:/export /data >/dev/null
+		i=$((i + 1))
+		[ $((i % 50)) -ne 0 ] || bench_progress "$i containers mounted"
+	done
+}
+containers_to 100
+echo "NOTE 100 containers with one mount each; VM memory available $(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo) MiB"
+bench_step "status and mount with 100 tracked mounts"
+nsmount-lab time -n 10 --name "nsmount mount v4.2, 100 other mounts" --after "$UMOUNT" -- nsmount mount --pid $PID -o vers=4.2 198.51.100.1:/export /data
+nsmount-lab time -n 5 --name "nsmount status --no-probe, 100 mounts" -- nsmount status --no-probe
+nsmount-lab time -n 3 --name "nsmount status, 100 mounts" -- nsmount status
+bench_step "200 light containers, one NFSv4.2 mount each"
+containers_to 200
 bench_step "status and mount with 200 tracked mounts"
-nsmount-lab time -n 5 --name "nsmount status --no-probe, $STATUS_N mounts" -- nsmount status --no-probe
-nsmount-lab time -n 3 --name "nsmount status, $STATUS_N mounts" -- nsmount status
-nsmount-lab time -n 10 --name "nsmount mount v4.2, $STATUS_N other mounts" --after "$UMOUNT" -- nsmount mount --pid $PID -o vers=4.2 198.51.100.1:/export /data
+nsmount-lab time -n 10 --name "nsmount mount v4.2, 200 other mounts" --after "$UMOUNT" -- nsmount mount --pid $PID -o vers=4.2 198.51.100.1:/export /data
+nsmount-lab time -n 3 --name "nsmount status --no-probe, 200 mounts" -- nsmount status --no-probe
+nsmount-lab time -n 3 --name "nsmount status, 200 mounts" -- nsmount status
+
+# 16 mounts into 16 containers at once, against one after another.
+bench_step "16 mounts at once and one after another"
+bench_concurrency ""
+
+# nsmount watch over 1000 mount/umount cycles of one container: its RSS,
+# open files and goroutines (from its own metrics) before and after.
+bench_step "watch over 1000 mount/umount cycles"
+CYCLES=${BENCH_CYCLES:-1000}
+nsmount watch --interval 1s --probe-interval 2s --timeout 2s --metrics-address 127.0.0.1:9477 >/tmp/bench-watch2.log 2>&1 &
+WATCH=$!
+sleep 3
+# watch_stat METRIC: the value of a metric of watch's own process.
+watch_stat() { busybox wget -qO- http://127.0.0.1:9477/metrics | awk -v m="$1" '$1 == m { printf "%d\n", $2 }'; }
+watch_counts() {
+	printf 'BENCH-COUNT\twatch RSS %s\t%s\n' "$1" "$(watch_stat process_resident_memory_bytes)"
+	printf 'BENCH-COUNT\twatch goroutines %s\t%s\n' "$1" "$(watch_stat go_goroutines)"
+	printf 'BENCH-COUNT\twatch fds %s\t%s\n' "$1" "$(watch_stat process_open_fds)"
+}
+watch_counts before
+j=0
+while [ $j -lt "$CYCLES" ]; do
+	nsmount mount --pid $PID -o vers=4.2 198.51.100.1:/export /data >/dev/null
+	nsmount umount --pid $PID /data >/dev/null
+	j=$((j + 1))
+	[ $((j % 100)) -ne 0 ] || bench_progress "$j of $CYCLES cycles"
+done
+sleep 3
+watch_counts "after $CYCLES cycles"
+kill $WATCH
+wait $WATCH || true

@@ -176,3 +176,61 @@ func TestBenchReportStopped(t *testing.T) {
 		})
 	}
 }
+
+// TestBenchGoals: a goal is printed once its measurements are there, met
+// or MISSED against its bound, and the summary counts them.
+func TestBenchGoals(t *testing.T) {
+	ms := func(name string, v float64) benchResult {
+		d := time.Duration(v * 1e6)
+		return benchResult{name: name, n: 1, mean: d, min: d, med: d, max: d}
+	}
+	results := []benchResult{
+		ms("nsenter + mount.nfs v4.2", 120),
+		ms("nsmount mount v4.2", 78),                    // 0.65: met
+		ms("nsmount mount v4.2, 100 other mounts", 100), // 1.28: missed
+		ms("nsmount status --no-probe, 100 mounts", 320),
+		{name: "watch goroutines before", n: 1, med: 20, count: true},
+		{name: "watch goroutines after 1000 cycles", n: 1, med: 21, count: true},
+	}
+	var out bytes.Buffer
+	printGoals(&out, results, map[string]bool{})
+	for _, want := range []string{
+		"goal 1   mount <= 0.7 x nsenter + mount.nfs: 0.65, met",
+		"goal 2a  mount with 100 other tracked mounts <= 1.2 x alone: 1.28, MISSED",
+		"goal 3a  status --no-probe, 100 mounts <= 500 ms: 320 ms, met",
+		"goal 6b  watch, 1000 mount/umount cycles: goroutines grow <= 10%: 1.05, met",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("goals lack %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "goal 2b") {
+		t.Errorf("a goal without its measurements was printed:\n%s", out.String())
+	}
+	sum := goalSummary(results)
+	if !strings.HasPrefix(sum, "goals: 3 met, 1 missed (2a), 8 not measured") {
+		t.Errorf("summary %q", sum)
+	}
+	r, ok, err := parseBenchLine("BENCH-COUNT\twatch fds before\t17")
+	if !ok || err != nil || !r.count || r.med != 17 {
+		t.Errorf("count line = %+v, %v, %v", r, ok, err)
+	}
+}
+
+// TestBenchRunsSteps: every bench VM's script has literal, distinct steps,
+// also across the scripts.
+func TestBenchRunsSteps(t *testing.T) {
+	var all []string
+	for _, r := range benchRuns {
+		steps := benchSteps(r.script)
+		if len(steps) == 0 || len(steps) != strings.Count(r.script, "\nbench_step \"") {
+			t.Errorf("script with steps %q: some bench_step is not literal", steps)
+		}
+		for _, s := range steps {
+			if slices.Contains(all, s) {
+				t.Errorf("step %q twice", s)
+			}
+			all = append(all, s)
+		}
+	}
+}

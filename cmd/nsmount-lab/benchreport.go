@@ -27,6 +27,105 @@ const ratioBase = "nsenter + mount.nfs v4.2"
 // ratioOf are the measurements whose ratio to ratioBase is printed.
 var ratioOf = []string{"nsmount route (address)", "nsmount route (dns name)", "nsmount mount v4.2", "nsmount mount v4.2 (dns name)"}
 
+// benchGoal is one of the goals the bench checks (issue 11), on the
+// medians of its measurements: the ratio of two, or one in milliseconds.
+type benchGoal struct {
+	id   string
+	name string  // what is promised, for people
+	of   string  // the measurement
+	per  string  // the one it is divided by; "": of itself, in ms
+	max  float64 // the most the ratio (or the ms) may be
+}
+
+// benchGoals are checked as soon as their measurements arrive.
+var benchGoals = []benchGoal{
+	{"1", "mount <= 0.7 x nsenter + mount.nfs", "nsmount mount v4.2", ratioBase, 0.7},
+	{"2a", "mount with 100 other tracked mounts <= 1.2 x alone", "nsmount mount v4.2, 100 other mounts", "nsmount mount v4.2", 1.2},
+	{"2b", "mount with 200 other tracked mounts <= 1.2 x alone", "nsmount mount v4.2, 200 other mounts", "nsmount mount v4.2", 1.2},
+	{"3a", "status --no-probe, 100 mounts <= 500 ms", "nsmount status --no-probe, 100 mounts", "", 500},
+	{"3b", "status with probes, 100 mounts <= 2000 ms", "nsmount status, 100 mounts", "", 2000},
+	{"4a", "16 mounts at once <= 1.0 x one after another (1 vCPU)", "16 mounts at once", "16 mounts one after another", 1.0},
+	{"4b", "16 mounts at once <= 1.0 x one after another (2 vCPUs)", "16 mounts at once (2 vCPUs)", "16 mounts one after another (2 vCPUs)", 1.0},
+	{"5a", "route change: the mount reads the new server <= 1000 ms (6.1)", "route change to another server at the same address, under watch", "", 1000},
+	{"5b", "route change: the mount reads the new server <= 1000 ms (6.12)", "route change to another server at the same address, under watch (6.12)", "", 1000},
+	{"6a", "watch, 1000 mount/umount cycles: RSS grows <= 10%", "watch RSS after 1000 cycles", "watch RSS before", 1.1},
+	{"6b", "watch, 1000 mount/umount cycles: goroutines grow <= 10%", "watch goroutines after 1000 cycles", "watch goroutines before", 1.1},
+	{"6c", "watch, 1000 mount/umount cycles: fds grow <= 10%", "watch fds after 1000 cycles", "watch fds before", 1.1},
+}
+
+// goalValue is a goal's value if its measurements are there.
+func goalValue(g benchGoal, byName map[string]benchResult) (float64, bool) {
+	of, ok := byName[g.of]
+	if !ok {
+		return 0, false
+	}
+	if g.per == "" {
+		return float64(of.med) / 1e6, true
+	}
+	per, ok := byName[g.per]
+	if !ok || per.med <= 0 {
+		return 0, false
+	}
+	return float64(of.med) / float64(per.med), true
+}
+
+// printGoals prints the goals that results allow and done does not list
+// yet, and adds them to done.
+func printGoals(out io.Writer, results []benchResult, done map[string]bool) {
+	byName := map[string]benchResult{}
+	for _, res := range results {
+		byName[res.name] = res
+	}
+	for _, g := range benchGoals {
+		v, ok := goalValue(g, byName)
+		if !ok || done[g.id] {
+			continue
+		}
+		done[g.id] = true
+		fmt.Fprintln(out, goalLine(g, v))
+	}
+}
+
+// goalLine says whether g holds with value v.
+func goalLine(g benchGoal, v float64) string {
+	verdict := "met"
+	if v > g.max {
+		verdict = "MISSED"
+	}
+	if g.per == "" {
+		return fmt.Sprintf("goal %-3s %s: %.0f ms, %s", g.id, g.name, v, verdict)
+	}
+	return fmt.Sprintf("goal %-3s %s: %.2f, %s", g.id, g.name, v, verdict)
+}
+
+// goalSummary says how many goals results meet, miss, or do not measure.
+func goalSummary(results []benchResult) string {
+	byName := map[string]benchResult{}
+	for _, res := range results {
+		byName[res.name] = res
+	}
+	var met, missed, none []string
+	for _, g := range benchGoals {
+		v, ok := goalValue(g, byName)
+		switch {
+		case !ok:
+			none = append(none, g.id)
+		case v > g.max:
+			missed = append(missed, g.id)
+		default:
+			met = append(met, g.id)
+		}
+	}
+	s := fmt.Sprintf("goals: %d met, %d missed", len(met), len(missed))
+	if len(missed) > 0 {
+		s += " (" + strings.Join(missed, ", ") + ")"
+	}
+	if len(none) > 0 {
+		s += fmt.Sprintf(", %d not measured (%s)", len(none), strings.Join(none, ", "))
+	}
+	return s
+}
+
 // rowFormat lays out one measurement; rows are printed one by one, as they
 // arrive, so the columns have fixed widths.
 const rowFormat = "%40s %5s %9s %9s %10s %9s\n"
@@ -35,15 +134,30 @@ const rowFormat = "%40s %5s %9s %9s %10s %9s\n"
 // failed.
 const consoleTail = 12
 
+// countPrefix starts a line with a count rather than a time (a process's
+// RSS, fds, goroutines): BENCH-COUNT<TAB>NAME<TAB>VALUE.
+const countPrefix = "BENCH-COUNT\t"
+
 // benchResult is one parsed BENCH line.
 type benchResult struct {
 	name                string
 	n                   int
-	mean, min, med, max time.Duration
+	mean, min, med, max time.Duration // for a count, each is the value
+	count               bool
 }
 
-// parseBenchLine parses the BENCH line in line, if there is one.
+// parseBenchLine parses the BENCH or BENCH-COUNT line in line, if there
+// is one.
 func parseBenchLine(line string) (r benchResult, ok bool, err error) {
+	if i := strings.Index(line, countPrefix); i >= 0 {
+		name, val, found := strings.Cut(line[i+len(countPrefix):], "\t")
+		v, perr := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
+		if !found || perr != nil || name == "" {
+			return r, true, fmt.Errorf("malformed count line %q", line)
+		}
+		d := time.Duration(v)
+		return benchResult{name: name, n: 1, mean: d, min: d, med: d, max: d, count: true}, true, nil
+	}
 	i := strings.Index(line, benchPrefix)
 	if i < 0 {
 		return r, false, nil
@@ -109,6 +223,7 @@ type benchReport struct {
 	results []benchResult
 	notes   []string
 	ratios  map[string]bool // printed already
+	goals   map[string]bool // printed already
 	header  bool            // a table header was printed in this step
 	tail    []string        // the last console lines
 	err     error           // the first malformed BENCH line
@@ -117,7 +232,7 @@ type benchReport struct {
 // newBenchReport returns a report that prints to out and, if console is
 // not nil, copies the console there.
 func newBenchReport(out, console io.Writer, steps []string, start time.Time) *benchReport {
-	return &benchReport{out: out, console: console, start: start, steps: steps, ratios: map[string]bool{}}
+	return &benchReport{out: out, console: console, start: start, steps: steps, ratios: map[string]bool{}, goals: map[string]bool{}}
 }
 
 // Write takes console output; each complete line is handled at once.
@@ -203,10 +318,15 @@ func (r *benchReport) figure(res benchResult) {
 	printRow(r.out, res)
 	r.results = append(r.results, res)
 	printRatios(r.out, r.results, r.ratios)
+	printGoals(r.out, r.results, r.goals)
 }
 
 // printRow prints one measurement in rowFormat.
 func printRow(out io.Writer, res benchResult) {
+	if res.count {
+		fmt.Fprintf(out, rowFormat, res.name, "1", "", "", strconv.FormatInt(int64(res.med), 10)+" #", "")
+		return
+	}
 	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) }
 	fmt.Fprintf(out, rowFormat, res.name, strconv.Itoa(res.n), ms(res.mean), ms(res.min), ms(res.med), ms(res.max))
 }
@@ -261,6 +381,7 @@ func (r *benchReport) stopped(why string) {
 				printRow(r.out, res)
 			}
 			printRatios(r.out, r.results, map[string]bool{})
+			printGoals(r.out, r.results, map[string]bool{})
 		}
 		for _, n := range r.notes {
 			fmt.Fprintln(r.out, n)
