@@ -112,16 +112,23 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 	}
 	rep.Taken = w.Taken
 	sort.Slice(rep.NetNS, func(i, j int) bool { return rep.NetNS[i].NetNS.Ino < rep.NetNS[j].NetNS.Ino })
-	for _, st := range rep.NetNS {
-		st.ClientID = m.clientID(ctx, st.PID)
-	}
-	rep.Mounts = make([]MountStatus, len(entries))
+	// Per netns (its NFSv4 identity) and per mount (its route, and with
+	// Probe its server and health), each on its own goroutine, at most
+	// Parallel at once: a hung server costs its own probe the timeout.
 	par := o.Parallel
 	if par <= 0 {
 		par = 8
 	}
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup
+	for _, st := range rep.NetNS {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			st.ClientID = m.clientID(ctx, st.PID)
+		})
+	}
+	rep.Mounts = make([]MountStatus, len(entries))
 	for i, e := range entries {
 		wg.Go(func() {
 			sem <- struct{}{}
