@@ -5,7 +5,7 @@ set -e
 bench_step() { echo "BENCH-STEP $1"; }
 bench_progress() { echo "BENCH-PROGRESS $*"; }
 
-# bench_concurrency SUFFIX: 16 light containers (c0..c15, each its own
+# bench_concurrency SUFFIX: 16 light containers (k0..k15, each its own
 # netns routed to srv1's 192.0.2.1) and their mounts timed one after
 # another and all at once, 3 runs each; SUFFIX ends the measurements'
 # names (e.g. " (2 vCPUs)").
@@ -14,8 +14,8 @@ bench_concurrency() {
 	mkdir -p /data
 	_pids=
 	for _k in $(seq 0 15); do
-		lab_light_routed c$_k srv1 192.0.2.$((100 + _k)) 192.0.2.1 >/dev/null
-		_pids="$_pids $(lab_pid c$_k)"
+		lab_light_routed k$_k srv1 192.0.2.$((100 + _k)) 192.0.2.1 >/dev/null
+		_pids="$_pids $(lab_pid k$_k)"
 	done
 	cat >/tmp/bench-seq <<EOS
 for p in $_pids; do nsmount mount --pid \$p -o vers=4.2 192.0.2.1:/export /data >/dev/null || exit 1; done
