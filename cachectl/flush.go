@@ -125,11 +125,8 @@ func (m *Manager) Flush(ctx context.Context, o FlushOptions) (*FlushReport, erro
 		return nil, err
 	}
 	rep := &FlushReport{DryRun: o.DryRun}
-	if rep.Gone, err = m.reconcile(w); err != nil {
-		return nil, err
-	}
-	s, err := m.state()
-	if err != nil {
+	var s *registry.State
+	if rep.Gone, s, err = m.reconcile(w); err != nil {
 		return nil, err
 	}
 	keys, err := flushKeys(w, s, o)

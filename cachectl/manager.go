@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -212,14 +213,17 @@ func (m *Manager) observe() (*World, error) {
 	return w, nil
 }
 
-// reconcile removes the entries that w shows gone and returns them.
-func (m *Manager) reconcile(w *World) ([]Gone, error) {
+// reconcile removes the entries that w shows gone and returns them, and
+// the registry's state without them (read once for both).
+func (m *Manager) reconcile(w *World) ([]Gone, *registry.State, error) {
 	var gone []Gone
+	var after *registry.State
 	err := m.update(func(s *registry.State) error {
 		gone = w.Reconcile(s)
+		after = &registry.State{Entries: slices.Clone(s.Entries)}
 		return nil
 	})
-	return gone, err
+	return gone, after, err
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -2,6 +2,7 @@ package cachectl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -77,11 +78,8 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 	if err != nil {
 		return nil, err
 	}
-	if rep.Gone, err = m.reconcile(w); err != nil {
-		return nil, err
-	}
-	s, err := m.state()
-	if err != nil {
+	var s *registry.State
+	if rep.Gone, s, err = m.reconcile(w); err != nil {
 		return nil, err
 	}
 	var entries []registry.Entry
@@ -121,87 +119,191 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 	}
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup
+	// Per network namespace: the routes of its mounts and its NFSv4
+	// identity, read on a thread that visits it (Parallel threads, each
+	// entering its share of the namespaces in turn: entering is cheap, a
+	// thread is not); then, with Probe, each server and mount.
+	byNetNS := map[nsmount.NSID][]int{}
+	for i, e := range entries {
+		byNetNS[e.Target.NetNS] = append(byNetNS[e.Target.NetNS], i)
+	}
+	stateOf := map[nsmount.NSID]*NetNSState{}
 	for _, st := range rep.NetNS {
+		stateOf[st.NetNS] = st
+		if _, ok := byNetNS[st.NetNS]; !ok {
+			byNetNS[st.NetNS] = nil
+		}
+	}
+	nss := make([]nsmount.NSID, 0, len(byNetNS))
+	for ns := range byNetNS {
+		nss = append(nss, ns)
+	}
+	views := make(map[nsmount.NSID]*netnsView, len(nss))
+	var mu sync.Mutex
+	for c := range par {
 		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			st.ClientID = m.clientID(ctx, st.PID)
+			var mine []nsmount.NSID
+			for k := c; k < len(nss); k += par {
+				mine = append(mine, nss[k])
+			}
+			vs := m.netnsViews(w, mine)
+			mu.Lock()
+			for k, ns := range mine {
+				views[ns] = vs[k]
+			}
+			mu.Unlock()
 		})
+	}
+	wg.Wait()
+	defer func() {
+		for _, v := range views {
+			v.close()
+		}
+	}()
+	for ns, v := range views {
+		if st := stateOf[ns]; st != nil {
+			st.ClientID = v.id
+		}
 	}
 	rep.Mounts = make([]MountStatus, len(entries))
 	for i, e := range entries {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			rep.Mounts[i] = m.mountStatus(ctx, w, e, o)
+			ms := MountStatus{Entry: e}
+			m.mountStatusWith(ctx, w, views[e.Target.NetNS], &ms, o)
+			rep.Mounts[i] = ms
 		})
 	}
 	wg.Wait()
 	return rep, nil
 }
 
-func (m *Manager) clientID(ctx context.Context, pid int) string {
-	t, err := m.openPID(pid)
-	if err != nil {
-		return ""
-	}
-	defer t.Close()
-	id, _ := kernel.ClientIdentity(ctx, t)
-	return id
+// netnsView is what a status needs of one network namespace: a router
+// in it and its NFSv4 identity, or why they could not be had.
+type netnsView struct {
+	t      *nsmount.Target
+	router *routing.Router
+	id     string
+	err    error
 }
 
+func (v *netnsView) close() {
+	if v.router != nil {
+		v.router.Close()
+	}
+	if v.t != nil {
+		v.t.Close()
+	}
+}
+
+// netnsViews opens a router and reads the identity of each of nss, on one
+// thread that enters them in turn (nsmount.DoEach).
+func (m *Manager) netnsViews(w *World, nss []nsmount.NSID) []*netnsView {
+	views := make([]*netnsView, len(nss))
+	var targets []*nsmount.Target
+	var of []int
+	for k, ns := range nss {
+		v := &netnsView{}
+		views[k] = v
+		pid, ok := w.NetPID(ns)
+		if !ok {
+			v.err = errors.New("no process in the network namespace to check through")
+			continue
+		}
+		if v.t, v.err = m.openPID(pid); v.err == nil {
+			targets = append(targets, v.t)
+			of = append(of, k)
+		}
+	}
+	inside := true // while DoEach visits the namespaces
+	errs := nsmount.DoEach(targets, nsmount.NetNS, func(j int) error {
+		v := views[of[j]]
+		t := v.t
+		// The router makes its netlink handle here, in the namespace;
+		// later it makes probe sockets through a Do of its own.
+		in := func(fn func() error) error {
+			if inside {
+				return fn()
+			}
+			return t.Do(nsmount.NetNS, fn)
+		}
+		var err error
+		if v.router, err = routing.NewRouter(in); err != nil {
+			return err
+		}
+		v.id, _ = kernel.IdentityHere()
+		return nil
+	})
+	inside = false
+	for j, err := range errs {
+		if err != nil {
+			views[of[j]].err = err
+		}
+	}
+	return views
+}
+
+// mountStatus checks one mount (its route now; with o.Probe its server and
+// the mount itself).
 func (m *Manager) mountStatus(ctx context.Context, w *World, e registry.Entry, o StatusOptions) MountStatus {
+	views := m.netnsViews(w, []nsmount.NSID{e.Target.NetNS})
+	defer views[0].close()
 	ms := MountStatus{Entry: e}
-	pid, ok := w.PIDIn(&e)
-	if !ok {
-		ms.Verdict, ms.Advice = "unknown", "no process in the mount namespace to check through"
-		return ms
-	}
-	t, err := m.openPID(pid)
-	if err != nil {
-		ms.Verdict, ms.RouteError = "unknown", err.Error()
-		return ms
-	}
-	defer t.Close()
+	m.mountStatusWith(ctx, w, views[0], &ms, o)
+	return ms
+}
+
+// mountStatusWith fills in ms through v, a view of its netns.
+func (m *Manager) mountStatusWith(ctx context.Context, w *World, v *netnsView, ms *MountStatus, o StatusOptions) {
+	e := ms.Entry
 	addr, err := netip.ParseAddr(e.Address)
 	if err != nil {
 		ms.Verdict, ms.RouteError = "unknown", fmt.Sprintf("recorded address %q: %v", e.Address, err)
-		return ms
+		return
 	}
-	router, err := routing.NewRouter(func(fn func() error) error { return t.Do(nsmount.NetNS, fn) })
-	if err != nil {
+	if v.err != nil {
+		ms.RouteError = v.err.Error()
+	} else if r, err := v.router.Lookup(addr); err != nil {
 		ms.RouteError = err.Error()
 	} else {
-		defer router.Close()
-		r, err := router.Lookup(addr)
-		if err != nil {
-			ms.RouteError = err.Error()
-		} else {
-			ms.RouteNow = &r
-			ms.Drift = drift(e.Route, r)
-		}
+		ms.RouteNow = &r
+		ms.Drift = drift(e.Route, r)
 	}
 	if o.Probe {
-		if router != nil {
+		if v.router != nil {
 			port := e.Port
 			if port == 0 {
 				port = nsmount.DefaultNFSPort
 			}
-			err := router.Probe(ctx, netip.AddrPortFrom(addr, port), orDefault(o.Timeout, nsmount.DefaultProbeMountTimeout))
+			err := v.router.Probe(ctx, netip.AddrPortFrom(addr, port), orDefault(o.Timeout, nsmount.DefaultProbeMountTimeout))
 			reach := err == nil
 			ms.Reachable = &reach
 			if err != nil {
 				ms.ReachError = err.Error()
 			}
 		}
-		h, err := nsmount.ProbeMount(ctx, t, e.Mountpoint, e.MountID, o.Timeout)
-		if err != nil {
-			h.Error = err.Error()
-		}
-		ms.Health = &h
+		ms.Health = m.probeEntry(ctx, w, e, o.Timeout)
 	}
-	ms.Verdict, ms.Advice = verdict(&ms)
-	return ms
+	ms.Verdict, ms.Advice = verdict(ms)
+}
+
+// probeEntry probes e's mount through a process of its mount namespace.
+func (m *Manager) probeEntry(ctx context.Context, w *World, e registry.Entry, timeout time.Duration) *nsmount.Health {
+	pid, ok := w.PIDIn(&e)
+	if !ok {
+		return &nsmount.Health{Error: "no process in the mount namespace to probe through"}
+	}
+	t, err := m.openPID(pid)
+	if err != nil {
+		return &nsmount.Health{Error: err.Error()}
+	}
+	defer t.Close()
+	h, err := nsmount.ProbeMount(ctx, t, e.Mountpoint, e.MountID, timeout)
+	if err != nil {
+		h.Error = err.Error()
+	}
+	return &h
 }
 
 // drift lists the differences between the recorded route and now. An entry

@@ -61,7 +61,7 @@ func (m *Manager) Teardown(ctx context.Context, r TeardownRequest) (*TeardownRep
 	if err != nil {
 		return nil, err
 	}
-	gone, err := m.reconcile(w)
+	gone, s, err := m.reconcile(w)
 	if err != nil {
 		return nil, err
 	}
@@ -74,10 +74,6 @@ func (m *Manager) Teardown(ctx context.Context, r TeardownRequest) (*TeardownRep
 			rep.Forgotten = append(rep.Forgotten, g)
 			nets[g.Entry.Target.NetNS] = true
 		}
-	}
-	s, err := m.state()
-	if err != nil {
-		return nil, err
 	}
 	var live []registry.Entry
 	for _, e := range s.Entries {

@@ -129,7 +129,7 @@ func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *nsmount.N
 		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
 		return
 	}
-	gone, err := w.m.reconcile(world)
+	gone, s, err := w.m.reconcile(world)
 	if err != nil {
 		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
 		return
@@ -139,11 +139,6 @@ func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *nsmount.N
 	}
 	for _, g := range gone {
 		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "forgotten", Mountpoint: g.Entry.Mountpoint, Source: g.Entry.Source, NetNS: g.Entry.Target.NetNS, Detail: g.Why})
-	}
-	s, err := w.m.state()
-	if err != nil {
-		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "error", Detail: err.Error()})
-		return
 	}
 	for _, e := range s.Entries {
 		ns := e.Target.NetNS

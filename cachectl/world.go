@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nsmount/nsmount/cachectl/kernel"
@@ -43,6 +44,30 @@ type World struct {
 	// Shutdowner, if set, tells superblocks that are shut down (Linux
 	// 6.6+) from stale ones; Observe leaves it unset.
 	Shutdowner Shutdowner
+
+	mu     sync.Mutex
+	starts map[int]uint64 // process start times read so far
+}
+
+// startTime returns pid's start time, read once per observation.
+func (w *World) startTime(pid int) (uint64, error) {
+	w.mu.Lock()
+	start, ok := w.starts[pid]
+	w.mu.Unlock()
+	if ok {
+		return start, nil
+	}
+	start, err := w.Proc.StartTime(pid)
+	if err != nil {
+		return 0, err
+	}
+	w.mu.Lock()
+	if w.starts == nil {
+		w.starts = map[int]uint64{}
+	}
+	w.starts[pid] = start
+	w.mu.Unlock()
+	return start, nil
 }
 
 // Observe scans p.
@@ -78,7 +103,7 @@ func (w *World) PIDIn(e *registry.Entry) (int, bool) {
 	pids := w.NS.MountNS[e.Target.MountNS]
 	for _, pid := range pids {
 		if pid == e.Target.PID {
-			if start, err := w.Proc.StartTime(pid); err == nil && start == e.Target.PIDStart {
+			if start, err := w.startTime(pid); err == nil && start == e.Target.PIDStart {
 				return pid, true
 			}
 		}
@@ -135,7 +160,7 @@ func (w *World) newer(e *registry.Entry) bool {
 // before ticks (see Entry.CreatedTicks).
 func (w *World) startedBy(ns nsmount.NSID, ticks uint64) bool {
 	for _, pid := range w.NS.MountNS[ns] {
-		if start, err := w.Proc.StartTime(pid); err == nil && start <= ticks {
+		if start, err := w.startTime(pid); err == nil && start <= ticks {
 			return true
 		}
 	}

@@ -293,6 +293,52 @@ func (t *Target) run(which Namespaces, fn func() error, errc chan<- error) {
 	errc <- fn()
 }
 
+// DoEach runs fn(i) for every target in turn on one new OS thread, which
+// enters the selected namespaces of targets[i] before fn(i), as Do does for
+// one target. It saves a thread per target when many are visited (status
+// over a node's containers); the thread is never returned to the pool.
+// errs[i] is fn(i)'s error, or why targets[i] could not be entered (the
+// others still run).
+func DoEach(targets []*Target, which Namespaces, fn func(i int) error) (errs []error) {
+	errs = make([]error, len(targets))
+	if len(targets) == 0 {
+		return errs
+	}
+	done := make(chan struct{})
+	go doEach(targets, which, fn, errs, done)
+	<-done
+	return errs
+}
+
+// doEach is DoEach's goroutine (see run for the main thread's case).
+func doEach(targets []*Target, which Namespaces, fn func(int) error, errs []error, done chan<- struct{}) {
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		inner := make(chan struct{})
+		go doEach(targets, which, fn, errs, inner)
+		<-inner
+		runtime.UnlockOSThread() // this thread never left its namespaces
+		close(done)
+		return
+	}
+	// Deliberately no UnlockOSThread: see Do.
+	defer close(done)
+	for i, t := range targets {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					errs[i] = fmt.Errorf("panic in namespace of %s: %v", t, r)
+				}
+			}()
+			if err := t.enter(which); err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = fn(i)
+		}()
+	}
+}
+
 // enter switches the calling (locked) thread into the selected namespaces.
 func (t *Target) enter(which Namespaces) error {
 	if which&MountNS != 0 {

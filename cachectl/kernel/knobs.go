@@ -29,6 +29,19 @@ func ClientIdentity(ctx context.Context, t *nsmount.Target) (string, error) {
 	return id, err
 }
 
+// IdentityHere returns the NFSv4 client identity of the calling thread's
+// network namespace (as ClientIdentity, for code already running inside
+// it on a locked thread).
+func IdentityHere() (string, error) {
+	fs, err := netsysfs.Open()
+	if err != nil {
+		return "", err
+	}
+	defer fs.Close()
+	id, _, err := fs.Identity()
+	return id, err
+}
+
 // ShutdownState reports, for each NFS superblock in devs of t's network
 // namespace, whether it is shut down (/sys/fs/nfs/DEV/shutdown reads 1).
 // Devices without the knob (kernels before 6.6) are absent from the map.
