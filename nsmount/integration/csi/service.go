@@ -417,8 +417,10 @@ type VolumeStatus struct {
 	TargetPath string `json:"target_path"`
 	// State is StatePending, StateMounted or StateFailed.
 	State string `json:"state"`
-	// NetNSPath is the network namespace mounted from (StateMounted).
-	NetNSPath string `json:"netns_path,omitempty"`
+	// NetNS and NetNSPath are the network namespace mounted from
+	// (StateMounted).
+	NetNS     nsmount.NSID `json:"netns,omitzero"`
+	NetNSPath string       `json:"netns_path,omitempty"`
 	// LastError is why the last mount attempt failed.
 	LastError string `json:"last_error,omitempty"`
 }
@@ -436,7 +438,7 @@ func (s *Service) PodVolumes(podUID string) ([]VolumeStatus, error) {
 	for _, r := range recs {
 		vs := VolumeStatus{VolumeID: r.Volume.ID, TargetPath: r.Volume.TargetPath, State: r.State, LastError: r.LastError}
 		if r.Mount != nil {
-			vs.NetNSPath = r.Mount.NetNSPath
+			vs.NetNS, vs.NetNSPath = r.Mount.NetNS, r.Mount.NetNSPath
 		}
 		out = append(out, vs)
 	}
