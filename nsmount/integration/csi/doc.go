@@ -17,9 +17,14 @@
 // mounted at once, its sandbox known from an earlier PodSandboxReady or
 // found by the pod's UID in the processes' cgroups (FindSandbox). A new
 // sandbox of the same pod (a new network namespace) gets its mounts redone
-// from it. NodeUnpublishVolume unmounts, flushes what the mount leaves in
+// from it. When the sandbox stops, after the pod's containers and before
+// its network is torn down (NRI's StopPodSandbox), Service.PodSandboxStopping
+// unmounts the pod's mounts while their server can still be reached from
+// its network, and the volumes go back to pending. NodeUnpublishVolume
+// unmounts what is left (lazily, when the pod's network namespace is gone
+// and the server can no longer be told), flushes what the mount leaves in
 // the kernel's NFS client, removes the record and the target directory,
-// also when the pod's network namespace is gone, and again and again.
+// and succeeds again and again.
 // NodeGetVolumeStats and NodeGetVolumeHealth probe through the mount in a
 // helper process killed at its deadline: a hung server costs the
 // timeout, never a hung call.

@@ -37,6 +37,9 @@ const (
 	// DefaultStatsTimeout bounds the probe of NodeGetVolumeStats and
 	// NodeGetVolumeHealth.
 	DefaultStatsTimeout = 5 * time.Second
+	// DeadNetNSUnmountTimeout bounds the unmount of a mount whose network
+	// namespace is gone (see unmountLocked).
+	DeadNetNSUnmountTimeout = 3 * time.Second
 	// MaxNodeIDLen bounds a node ID (the CSI spec's limit).
 	MaxNodeIDLen = 256
 )
@@ -333,8 +336,8 @@ type VolumeReport struct {
 	// VolumeID and TargetPath name the volume.
 	VolumeID   string `json:"volume_id"`
 	TargetPath string `json:"target_path"`
-	// Did is "mounted", "remounted" (from a new sandbox) or "already
-	// mounted"; "" when it failed.
+	// Did is "mounted", "remounted" (from a new sandbox), "already
+	// mounted" or "unmounted" (PodSandboxStopping); "" when it failed.
 	Did string `json:"did,omitempty"`
 	// Mount is the volume's mount, when there is one.
 	Mount *MountState `json:"mount,omitempty"`
@@ -398,11 +401,69 @@ func (s *Service) PodSandboxReady(ctx context.Context, sb Sandbox) (*SandboxRepo
 	return rep, errors.Join(errs...)
 }
 
-// PodSandboxGone forgets the sandbox sb (NRI's StopPodSandbox and
-// RemovePodSandbox): a volume published for its pod later waits for the
-// next sandbox. A remembered sandbox of the pod with another network
-// namespace (a newer one) is kept. The mounts stay until
-// NodeUnpublishVolume.
+// PodSandboxStopping unmounts the pod's volumes that were mounted from
+// sandbox sb's network namespace, and flushes what they leave in the
+// kernel's NFS client, while the server can still be reached from that
+// namespace. Call it when the runtime stops the sandbox, after the pod's
+// containers and before the pod's network is torn down: NRI's
+// StopPodSandbox (containerd and CRI-O send it between the two). A mount
+// outlives its network otherwise: its NFS client can no longer reach the
+// server, and its unmount (NodeUnpublishVolume, after the sandbox has
+// stopped) could not end the client's session with the server.
+//
+// The volumes stay published, pending: a new sandbox of the pod mounts
+// them again (PodSandboxReady), NodeUnpublishVolume removes them. The
+// sandbox is forgotten (PodSandboxGone). The report is never nil; the
+// error joins the volumes' failures.
+func (s *Service) PodSandboxStopping(ctx context.Context, sb Sandbox) (*SandboxReport, error) {
+	rep := &SandboxReport{Sandbox: sb}
+	if err := sb.check(); err != nil {
+		return rep, err
+	}
+	s.PodSandboxGone(sb)
+	netns, err := nsmount.NSOfPath(sb.NetNS)
+	if err != nil {
+		return rep, nil // gone already: nothing can be done through it
+	}
+	unlock, err := s.pods.lock(ctx, sb.PodUID)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+	recs, problems, err := s.store.ofPod(sb.PodUID)
+	rep.Problems = problems
+	if err != nil {
+		return rep, err
+	}
+	var errs []error
+	for _, r := range recs {
+		if r.Mount == nil || r.Mount.NetNS != netns {
+			continue
+		}
+		vr := VolumeReport{VolumeID: r.Volume.ID, TargetPath: r.Volume.TargetPath, Mount: r.Mount}
+		vr.Warnings, vr.Err = s.unmountLocked(ctx, r)
+		if vr.Err == nil {
+			vr.Did, vr.Mount = "unmounted", nil
+			r.State = StatePending
+			if err := s.store.put(r); err != nil {
+				vr.Err = err
+			}
+		}
+		if vr.Err != nil {
+			errs = append(errs, fmt.Errorf("volume %s at %s: %w", r.Volume.ID, r.Volume.TargetPath, vr.Err))
+		}
+		for _, w := range vr.Warnings {
+			s.log.Warn(w, "volume", r.Volume.ID)
+		}
+		rep.Volumes = append(rep.Volumes, vr)
+	}
+	return rep, errors.Join(errs...)
+}
+
+// PodSandboxGone forgets the sandbox sb (NRI's RemovePodSandbox): a
+// volume published for its pod later waits for the next sandbox. A
+// remembered sandbox of the pod with another network namespace (a newer
+// one) is kept. Mounts are left alone.
 func (s *Service) PodSandboxGone(sb Sandbox) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -466,7 +527,11 @@ func (s *Service) mountLocked(ctx context.Context, r *Record, sb Sandbox) Volume
 	if m := r.Mount; m != nil {
 		id, root, err := s.mountAt(r.Volume.TargetPath)
 		here := err == nil && root && id == m.MountID
-		if here && m.NetNS == netns && m.NetNSPath == sb.NetNS {
+		// The same network namespace, by identity (a path found by
+		// FindSandbox differs from the runtime's): while the mount is
+		// there, its NFS client holds the namespace, whose inode cannot
+		// be reused meanwhile.
+		if here && m.NetNS == netns {
 			vr.Did, vr.Mount = "already mounted", m
 			return vr
 		}
@@ -530,42 +595,68 @@ func (s *Service) mountLocked(ctx context.Context, r *Record, sb Sandbox) Volume
 }
 
 // unmountLocked unmounts r's recorded mount if it is still at the target
-// path (lazily if it is busy), and flushes the NFS client state it leaves:
-// stale superblocks of its network namespace if that is still there, and
-// orphan superblocks of its server. It never fails for what is gone
-// already. The caller holds the pod's lock.
+// path, and flushes the NFS client state it leaves: stale superblocks of
+// its network namespace if that is still there, and orphan superblocks of
+// its server. It never fails for what is gone already. The caller holds
+// the pod's lock.
+//
+// A mount whose network namespace is gone (its sandbox stopped without
+// PodSandboxStopping: the agent was away) can no longer reach its server:
+// the kernel's goodbye to the server (DESTROY_SESSION, DESTROY_CLIENTID)
+// at the last unmount would wait for the server up to minutes. It is
+// detached lazily at once, and the helper stopped after
+// DeadNetNSUnmountTimeout: the mount is gone from the target, and the
+// superblock is freed without the server (which forgets the client when
+// its lease expires).
 func (s *Service) unmountLocked(ctx context.Context, r *Record) ([]string, error) {
 	m := r.Mount
 	if m == nil {
 		return nil, nil
 	}
 	p := r.Volume.TargetPath
-	id, root, err := s.mountAt(p)
-	if err == nil && root && id == m.MountID {
+	alive := false
+	if ns, err := nsmount.NSOfPath(m.NetNSPath); err == nil && ns == m.NetNS {
+		alive = true
+	}
+	var warnings []string
+	if id, root, err := s.mountAt(p); err == nil && root && id == m.MountID {
 		t, err := s.hostTarget()
 		if err != nil {
 			return nil, err
 		}
 		defer t.Close()
-		_, err = s.mgr.Unmount(ctx, t, p, nsmount.UnmountOptions{Timeout: s.c.MountTimeout})
-		if err != nil && !errors.Is(err, nsmount.ErrNotMounted) && !errors.Is(err, nsmount.ErrTimeout) {
-			_, err = s.mgr.Unmount(ctx, t, p, nsmount.UnmountOptions{Lazy: true, Timeout: s.c.MountTimeout})
+		if alive {
+			_, err = s.mgr.Unmount(ctx, t, p, nsmount.UnmountOptions{Timeout: s.c.MountTimeout})
+		}
+		if !alive || err != nil && !errors.Is(err, nsmount.ErrNotMounted) {
+			_, err = s.mgr.Unmount(ctx, t, p, nsmount.UnmountOptions{Lazy: true, Timeout: DeadNetNSUnmountTimeout})
 		}
 		if err != nil && !errors.Is(err, nsmount.ErrNotMounted) {
-			return nil, fmt.Errorf("unmount %s: %w", p, err)
+			// Detached, but its teardown did not finish in time (the
+			// server cannot be reached): the target is free.
+			if id, root, aerr := s.mountAt(p); aerr == nil && (!root || id != m.MountID) {
+				warnings = append(warnings, fmt.Sprintf("unmounted %s, but the NFS client could not reach server %s to end its session (%s)", p, m.Address, oneLine(err)))
+				err = nil
+			}
 		}
-		s.log.Info("unmounted", "volume", r.Volume.ID, "target", p, "netns", m.NetNSPath)
+		if err != nil && !errors.Is(err, nsmount.ErrNotMounted) {
+			return warnings, fmt.Errorf("unmount %s: %w", p, err)
+		}
+		how := "unmounted"
+		if !alive {
+			how = "unmounted lazily (the pod's network namespace is gone)"
+		}
+		s.log.Info(how, "volume", r.Volume.ID, "target", p, "netns", m.NetNSPath)
 	}
 	r.Mount = nil
 	tr := cachectl.TeardownRequest{}
-	if ns, err := nsmount.NSOfPath(m.NetNSPath); err == nil && ns == m.NetNS {
-		tr.NetNS = &ns
+	if alive {
+		tr.NetNS = &m.NetNS
 	}
 	if a, err := netip.ParseAddr(m.Address); err == nil {
 		tr.OrphanServers = []netip.Addr{a}
 	}
 	rep, err := s.mgr.Teardown(ctx, tr)
-	var warnings []string
 	if err != nil {
 		warnings = append(warnings, "flush after the unmount: "+oneLine(err))
 	}

@@ -346,6 +346,54 @@ func TestPodSandboxReady(t *testing.T) {
 	}
 }
 
+// TestPodSandboxStopping: the volumes mounted from the stopping sandbox go
+// back to pending (their mount is gone here: only the bookkeeping is
+// checked; the lab unmounts real ones), others are left alone.
+func TestPodSandboxStopping(t *testing.T) {
+	ts := newTestService(t, testPolicy)
+	ctx := context.Background()
+	sb := startSandbox(t, testUID)
+	ns, err := nsmount.NSOfPath(sb.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, other := ts.target(t, testUID, "mine"), ts.target(t, testUID, "other")
+	for _, p := range []string{mine, other} {
+		if _, err := ts.NodePublishVolume(ctx, publishRequest(filepath.Base(filepath.Dir(p)), p, testUID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark := func(p string, m MountState) {
+		r, err := ts.store.get(p)
+		if err != nil || r == nil {
+			t.Fatal(r, err)
+		}
+		r.State, r.Mount = StateMounted, &m
+		if err := ts.store.put(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark(mine, MountState{NetNS: ns, NetNSPath: sb.NetNS, MountID: 1 << 30, Dev: "0:999", Address: "198.51.100.1"})
+	mark(other, MountState{NetNS: nsmount.NSID{Dev: ns.Dev, Ino: 1}, NetNSPath: "/var/run/netns/older", MountID: 1<<30 + 1, Address: "198.51.100.1"})
+	ts.remember(sb)
+	rep, err := ts.PodSandboxStopping(ctx, sb)
+	if err != nil || len(rep.Volumes) != 1 || rep.Volumes[0].Did != "unmounted" || rep.Volumes[0].VolumeID != "mine" {
+		t.Fatalf("PodSandboxStopping = %+v, %v", rep, err)
+	}
+	if r, _ := ts.store.get(mine); r == nil || r.State != StatePending || r.Mount != nil {
+		t.Errorf("the stopped sandbox's volume: %+v, want pending, no mount", r)
+	}
+	if r, _ := ts.store.get(other); r == nil || r.State != StateMounted {
+		t.Errorf("another sandbox's volume: %+v, want left alone", r)
+	}
+	if _, ok := ts.sandboxOf(testUID); ok {
+		t.Error("the stopped sandbox is still remembered")
+	}
+	if rep, err := ts.PodSandboxStopping(ctx, sb); err != nil || len(rep.Volumes) != 0 {
+		t.Errorf("second PodSandboxStopping = %+v, %v", rep, err)
+	}
+}
+
 func TestPodSandboxReadyInvalid(t *testing.T) {
 	ts := newTestService(t, testPolicy)
 	for _, sb := range []Sandbox{

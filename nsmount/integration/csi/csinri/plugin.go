@@ -150,10 +150,40 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, _ []*api
 	return nil, nil
 }
 
-// StopPodSandbox forgets the sandbox; mounts stay until kubelet
-// unpublishes them.
-func (p *Plugin) StopPodSandbox(_ context.Context, pod *api.PodSandbox) error {
-	p.svc.PodSandboxGone(SandboxOf(pod))
+// StopPodSandbox unmounts the pod's volumes mounted from this sandbox
+// while its network still reaches the servers (the runtime tears the
+// network down right after): it waits for that for up to Config.Wait, and
+// lets it finish in the background after.
+func (p *Plugin) StopPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	sb := SandboxOf(pod)
+	if sb.PodUID == "" || sb.NetNS == "" {
+		return nil
+	}
+	done := make(chan struct{})
+	p.rounds.Add(1)
+	go func() {
+		defer p.rounds.Done()
+		defer close(done)
+		bctx, cancel := context.WithTimeout(context.Background(), p.c.MountBound)
+		defer cancel()
+		start := time.Now()
+		rep, err := p.svc.PodSandboxStopping(bctx, sb)
+		log := p.log.With("event", "stop", "pod", pod.GetNamespace()+"/"+pod.GetName(), "netns", sb.NetNS, "elapsed", time.Since(start).Round(time.Millisecond))
+		switch {
+		case err != nil:
+			log.Warn("unmounts failed", "error", oneLine(err.Error()))
+		case len(rep.Volumes) > 0:
+			log.Info("volumes unmounted before the pod's network goes", "volumes", len(rep.Volumes))
+		}
+	}()
+	t := time.NewTimer(p.c.Wait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		p.log.Warn("unmounts still running when the runtime tears the pod's network down", "pod", pod.GetNamespace()+"/"+pod.GetName())
+	case <-ctx.Done():
+	}
 	return nil
 }
 
