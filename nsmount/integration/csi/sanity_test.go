@@ -159,6 +159,7 @@ func TestSanity(t *testing.T) {
 		suite.SkipStrings = append(suite.SkipStrings, " "+regexp.QuoteMeta(name)+" ")
 	}
 	reporter.Succinct = true
+	reporter.NoColor = true
 	ok := ginkgo.RunSpecs(t, "csi-sanity against nfs.nsmount.io", suite, reporter)
 
 	var passed, skippedByName, skippedSelf []string

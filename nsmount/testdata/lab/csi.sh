@@ -191,7 +191,8 @@ lab_check "the server sees the pod's address as its client" wait_for 5 server_se
 lab_check "nosuid,nodev enforced" sh -c "grep ' $T1 ' /proc/self/mountinfo | grep -q 'nosuid,nodev'"
 lab_check "the record says mounted, from the pod's netns" grep -q "\"netns_path\": \"$PODNETNS\"" /run/nsmount/csi/*.json
 lab_check "the registry has the mount" registry_is 1
-lab_check "owner csi, with its admission (namespace lab)" sh -c "grep -Eq '\"owner\": *\"csi\"' /run/nsmount/registry.json && grep -Eq '\"namespace\": *\"lab\"' /run/nsmount/registry.json"
+lab_check "owner csi" registry_has '"owner": *"csi"'
+lab_check "with its admission (namespace lab)" registry_has '"namespace": *"lab"'
 
 # --- CreateContainer with the target path as a bind mount -------------------
 
