@@ -152,12 +152,11 @@ func (m *Manager) clientID(ctx context.Context, pid int) string {
 
 func (m *Manager) mountStatus(ctx context.Context, w *World, e registry.Entry, o StatusOptions) MountStatus {
 	ms := MountStatus{Entry: e}
-	pid, ok := w.PIDIn(&e)
-	if !ok {
+	if _, ok := w.PIDIn(&e); !ok {
 		ms.Verdict, ms.Advice = "unknown", "no process in the mount namespace to check through"
 		return ms
 	}
-	t, err := m.openPID(pid)
+	t, err := m.openIn(w, &e)
 	if err != nil {
 		ms.Verdict, ms.RouteError = "unknown", err.Error()
 		return ms
