@@ -159,7 +159,7 @@ func (s *Service) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpubl
 	if r != nil && r.Volume.ID != id {
 		return nil, status.Errorf(codes.NotFound, "target path %s has volume %s published, not %s", p, r.Volume.ID, id)
 	}
-	if r != nil && r.Mount != nil {
+	if r != nil {
 		warnings, err := s.unmountLocked(ctx, r)
 		for _, w := range warnings {
 			s.log.Warn(w, "volume", id, "target", p)
@@ -186,18 +186,14 @@ func (s *Service) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpubl
 // record of this service (a record lost with the state directory); any
 // other mount, or none, is left as it is.
 func (s *Service) unmountUnrecorded(ctx context.Context, p string) error {
-	_, root, err := s.mountAt(p)
-	if err != nil || !root {
-		return nil // nothing there, or not a mount
+	if s.mountHere(p) == nil {
+		return nil // nothing there, or not nsmount's
 	}
 	t, err := s.hostTarget()
 	if err != nil {
 		return err
 	}
 	defer t.Close()
-	if _, err := s.mgr.FindEntry(t, p); err != nil {
-		return nil // not nsmount's
-	}
 	_, err = s.mgr.Unmount(ctx, t, p, nsmount.UnmountOptions{Timeout: s.c.MountTimeout})
 	if err != nil && !errors.Is(err, nsmount.ErrNotMounted) {
 		return fmt.Errorf("unmount %s: %w", p, err)
@@ -319,15 +315,19 @@ func (s *Service) published(id, p string) (*Record, error) {
 	return r, nil
 }
 
-// probe probes r's mount in the host's mount namespace, bounded by
-// StatsTimeout.
+// probe probes the mount at r's target path in the host's mount
+// namespace, bounded by StatsTimeout.
 func (s *Service) probe(ctx context.Context, r *Record) (nsmount.Health, error) {
+	e := s.mountHere(r.Volume.TargetPath)
+	if e == nil {
+		return nsmount.Health{}, nsmount.WithClass(nsmount.ErrNotMounted, fmt.Errorf("no nsmount mount at %s any more", r.Volume.TargetPath))
+	}
 	t, err := s.hostTarget()
 	if err != nil {
 		return nsmount.Health{}, err
 	}
 	defer t.Close()
-	return nsmount.ProbeMount(ctx, t, r.Volume.TargetPath, r.Mount.MountID, s.c.StatsTimeout)
+	return nsmount.ProbeMount(ctx, t, r.Volume.TargetPath, e.MountID, s.c.StatsTimeout)
 }
 
 // notMounted says why r has no mount.

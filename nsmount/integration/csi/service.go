@@ -524,19 +524,25 @@ func (s *Service) mountLocked(ctx context.Context, r *Record, sb Sandbox) Volume
 	if err != nil {
 		return fail(nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("network namespace of the pod's sandbox: %w", err)))
 	}
-	if m := r.Mount; m != nil {
-		id, root, err := s.mountAt(r.Volume.TargetPath)
-		here := err == nil && root && id == m.MountID
-		// The same network namespace, by identity (a path found by
-		// FindSandbox differs from the runtime's): while the mount is
-		// there, its NFS client holds the namespace, whose inode cannot
-		// be reused meanwhile.
-		if here && m.NetNS == netns {
-			vr.Did, vr.Mount = "already mounted", m
-			return vr
+	e := s.mountHere(r.Volume.TargetPath)
+	// The same network namespace, by identity (a path found by FindSandbox
+	// differs from the runtime's): while the mount is there, its NFS
+	// client holds the namespace, whose inode cannot be reused meanwhile.
+	if e != nil && e.Target.NetNS == netns {
+		if r.Mount == nil || r.Mount.MountID != e.MountID {
+			// Made before a restart of the records, or replaced by
+			// nsmount remount or watch: the registry knows.
+			r.State, r.Mount = StateMounted, mountStateOf(e, sb.PID)
+			if err := s.store.put(r); err != nil {
+				vr.Warnings = append(vr.Warnings, "recording the mount: "+oneLine(err))
+			}
 		}
-		if here {
-			log.Info("new sandbox: unmounting the mount made from the old one", "old_netns", m.NetNSPath, "netns", sb.NetNS)
+		vr.Did, vr.Mount = "already mounted", r.Mount
+		return vr
+	}
+	if e != nil || r.Mount != nil {
+		if e != nil {
+			log.Info("new sandbox: unmounting the mount made from the old one", "old_netns", e.Target.NetNSPath, "netns", sb.NetNS)
 		}
 		w, err := s.unmountLocked(ctx, r)
 		vr.Warnings = append(vr.Warnings, w...)
@@ -573,13 +579,15 @@ func (s *Service) mountLocked(ctx context.Context, r *Record, sb Sandbox) Volume
 		vr.Warnings = append(vr.Warnings, oneLine(err))
 	}
 	vr.Warnings = append(vr.Warnings, res.Warnings...)
+	if res.Flushed != nil {
+		for _, a := range res.Flushed.Actions {
+			log.Info("flushed stale NFS state first: " + lineOf(a.String()))
+		}
+	}
 	mnt := res.Mounted
 	r.State, r.LastError, r.Admission = StateMounted, "", adm
-	r.Mount = &MountState{
-		NetNS: netns, NetNSPath: sb.NetNS, SandboxPID: sb.PID,
-		Entry: res.Entry.ID, MountID: mnt.MountID, Dev: mnt.Dev,
-		Address: mnt.Address.String(), ClientAddr: res.Entry.ClientAddr, Mounted: time.Now().UTC(),
-	}
+	r.Mount = mountStateOf(&res.Entry, sb.PID)
+	r.Mount.NetNS, r.Mount.NetNSPath = netns, sb.NetNS
 	if err := s.store.put(r); err != nil {
 		vr.Warnings = append(vr.Warnings, "mounted, but recording it failed: "+oneLine(err))
 	}
@@ -609,17 +617,21 @@ func (s *Service) mountLocked(ctx context.Context, r *Record, sb Sandbox) Volume
 // superblock is freed without the server (which forgets the client when
 // its lease expires).
 func (s *Service) unmountLocked(ctx context.Context, r *Record) ([]string, error) {
+	p := r.Volume.TargetPath
+	e := s.mountHere(p)
 	m := r.Mount
+	if e != nil {
+		m = mountStateOf(e, 0)
+	}
 	if m == nil {
 		return nil, nil
 	}
-	p := r.Volume.TargetPath
 	alive := false
 	if ns, err := nsmount.NSOfPath(m.NetNSPath); err == nil && ns == m.NetNS {
 		alive = true
 	}
 	var warnings []string
-	if id, root, err := s.mountAt(p); err == nil && root && id == m.MountID {
+	if e != nil {
 		t, err := s.hostTarget()
 		if err != nil {
 			return nil, err
@@ -634,7 +646,7 @@ func (s *Service) unmountLocked(ctx context.Context, r *Record) ([]string, error
 		if err != nil && !errors.Is(err, nsmount.ErrNotMounted) {
 			// Detached, but its teardown did not finish in time (the
 			// server cannot be reached): the target is free.
-			if id, root, aerr := s.mountAt(p); aerr == nil && (!root || id != m.MountID) {
+			if id, root, aerr := s.mountAt(p); aerr == nil && (!root || id != e.MountID) {
 				warnings = append(warnings, fmt.Sprintf("unmounted %s, but the NFS client could not reach server %s to end its session (%s)", p, m.Address, oneLine(err)))
 				err = nil
 			}
@@ -671,6 +683,43 @@ func (s *Service) unmountLocked(ctx context.Context, r *Record) ([]string, error
 		}
 	}
 	return warnings, nil
+}
+
+// mountHere returns the registry entry of the nsmount mount at target path
+// p in the host's mount namespace, if that mount is the one there now: the
+// registry follows the mount when nsmount remount or watch replaces it.
+func (s *Service) mountHere(p string) *registry.Entry {
+	id, root, err := s.mountAt(p)
+	if err != nil || !root {
+		return nil
+	}
+	mntns, err := nsmount.NSOfPath(s.c.MountNS)
+	if err != nil {
+		return nil
+	}
+	var found *registry.Entry
+	err = s.mgr.Registry().View(func(st *registry.State) error {
+		for _, e := range st.InMountNS(mntns) {
+			if e.Mountpoint == p && e.MountID == id {
+				found = &e
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("read the registry: "+oneLine(err), "target", p)
+		return nil
+	}
+	return found
+}
+
+// mountStateOf is the MountState of registry entry e.
+func mountStateOf(e *registry.Entry, sandboxPID int) *MountState {
+	return &MountState{
+		NetNS: e.Target.NetNS, NetNSPath: e.Target.NetNSPath, SandboxPID: sandboxPID,
+		Entry: e.ID, MountID: e.MountID, Dev: e.Dev,
+		Address: e.Address, ClientAddr: e.ClientAddr, Mounted: e.Created,
+	}
 }
 
 // keyedMutex is a set of mutexes by key (a pod's UID) whose lock waits
