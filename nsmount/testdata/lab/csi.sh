@@ -223,12 +223,20 @@ check_says "csi - health of a hung server: ServerNotResponding" "INACCESSIBLE Se
 ip link set srv1h up
 lab_check "csi - the server answers again: stats" wait_for 60 $CSI stats --volume-id data --target $T1
 
+# --- nsmount status and remount see the mount from the pod's network --------
+
+check_says "status: the CSI mount checked from the pod's network: ok" '"verdict":"ok"' sh -c "nsmount status --json | tr -d ' \n'"
+check_says "remount: refused for a CSI volume (the containers' copies would stay behind)" "not remounted" \
+	nsmount remount --netns "$PODNETNS" --mntns /proc/1/ns/mnt $T1
+lab_check "the mount is unchanged" test "$(target_dev $T1)" = "$DEV1"
+
 # --- a volume published while the sandbox runs: mounted at once -------------
 
 lab_check "csi - NodePublishVolume with the sandbox running" publish late $T2 --readonly
 lab_check "mounted at once, from the pod's netns" target_in $PODPID $T2
 lab_check "read-only" sh -c "grep ' $T2 ' /proc/self/mountinfo | grep -q ' ro,'"
 lab_check "two records, two registry entries" counts_are 2 2
+lab_check "app still reads its /data (nothing flushed under it)" sh -c "nsenter -t $PID -m cat /data/app.txt | grep -qx from-app"
 
 # --- a restart of the plugin, without NRI: the sandbox found by its cgroup ---
 
