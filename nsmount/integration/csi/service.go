@@ -379,6 +379,18 @@ func (s *Service) PodSandboxReady(ctx context.Context, sb Sandbox) (*SandboxRepo
 	if err := sb.check(); err != nil {
 		return rep, err
 	}
+	if sb.PID == 0 && !s.c.NoDiscovery {
+		// A runtime that does not give the sandbox's process: the pod's
+		// oldest process, if it is in that network namespace.
+		if found, ok, err := FindSandbox(s.c.Proc, sb.PodUID); err == nil && ok {
+			a, err1 := nsmount.NSOfPath(found.NetNS)
+			b, err2 := nsmount.NSOfPath(sb.NetNS)
+			if err1 == nil && err2 == nil && a == b {
+				sb.PID = found.PID
+				rep.Sandbox = sb
+			}
+		}
+	}
 	unlock, err := s.pods.lock(ctx, sb.PodUID)
 	if err != nil {
 		return rep, err
@@ -523,6 +535,12 @@ func (s *Service) mountLocked(ctx context.Context, r *Record, sb Sandbox) Volume
 	netns, err := nsmount.NSOfPath(sb.NetNS)
 	if err != nil {
 		return fail(nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("network namespace of the pod's sandbox: %w", err)))
+	}
+	if _, err := netip.ParseAddr(r.Volume.Source.Server); err != nil && sb.PID == 0 {
+		// Never the host's resolver files: the volume waits (pending)
+		// for a sandbox event that names the pod's process.
+		vr.Err = nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("server %q is resolved with the pod's own resolver files, and the sandbox's process is not known yet (RunPodSandbox gives it)", r.Volume.Source.Server))
+		return vr
 	}
 	e := s.mountHere(r.Volume.TargetPath)
 	// The same network namespace, by identity (a path found by FindSandbox

@@ -394,6 +394,27 @@ func TestPodSandboxStopping(t *testing.T) {
 	}
 }
 
+// TestPodSandboxReadyNoProcess: without the sandbox's process (a CNI ADD
+// trigger), a server name is never resolved with the host's files: the
+// volume stays pending.
+func TestPodSandboxReadyNoProcess(t *testing.T) {
+	ts := newTestService(t, testPolicy)
+	ctx := context.Background()
+	target := ts.target(t, testUID, "named")
+	if _, err := ts.NodePublishVolume(ctx, publishRequest("named", target, testUID, KeyServer, "nfs.example.test")); err != nil {
+		t.Fatal(err)
+	}
+	sb := startSandbox(t, testUID)
+	sb.PID = 0
+	rep, err := ts.PodSandboxReady(ctx, sb)
+	if !errors.Is(err, nsmount.ErrTargetNotFound) || len(rep.Volumes) != 1 || !strings.Contains(rep.Volumes[0].Err.Error(), "the sandbox's process is not known yet") {
+		t.Fatalf("PodSandboxReady without a process = %+v, %v", rep, err)
+	}
+	if r, _ := ts.store.get(target); r == nil || r.State != StatePending || r.Attempts != 0 {
+		t.Errorf("record %+v, want still pending, never tried", r)
+	}
+}
+
 func TestPodSandboxReadyInvalid(t *testing.T) {
 	ts := newTestService(t, testPolicy)
 	for _, sb := range []Sandbox{
