@@ -84,9 +84,10 @@ func criCmd() *cobra.Command {
 
 	var podAnn, ctrAnn, ctrMounts []string
 	var podUID, cgroupParent string
+	var dnsServers, dnsSearches []string
 	var attempt uint32
 	runp := &cobra.Command{
-		Use:   "runp [--annotation K=V]... [--uid UID] [--attempt N] [--cgroup-parent PATH] NAME",
+		Use:   "runp [--annotation K=V]... [--uid UID] [--attempt N] [--cgroup-parent PATH] [--dns ADDR]... [--search DOMAIN]... NAME",
 		Short: "Run pod sandbox NAME (namespace lab, UID uid-NAME, cgroup parent /lab); print its ID",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -102,11 +103,16 @@ func criCmd() *cobra.Command {
 				if uid == "" {
 					uid = "uid-" + args[0]
 				}
+				var dns *cri.DNSConfig
+				if len(dnsServers) > 0 || len(dnsSearches) > 0 {
+					dns = &cri.DNSConfig{Servers: dnsServers, Searches: dnsSearches}
+				}
 				r, err := rt.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: &cri.PodSandboxConfig{
 					Metadata:     &cri.PodSandboxMetadata{Name: args[0], Uid: uid, Namespace: "lab", Attempt: attempt},
 					Hostname:     args[0],
 					LogDirectory: logDir,
 					Annotations:  ann,
+					DnsConfig:    dns,
 					Linux:        &cri.LinuxPodSandboxConfig{CgroupParent: cgroupParent},
 				}})
 				if err != nil {
@@ -120,6 +126,8 @@ func criCmd() *cobra.Command {
 	runp.Flags().StringArrayVar(&podAnn, "annotation", nil, "pod annotation KEY=VALUE")
 	runp.Flags().StringVar(&podUID, "uid", "", "the pod's UID (default uid-NAME)")
 	runp.Flags().Uint32Var(&attempt, "attempt", 0, "the sandbox's attempt (kubelet's count of sandboxes made for the pod)")
+	runp.Flags().StringArrayVar(&dnsServers, "dns", nil, "a nameserver of the pod's resolv.conf (kubelet's cluster DNS)")
+	runp.Flags().StringArrayVar(&dnsSearches, "search", nil, "a search domain of the pod's resolv.conf")
 	runp.Flags().StringVar(&cgroupParent, "cgroup-parent", "/lab", "the pod's cgroup parent (kubelet's: /kubepods/besteffort/podUID)")
 	create := &cobra.Command{
 		Use:   "create [--annotation K=V]... [--mount HOST:CONTAINER]... POD NAME [-- CMD...]",

@@ -78,7 +78,9 @@ EOF
 cat >$POLICY <<EOF
 {"version": 1, "allow": [
   {"name": "lab-csi", "servers": ["$S"], "networks": ["198.51.100.0/24"], "exports": ["/export"],
-   "options": ["vers"], "csi": {"namespaces": ["lab"], "ephemeral": true}}
+   "options": ["vers"], "csi": {"namespaces": ["lab"], "ephemeral": true}},
+  {"name": "lab-csi-by-name", "servers": ["nfs"], "networks": ["198.51.100.0/24"], "exports": ["/export"],
+   "options": ["vers"], "csi": {"namespaces": ["lab"]}}
 ]}
 EOF
 T0=$(cut -d' ' -f1 /proc/uptime)
@@ -90,6 +92,11 @@ lab_log "containerd $(containerd --version | cut -d' ' -f3) up"
 lab_check "cri - images imported into k8s.io" $CRI images --busybox "$(command -v busybox)"
 nfsd_on_bridge labbr0 $S || exit 1
 lab_check_fails "the VM has no route to the server" ip route get $S
+# The pods' cluster DNS, on the pods' network only: it knows the server as
+# nfs.lab.svc.cluster.local; the VM's own resolv.conf has no nameserver.
+ip -n srv1 addr add 198.51.100.53/24 dev eth0
+lab_dns srv1 198.51.100.53 nfs.lab.svc.cluster.local=$S >/dev/null || exit 1
+PODDNS="--dns 198.51.100.53 --search lab.svc.cluster.local --search svc.cluster.local"
 
 # start_csi [ARGS...]: run nsmount csi in the background (CSIPID; not
 # under lab_check, whose subshell would keep it).
@@ -154,8 +161,8 @@ create() {
 # --- NodePublishVolume, before the sandbox ----------------------------------
 
 mkdir -p "$(dirname $T1)" "$(dirname $T2)" "$(dirname $T3)" # kubelet makes the parents
-lab_check "csi - NodePublishVolume before the pod's sandbox exists" publish data $T1
-lab_check "csi - NodePublishVolume again: same answer" publish data $T1
+lab_check "csi - NodePublishVolume before the pod's sandbox exists (server nfs, a cluster DNS name)" publish data $T1 --context server=nfs
+lab_check "csi - NodePublishVolume again: same answer" publish data $T1 --context server=nfs
 lab_check "the target directory was made" test -d $T1
 lab_check "one record, pending" test "$(records)/$(pending_records)" = 1/1
 lab_check "nothing mounted yet" test "$(all_nfs_mounts)" = 0
@@ -168,12 +175,12 @@ check_says "csi - suid: PermissionDenied" "nosuid is enforced" publish x $VOLS/x
 check_says "csi - unknown attribute: InvalidArgument" "InvalidArgument: volume context: unknown key \"bogus\"" publish x $VOLS/x/mount --context bogus=1
 check_says "csi - another pod's target path: InvalidArgument" "InvalidArgument: target path /var/lib/kubelet/pods/00000000" \
 	publish x /var/lib/kubelet/pods/00000000-0000-4000-8000-000000000000/volumes/kubernetes.io~csi/x/mount
-check_says "csi - other parameters at a published target: AlreadyExists" "AlreadyExists" publish data $T1 --context options=vers=4.1
+check_says "csi - other parameters at a published target: AlreadyExists" "AlreadyExists" publish data $T1 --context server=nfs --context options=vers=4.1
 lab_check "refusals left one record" records_are 1
 
 # --- RunPodSandbox: the mount is made, from the pod's netns -----------------
 
-POD=$($CRI runp --uid $PODUID --cgroup-parent $CGROUP web 2>/tmp/err)
+POD=$($CRI runp --uid $PODUID --cgroup-parent $CGROUP $PODDNS web 2>/tmp/err)
 lab_check "cri - RunPodSandbox of pod web" test -n "$POD"
 [ -n "$POD" ] || { cat /tmp/err; tail -n 30 /run/lab/log/containerd.log; exit 1; }
 set -- $($CRI inspectp "$POD")
@@ -189,6 +196,8 @@ PODIP=$(pod_ip $PODPID)
 lab_check "the NFS client's address is the pod's ($PODIP)" sh -c "grep ' $T1 ' /proc/self/mountinfo | grep -q 'clientaddr=$PODIP,'"
 lab_check "the server sees the pod's address as its client" wait_for 5 server_sees "$PODIP"
 lab_check "nosuid,nodev enforced" sh -c "grep ' $T1 ' /proc/self/mountinfo | grep -q 'nosuid,nodev'"
+lab_check "the name was resolved by the pod's DNS (nfs.lab.svc.cluster.local)" sh -c "grep ' $T1 ' /proc/self/mountinfo | grep -q ' nfs:/export .*addr=$S'"
+lab_check "the pod's DNS server was asked" grep -q "nfs.lab.svc.cluster.local" /run/lab/log/dns-srv1-198.51.100.53.log
 lab_check "the record says mounted, from the pod's netns" grep -q "\"netns_path\": \"$PODNETNS\"" /run/nsmount/csi/*.json
 lab_check "the registry has the mount" registry_is 1
 lab_check "owner csi" registry_has '"owner": *"csi"'
@@ -246,7 +255,7 @@ lab_check "nsmount csi exits 0 on SIGTERM" test $? = 0
 lab_check "its mounts stay" test "$(target_dev $T1)" = "$DEV1"
 start_csi
 lab_check "nsmount csi serves again (no NRI)" wait_for 20 test -S $SOCK
-lab_check "csi - kubelet's republish after a restart: OK" publish data $T1
+lab_check "csi - kubelet's republish after a restart: OK" publish data $T1 --context server=nfs
 lab_check "the same mount" test "$(target_dev $T1)" = "$DEV1"
 lab_check "csi - NodePublishVolume of a third volume" publish third $T3
 lab_check "mounted at once: the sandbox found by the pod's cgroup" target_in $PODPID $T3
@@ -266,7 +275,7 @@ start_csi --nri-socket /run/nri/nri.sock
 lab_check "nsmount csi serves again, with NRI" wait_for 20 test -S $SOCK
 lab_check "it registers again" wait_for 20 sh -c "test \"\$(grep -c 'registered with the runtime' $CSILOG)\" = 2"
 R0=$(cut -d' ' -f1 /proc/uptime)
-POD2=$($CRI runp --uid $PODUID --attempt 1 --cgroup-parent $CGROUP web 2>/tmp/err)
+POD2=$($CRI runp --uid $PODUID --attempt 1 --cgroup-parent $CGROUP $PODDNS web 2>/tmp/err)
 lab_check "cri - RunPodSandbox of a new sandbox for pod web" test -n "$POD2"
 [ -n "$POD2" ] || { cat /tmp/err; exit 1; }
 set -- $($CRI inspectp "$POD2")
