@@ -127,7 +127,9 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 
 // openEntry opens a process in e's mount namespace, which must still be in
 // e's network namespace: e's own process when it is still there, else any
-// process of that mount namespace.
+// process of that mount namespace. A mount made from another network
+// namespace than its mount namespace's (a CSI volume) is not remounted:
+// see errSplitRemount.
 func (m *Manager) openEntry(e *registry.Entry) (*nsmount.Target, error) {
 	pid := 0
 	if live, sure := m.quickLive(e); sure && live {
@@ -140,6 +142,9 @@ func (m *Manager) openEntry(e *registry.Entry) (*nsmount.Target, error) {
 		p, ok := w.PIDIn(e)
 		if !ok {
 			return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("%s at %s: %w", e.Source, e.Mountpoint, errNoProcess))
+		}
+		if net, err := w.Proc.NS(p, "net"); err == nil && net != e.Target.NetNS && e.Target.NetNSPath != "" {
+			return nil, splitRemountError(e)
 		}
 		pid = p
 	}

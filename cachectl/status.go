@@ -290,11 +290,10 @@ func (m *Manager) mountStatusWith(ctx context.Context, w *World, v *netnsView, m
 
 // probeEntry probes e's mount through a process of its mount namespace.
 func (m *Manager) probeEntry(ctx context.Context, w *World, e registry.Entry, timeout time.Duration) *nsmount.Health {
-	pid, ok := w.PIDIn(&e)
-	if !ok {
+	if _, ok := w.PIDIn(&e); !ok {
 		return &nsmount.Health{Error: "no process in the mount namespace to probe through"}
 	}
-	t, err := m.openPID(pid)
+	t, err := m.openIn(w, &e)
 	if err != nil {
 		return &nsmount.Health{Error: err.Error()}
 	}

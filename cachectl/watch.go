@@ -248,11 +248,10 @@ func (w *watcher) check(ctx context.Context, world *World, e registry.Entry, pro
 }
 
 func (w *watcher) health(ctx context.Context, world *World, e registry.Entry) (nsmount.Health, error) {
-	pid, ok := world.PIDIn(&e)
-	if !ok {
+	if _, ok := world.PIDIn(&e); !ok {
 		return nsmount.Health{}, errors.New("no process")
 	}
-	t, err := w.m.openPID(pid)
+	t, err := w.m.openIn(world, &e)
 	if err != nil {
 		return nsmount.Health{}, err
 	}

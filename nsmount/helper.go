@@ -66,6 +66,8 @@ type helperResponse struct {
 	Errno   int    `json:"errno,omitempty"`
 	Class   string `json:"class,omitempty"`
 	Elapsed string `json:"elapsed,omitempty"`
+	// Stats is a probe's statfs.
+	Stats *FSStats `json:"stats,omitempty"`
 }
 
 // RunHelper turns the process into nsmount's namespace helper when it was

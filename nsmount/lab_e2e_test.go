@@ -164,3 +164,33 @@ func TestLabAdmission(t *testing.T) {
 	t.Parallel()
 	labtest.RunT(t, labScript(t, "admission.sh"))
 }
+
+// TestLabCSI runs the CSI node plugin (nsmount csi, registered with
+// containerd 2.x over NRI) in kubelet's order: NodePublishVolume before
+// the pod's sandbox exists records the volume; RunPodSandbox has it
+// mounted from the pod's netns onto kubelet's target path; CreateContainer
+// with the target as a bind mount gives the container's own process the
+// NFS file; the superblock is the pod netns's and the server sees the
+// pod's address. Also refusals, stats and health (a hung server costs the
+// timeout), a republish and a restart of the plugin, a recreated sandbox
+// (mounts redone from the new netns), and a teardown (StopPodSandbox,
+// NodeUnpublishVolume, RemovePodSandbox) that leaves no mount, NFS
+// client, record, registry entry or process.
+func TestLabCSI(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	dir, err := testenv.Containerd2(ctx, "", nil)
+	if err != nil {
+		t.Fatalf("containerd %s for the guest: %v", testenv.Containerd2Version, err)
+	}
+	files := []testenv.HostFile{
+		{Src: filepath.Join(dir, "containerd"), Dst: "/usr/bin/containerd"},
+		{Src: filepath.Join(dir, "containerd-shim-runc-v2"), Dst: "/usr/bin/containerd-shim-runc-v2"},
+	}
+	more, err := testenv.ContainerdGuestFiles() // runc and CNI; its containerd 1.6 is shadowed
+	if err != nil {
+		t.Fatal(err)
+	}
+	labtest.RunT(t, labScript(t, "csi.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
+}

@@ -162,7 +162,7 @@ func (p *Plan) resolve(ctx context.Context, t *Target, req Request, inNetNS rout
 	var err error
 	switch p.ResolveFrom {
 	case ResolveFromContainer:
-		root, err = t.rootDir()
+		root, err = t.resolverRoot()
 	case ResolveFromHost:
 		root, err = openPath("/")
 		inNetNS = func(fn func() error) error { return fn() }

@@ -27,6 +27,22 @@ type Health struct {
 	Error string `json:"error,omitempty"`
 	// Elapsed is how long the probe took.
 	Elapsed time.Duration `json:"elapsed"`
+	// Stats is what the server's statfs said, when it answered.
+	Stats *FSStats `json:"stats,omitempty"`
+}
+
+// FSStats is a filesystem's size and use as statfs(2) reports it, in bytes
+// and inodes (files). For NFS these are the server's figures for the
+// export's filesystem.
+type FSStats struct {
+	// Bytes is the size; BytesFree the free space; BytesAvail the free
+	// space available to unprivileged users.
+	Bytes      uint64 `json:"bytes"`
+	BytesFree  uint64 `json:"bytes_free"`
+	BytesAvail uint64 `json:"bytes_avail"`
+	// Files is the number of inodes; FilesFree the free ones.
+	Files     uint64 `json:"files"`
+	FilesFree uint64 `json:"files_free"`
 }
 
 // OK reports that the filesystem answered.
@@ -47,7 +63,8 @@ func (h Health) String() string {
 
 // ProbeMount asks the server behind the NFS mount at target in t whether
 // the mount still works: a getattr of the mount root that bypasses the
-// attribute cache, then a statfs, made by a helper process inside t's
+// attribute cache, then a statfs (its figures are Health.Stats), made by a
+// helper process inside t's
 // namespaces that is killed after timeout (zero: DefaultProbeMountTimeout),
 // so a hung server costs the caller the timeout and nothing more. mountID,
 // if not zero, is the mount expected at target; another mount there is an
@@ -68,6 +85,8 @@ func ProbeMount(ctx context.Context, t *Target, target string, mountID uint64, t
 		h.Errno = syscall.Errno(resp.Errno)
 		h.Error = err.Error()
 		return h, nil
+	case err == nil:
+		h.Stats = resp.Stats
 	}
 	return h, err
 }
@@ -134,7 +153,21 @@ func probeInside(req *helperRequest, root *os.File, resp *helperResponse) error 
 	if sfs.Type != unix.NFS_SUPER_MAGIC {
 		return withClass(ErrNotMounted, fmt.Errorf("%s is not an NFS mount", req.Target))
 	}
+	resp.Stats = statsOf(&sfs)
 	return nil
+}
+
+// statsOf converts statfs(2)'s blocks (of f_frsize bytes, or f_bsize when
+// that is 0) to bytes.
+func statsOf(sfs *unix.Statfs_t) *FSStats {
+	unit := uint64(sfs.Frsize)
+	if unit == 0 {
+		unit = uint64(sfs.Bsize)
+	}
+	return &FSStats{
+		Bytes: sfs.Blocks * unit, BytesFree: sfs.Bfree * unit, BytesAvail: sfs.Bavail * unit,
+		Files: sfs.Files, FilesFree: sfs.Ffree,
+	}
 }
 
 func errnoOf(err error) int {

@@ -33,7 +33,10 @@ type Target struct {
 	netns     *os.File
 	mntns     *os.File
 	root      *os.File // O_PATH fd of the container's root; nil: the mount ns root
-	desc      string
+	// resolvRoot is the O_PATH fd of the root whose resolver files names
+	// are resolved with; nil: root's (see OpenPathsWithResolver).
+	resolvRoot *os.File
+	desc       string
 }
 
 // OpenPID opens the namespaces and root of process pid. The process is held
@@ -238,7 +241,7 @@ func nsidOf(f *os.File) NSID {
 
 // Close releases the target's descriptors. It is safe to call more than once.
 func (t *Target) Close() error {
-	for _, f := range []**os.File{&t.pidfd, &t.netns, &t.mntns, &t.root} {
+	for _, f := range []**os.File{&t.pidfd, &t.netns, &t.mntns, &t.root, &t.resolvRoot} {
 		if *f != nil {
 			(*f).Close()
 			*f = nil

@@ -82,10 +82,13 @@ func criCmd() *cobra.Command {
 	}
 	images.Flags().StringVar(&busybox, "busybox", "busybox", "static busybox for the images")
 
-	var podAnn, ctrAnn []string
+	var podAnn, ctrAnn, ctrMounts []string
+	var podUID, cgroupParent string
+	var dnsServers, dnsSearches []string
+	var attempt uint32
 	runp := &cobra.Command{
-		Use:   "runp [--annotation K=V]... NAME",
-		Short: "Run pod sandbox NAME (namespace lab, cgroup parent /lab); print its ID",
+		Use:   "runp [--annotation K=V]... [--uid UID] [--attempt N] [--cgroup-parent PATH] [--dns ADDR]... [--search DOMAIN]... NAME",
+		Short: "Run pod sandbox NAME (namespace lab, UID uid-NAME, cgroup parent /lab); print its ID",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			ann, err := keyValues(podAnn)
@@ -96,12 +99,21 @@ func criCmd() *cobra.Command {
 				if err := os.MkdirAll(logDir, 0o755); err != nil {
 					return err
 				}
+				uid := podUID
+				if uid == "" {
+					uid = "uid-" + args[0]
+				}
+				var dns *cri.DNSConfig
+				if len(dnsServers) > 0 || len(dnsSearches) > 0 {
+					dns = &cri.DNSConfig{Servers: dnsServers, Searches: dnsSearches}
+				}
 				r, err := rt.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: &cri.PodSandboxConfig{
-					Metadata:     &cri.PodSandboxMetadata{Name: args[0], Uid: "uid-" + args[0], Namespace: "lab"},
+					Metadata:     &cri.PodSandboxMetadata{Name: args[0], Uid: uid, Namespace: "lab", Attempt: attempt},
 					Hostname:     args[0],
 					LogDirectory: logDir,
 					Annotations:  ann,
-					Linux:        &cri.LinuxPodSandboxConfig{CgroupParent: "/lab"},
+					DnsConfig:    dns,
+					Linux:        &cri.LinuxPodSandboxConfig{CgroupParent: cgroupParent},
 				}})
 				if err != nil {
 					return err
@@ -112,8 +124,13 @@ func criCmd() *cobra.Command {
 		},
 	}
 	runp.Flags().StringArrayVar(&podAnn, "annotation", nil, "pod annotation KEY=VALUE")
+	runp.Flags().StringVar(&podUID, "uid", "", "the pod's UID (default uid-NAME)")
+	runp.Flags().Uint32Var(&attempt, "attempt", 0, "the sandbox's attempt (kubelet's count of sandboxes made for the pod)")
+	runp.Flags().StringArrayVar(&dnsServers, "dns", nil, "a nameserver of the pod's resolv.conf (kubelet's cluster DNS)")
+	runp.Flags().StringArrayVar(&dnsSearches, "search", nil, "a search domain of the pod's resolv.conf")
+	runp.Flags().StringVar(&cgroupParent, "cgroup-parent", "/lab", "the pod's cgroup parent (kubelet's: /kubepods/besteffort/podUID)")
 	create := &cobra.Command{
-		Use:   "create [--annotation K=V]... POD NAME [-- CMD...]",
+		Use:   "create [--annotation K=V]... [--mount HOST:CONTAINER]... POD NAME [-- CMD...]",
 		Short: "Create container NAME in POD (busybox; default command: sleep 3600); print its ID",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -124,6 +141,15 @@ func criCmd() *cobra.Command {
 			cmd := []string{"sleep", "3600"}
 			if len(args) > 2 {
 				cmd = args[2:]
+			}
+			var mounts []*cri.Mount
+			for _, m := range ctrMounts {
+				host, ctr, ok := strings.Cut(m, ":")
+				if !ok || !filepath.IsAbs(host) || !filepath.IsAbs(ctr) {
+					return &exitError{code: exitUsage, err: fmt.Errorf("--mount %q: want HOST:CONTAINER, absolute paths", m)}
+				}
+				// As kubelet passes a volume (propagation private).
+				mounts = append(mounts, &cri.Mount{HostPath: host, ContainerPath: ctr})
 			}
 			return do(c, func(ctx context.Context, rt cri.RuntimeServiceClient) error {
 				st, err := rt.PodSandboxStatus(ctx, &cri.PodSandboxStatusRequest{PodSandboxId: args[0]})
@@ -139,6 +165,7 @@ func criCmd() *cobra.Command {
 					Image:       &cri.ImageSpec{Image: ctrdenv.BusyboxImageName},
 					Command:     cmd,
 					Annotations: ann,
+					Mounts:      mounts,
 					LogPath:     args[1] + ".log",
 				}})
 				if err != nil {
@@ -150,6 +177,7 @@ func criCmd() *cobra.Command {
 		},
 	}
 	create.Flags().StringArrayVar(&ctrAnn, "annotation", nil, "container annotation KEY=VALUE")
+	create.Flags().StringArrayVar(&ctrMounts, "mount", nil, "bind mount HOST:CONTAINER (as kubelet mounts a volume's target path)")
 
 	root.AddCommand(images, runp, create,
 		one("start", "Start container ID", func(ctx context.Context, rt cri.RuntimeServiceClient, id string) error {

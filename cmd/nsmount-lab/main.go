@@ -161,7 +161,7 @@ failure, interrupt), it says in which step and repeats what was measured.`,
 		return runBench(c.Context(), *benchCfg, verbose)
 	}
 	bench.Flags().BoolVarP(&verbose, "verbose", "v", false, "stream the VM console to stderr")
-	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd())
+	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd(), csiCmd())
 	return root
 }
 

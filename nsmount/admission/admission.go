@@ -1,6 +1,7 @@
 // Package admission decides which NFS mounts a container may ask for: it
 // parses the mounts annotation of a container's spec (untrusted input),
-// checks each request against the host's policy, and returns the decision
+// checks each request (or a CSI volume: CheckCSI) against the host's
+// policy, and returns the decision
 // as an Admission, a plain value that is recorded with the mount and
 // checked again at every later decision about it.
 //
@@ -40,6 +41,10 @@ type Admission struct {
 	Options string `json:"options,omitempty"`
 	// Networks are the networks the server's address must be in.
 	Networks []netip.Prefix `json:"networks"`
+	// Namespace is the pod namespace a CSI volume was admitted for (its
+	// Target is then kubelet's target path on the host); "" for a mount
+	// an annotation asked for.
+	Namespace string `json:"namespace,omitempty"`
 }
 
 // Allows reports whether a mount under this admission may connect to addr

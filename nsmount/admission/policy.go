@@ -66,6 +66,10 @@ const maxPolicySize = 1 << 20
 //   - options: the option keys a request may give ("vers" allows vers=4.2).
 //     Options that only restrict (ro, nosuid, nodev, noexec) are always
 //     allowed.
+//   - csi: the rule also admits CSI volumes (package csi, driver
+//     nfs.nsmount.io), for pods in the namespaces it lists; see CheckCSI.
+//     A rule with csi may leave out targets: it then admits CSI volumes
+//     only. A rule without csi never admits a CSI volume.
 //   - enforce_options (top level: every rule; per rule: added to it):
 //     options added to every mount the rule allows. nosuid and nodev are
 //     always enforced. A request that asks for the opposite of an enforced
@@ -91,6 +95,7 @@ type policyRule struct {
 	targets  []string
 	options  map[string]bool
 	enforce  nsmount.Options
+	csi      *csiRule // nil: no CSI volumes
 }
 
 // policyFile is the JSON form of a policy.
@@ -108,12 +113,14 @@ type ruleFile struct {
 	Targets        []string `json:"targets"`
 	Options        []string `json:"options"`
 	EnforceOptions []string `json:"enforce_options"`
+	CSI            *csiFile `json:"csi"`
 }
 
 // policyKeys are the keys of a policy file and its rules, as written.
 var policyKeys = map[string]bool{
 	"version": true, "enforce_options": true, "allow": true,
 	"name": true, "servers": true, "networks": true, "exports": true, "targets": true, "options": true,
+	"csi": true, "namespaces": true, "ephemeral": true,
 }
 
 // alwaysEnforced are enforced by every policy.
@@ -249,6 +256,9 @@ func compileRule(i int, rf ruleFile, global nsmount.Options) (policyRule, error)
 		name string
 		list []string
 	}{{"servers", rf.Servers}, {"networks", rf.Networks}, {"exports", rf.Exports}, {"targets", rf.Targets}} {
+		if len(f.list) == 0 && f.name == "targets" && rf.CSI != nil {
+			continue // a rule for CSI volumes only
+		}
 		if len(f.list) == 0 {
 			why := "at least one is needed"
 			if f.name == "networks" {
@@ -332,6 +342,11 @@ func compileRule(i int, rf ruleFile, global nsmount.Options) (policyRule, error)
 		}
 		r.options[s] = true
 	}
+	if rf.CSI != nil {
+		if r.csi, err = compileCSI(where+".csi", rf.CSI); err != nil {
+			return r, err
+		}
+	}
 	return r, nil
 }
 
@@ -391,34 +406,50 @@ func (r *policyRule) check(v VolumeRequest) (int, string) {
 	if !matchPath(r.exports, v.Source.Export) {
 		return 2, fmt.Sprintf("export %q of server %q is not allowed", v.Source.Export, v.Source.Server)
 	}
+	if len(r.targets) == 0 {
+		return 3, fmt.Sprintf("target %q is not allowed: the rule admits CSI volumes only", v.Target)
+	}
 	if !matchPath(r.targets, v.Target) {
 		return 3, fmt.Sprintf("target %q is not allowed", v.Target)
 	}
-	for _, o := range v.Options {
+	if why := r.checkOptions(v.Options); why != "" {
+		return 4, why
+	}
+	return 5, ""
+}
+
+// checkOptions returns "" when r allows every option of opts, else why not.
+func (r *policyRule) checkOptions(opts nsmount.Options) string {
+	for _, o := range opts {
 		for _, e := range r.enforce {
 			if optionsConflict(o, e) {
-				return 4, fmt.Sprintf("option %q is not allowed: %s is enforced", o, e)
+				return fmt.Sprintf("option %q is not allowed: %s is enforced", o, e)
 			}
 		}
 		if !r.options[o.Key] && !(restrictive[o.Key] && !o.HasValue) && !slices.Contains(r.enforce, o) {
-			return 4, fmt.Sprintf("option %q is not allowed", o.Key)
+			return fmt.Sprintf("option %q is not allowed", o.Key)
 		}
 	}
-	return 5, ""
+	return ""
 }
 
 // request builds the request to mount for v, allowed by r.
 func (r *policyRule) request(v VolumeRequest) nsmount.Request {
 	req := v.Request()
-	req.Options = nil
-	for _, o := range v.Options {
+	req.Options = r.withEnforced(v.Options)
+	return req
+}
+
+// withEnforced returns opts, allowed by r, with r's enforced options.
+func (r *policyRule) withEnforced(opts nsmount.Options) nsmount.Options {
+	var out nsmount.Options
+	for _, o := range opts {
 		if !slices.Contains(r.enforce, o) {
-			req.Options = append(req.Options, o)
+			out = append(out, o)
 		}
 	}
 	// Enforced options last, so that nothing given before can undo them.
-	req.Options = append(req.Options, r.enforce...)
-	return req
+	return append(out, r.enforce...)
 }
 
 // admission records r's decision for v, mounted as req.
