@@ -29,6 +29,10 @@ type TeardownRequest struct {
 	// flushed: for a network namespace that is gone, copies of its mounts
 	// elsewhere keep its NFS client alive.
 	OrphanServers []netip.Addr
+	// Owners limits the selected entries to those made for these owners
+	// (OwnerNRI, OwnerHook...); nil selects any. The NRI plugin's cleanup
+	// of a pod's netns must not take the CSI service's volumes there.
+	Owners []string
 }
 
 // TeardownReport is what Teardown did. Nothing in it is an error of the
@@ -55,6 +59,9 @@ type TeardownReport struct {
 func (m *Manager) Teardown(ctx context.Context, r TeardownRequest) (*TeardownReport, error) {
 	rep := &TeardownReport{}
 	selected := func(e *registry.Entry) bool {
+		if r.Owners != nil && !slices.Contains(r.Owners, e.Owner) {
+			return false
+		}
 		return r.Container != "" && e.Target.Container == r.Container || r.NetNS != nil && e.Target.NetNS == *r.NetNS
 	}
 	w, err := m.observe()

@@ -294,7 +294,7 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, pod *api.PodSandbox) error 
 
 func (p *Plugin) cleanupContainer(event string, ctr *api.Container) {
 	if id := ctr.GetId(); id != "" {
-		p.cleanup(event, cachectl.TeardownRequest{Container: id, Unmount: true}, "container", id)
+		p.cleanup(event, cachectl.TeardownRequest{Container: id, Unmount: true, Owners: cleanupOwners}, "container", id)
 	}
 }
 
@@ -307,13 +307,18 @@ func (p *Plugin) cleanupPod(event string, pod *api.PodSandbox) {
 	if err != nil {
 		return // gone with its mounts; nothing to flush through it
 	}
-	p.cleanup(event, cachectl.TeardownRequest{NetNS: &id, Unmount: true}, "pod", pod.GetNamespace()+"/"+pod.GetName(), "netns", netns)
+	p.cleanup(event, cachectl.TeardownRequest{NetNS: &id, Unmount: true, Owners: cleanupOwners}, "pod", pod.GetNamespace()+"/"+pod.GetName(), "netns", netns)
 }
 
 // cleanup runs r through the Manager's teardown in the background,
 // bounded by CleanupTimeout, at most MaxCleanups at once. Nothing is done
 // when the registry does not exist (nsmount never mounted anything here).
 // Everything is logged; nothing fails the runtime's event.
+// cleanupOwners are the mounts a container's or pod's cleanup may take:
+// those of the hooks (injected by this plugin, or configured statically),
+// never the CSI service's, which it unmounts itself.
+var cleanupOwners = []string{cachectl.OwnerNRI, cachectl.OwnerHook}
+
 func (p *Plugin) cleanup(event string, r cachectl.TeardownRequest, attrs ...any) {
 	dir := p.c.StateDir
 	if dir == "" {
