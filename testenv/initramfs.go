@@ -145,7 +145,7 @@ var hostTools = []hostTool{
 	{name: "ip"},
 	{name: "mount"}, {name: "umount"}, {name: "nsenter"}, {name: "unshare"}, {name: "pivot_root"},
 	{name: "rpc.nfsd"}, {name: "rpc.mountd"}, {name: "exportfs"}, {name: "nfsdcld"},
-	{name: "rpcbind"}, {name: "rpcinfo"}, {name: "rpc.statd"}, {name: "sm-notify"},
+	{name: "rpcbind"}, {name: "rpcinfo"}, {name: "rpc.statd"}, {name: "sm-notify"}, {name: "showmount"},
 	{name: "mount.nfs", links: []string{"mount.nfs4", "umount.nfs", "umount.nfs4"}},
 }
 

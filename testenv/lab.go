@@ -104,12 +104,13 @@ func (c Config) withDefaults() Config {
 // Lab boots throwaway VMs that run scenario scripts. It is safe for
 // concurrent use; at most maxVMs VMs run at once.
 type Lab struct {
-	cfg     Config
-	kernel  *kernel
-	base    string // cached base archive
-	labCpio []byte // /init, helpers, nsmount and nsmount-lab
-	sem     chan struct{}
-	started func(pid int) // test hook: called with each qemu's PID
+	cfg       Config
+	kernel    *kernel
+	base      string            // cached base archive
+	baseFiles map[string]string // guest path -> host path of the base's programs and libraries
+	labCpio   []byte            // /init, helpers, nsmount and nsmount-lab
+	sem       chan struct{}
+	started   func(pid int) // test hook: called with each qemu's PID
 }
 
 // maxVMs bounds concurrent VMs per Lab; more only slow each other down.
@@ -190,6 +191,7 @@ func (l *Lab) prepareCache(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.baseFiles = in.tools
 	l.base = filepath.Join(l.cfg.CacheDir, fmt.Sprintf("base-%s-%s.cpio", ver, h))
 	if _, err := os.Stat(l.base); err == nil {
 		return nil
@@ -317,7 +319,7 @@ func (l *Lab) writeRunArchive(ctx context.Context, dir, script string, rc runCon
 		return "", fmt.Errorf("writing initrd: %w", err)
 	}
 	a := newArchive(bw)
-	if err := writeFiles(ctx, a, rc.files); err != nil {
+	if err := writeFiles(ctx, a, rc.files, l.baseFiles); err != nil {
 		return "", err
 	}
 	if err := a.file("/lab/script.sh", []byte(script), 0o755); err != nil {

@@ -93,6 +93,9 @@ func (l *Lab) Run(ctx context.Context, script string, out io.Writer, opts ...Run
 	if l.labCpio == nil {
 		return nil, errors.New("lab is closed")
 	}
+	if err := l.guestFileSets(ctx, &rc); err != nil {
+		return nil, err
+	}
 	select {
 	case l.sem <- struct{}{}:
 	default:
@@ -129,6 +132,9 @@ func (l *Lab) runConfig(opts []RunOption) (runConfig, error) {
 	}
 	if rc.log == nil {
 		rc.log = io.Discard
+	}
+	if rc.containerd && !rc.memorySet {
+		rc.memory = max(rc.memory, containerdMemory)
 	}
 	if rc.memory < 1 || rc.vcpus < 1 {
 		return rc, fmt.Errorf("lab run with %d MiB and %d vCPUs: both must be at least 1", rc.memory, rc.vcpus)

@@ -9,6 +9,26 @@ import (
 	"time"
 )
 
+// guestFileSets resolves WithGanesha and WithContainerd into files; it may
+// fetch (before the run takes a VM slot).
+func (l *Lab) guestFileSets(ctx context.Context, rc *runConfig) error {
+	if rc.containerd {
+		files, err := ContainerdGuestFiles()
+		if err != nil {
+			return err
+		}
+		rc.files = append(rc.files, files...)
+	}
+	if rc.ganesha {
+		files, err := GaneshaGuestFiles(ctx, l.cfg.CacheDir, rc.log)
+		if err != nil {
+			return fmt.Errorf("ganesha for the guest: %w", err)
+		}
+		rc.files = append(rc.files, files...)
+	}
+	return nil
+}
+
 // HostFile is a host file installed in the guest for one Run, beyond what
 // every run has (see WithFiles).
 type HostFile struct {
@@ -27,12 +47,19 @@ type RunOption func(*runConfig)
 
 // runConfig is what RunOptions set.
 type runConfig struct {
-	files   []HostFile
-	memory  int // MiB
-	vcpus   int
-	timeout time.Duration
-	log     io.Writer // progress of the host side; never nil
+	files      []HostFile
+	memory     int // MiB
+	memorySet  bool
+	vcpus      int
+	timeout    time.Duration
+	log        io.Writer // progress of the host side; never nil
+	ganesha    bool      // WithGanesha
+	containerd bool      // WithContainerd
 }
+
+// containerdMemory is the guest RAM (MiB) that WithContainerd gives a run
+// unless WithMemory says otherwise.
+const containerdMemory = 1536
 
 // WithFiles installs host files in the guest of this run, in an archive
 // unpacked after the standard ones (so a file may replace one of theirs).
@@ -45,7 +72,15 @@ func WithFiles(files ...HostFile) RunOption {
 // WithMemory sets the guest RAM of this run, in MiB (default
 // Config.Memory).
 func WithMemory(mib int) RunOption {
-	return func(rc *runConfig) { rc.memory = mib }
+	return func(rc *runConfig) { rc.memory, rc.memorySet = mib, true }
+}
+
+// WithContainerd installs the host's containerd, runc and CNI plugins
+// (ContainerdGuestFiles) in the guest of this run, for lab_containerd, and
+// gives the guest 1536 MiB of RAM unless WithMemory sets it (in any
+// order).
+func WithContainerd() RunOption {
+	return func(rc *runConfig) { rc.containerd = true }
 }
 
 // WithLog sends the run's progress messages (e.g. that it waits for a VM
@@ -67,8 +102,10 @@ func WithTimeout(d time.Duration) RunOption {
 	return func(rc *runConfig) { rc.timeout = d }
 }
 
-// writeFiles adds files (and, when asked, their libraries) to a.
-func writeFiles(ctx context.Context, a *archive, files []HostFile) error {
+// writeFiles adds files (and, when asked, their libraries) to a. A file
+// that the base archive already holds from the same host file (base maps
+// guest paths to host paths; nil: none) is not added again.
+func writeFiles(ctx context.Context, a *archive, files []HostFile, base map[string]string) error {
 	seen := map[string]bool{}
 	add := func(src, dst string) error {
 		dst = guestPath(dst)
@@ -79,6 +116,9 @@ func writeFiles(ctx context.Context, a *archive, files []HostFile) error {
 		real, err := filepath.EvalSymlinks(src)
 		if err != nil {
 			return fmt.Errorf("guest file %s: %w", src, err)
+		}
+		if base[dst] == real {
+			return nil
 		}
 		return a.hostFile(real, dst)
 	}

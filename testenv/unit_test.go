@@ -345,6 +345,11 @@ func TestQemuMachineSize(t *testing.T) {
 		{"run option over config", Config{VCPUs: 2}, []RunOption{WithVCPUs(1)}, "768", "1", false},
 		{"zero vCPUs", Config{}, []RunOption{WithVCPUs(0)}, "", "", true},
 		{"negative memory", Config{}, []RunOption{WithMemory(-1)}, "", "", true},
+		{"containerd raises memory", Config{}, []RunOption{WithContainerd()}, "1536", "1", false},
+		{"containerd keeps more", Config{Memory: 2048}, []RunOption{WithContainerd()}, "2048", "1", false},
+		{"containerd after memory", Config{}, []RunOption{WithMemory(1024), WithContainerd()}, "1024", "1", false},
+		{"containerd before memory", Config{}, []RunOption{WithContainerd(), WithMemory(1024)}, "1024", "1", false},
+		{"ganesha keeps the default", Config{}, []RunOption{WithGanesha()}, "768", "1", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -428,5 +433,102 @@ func TestPlainModule(t *testing.T) {
 		if name, ok := moduleName(tt.file); name != tt.name || ok != tt.ok {
 			t.Errorf("moduleName(%q) = %q, %v", tt.file, name, ok)
 		}
+	}
+}
+
+func TestParseAptCandidate(t *testing.T) {
+	tests := []struct {
+		name, out, want string
+		wantErr         bool
+	}{
+		{"debian 12", "nfs-ganesha:\n  Installed: (none)\n  Candidate: 4.3-2\n  Version table:\n     4.3-2 500\n", "4.3-2", false},
+		{"epoch", "libwbclient0:\n  Installed: (none)\n  Candidate: 2:4.17.12+dfsg-0+deb12u4\n", "2:4.17.12+dfsg-0+deb12u4", false},
+		{"no candidate", "nfs-ganesha:\n  Installed: (none)\n  Candidate: (none)\n", "", true},
+		{"unknown package", "", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseAptCandidate([]byte(tt.out))
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("got %q, %v; want %q, err %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestParseAptDependsPackages reads apt-cache depends output as Debian 12
+// prints it for nfs-ganesha and libdbus-1-3: first alternatives only,
+// virtual packages and other relations left out.
+func TestParseAptDependsPackages(t *testing.T) {
+	out := "nfs-ganesha\n  Depends: dbus\n  Depends: libntirpc4.3\n  Depends: liburcu8\n" +
+		"  Recommends: nfs-ganesha-vfs\n  Suggests: nfs-ganesha-doc\n" +
+		"libdbus-1-3\n  Depends: libc6\n  Depends: libsystemd0\n    libelogind0\n" +
+		"  |Depends: libfoo1\n  Depends: libbar1\n  PreDepends: libzstd1:amd64\n  Depends: <libvirtual>\n  Breaks: samba-libs\n"
+	want := []string{"dbus", "libntirpc4.3", "liburcu8", "libc6", "libsystemd0", "libfoo1", "libbar1", "libzstd1"}
+	if got := parseAptDependsPackages([]byte(out)); !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestLddNotFound(t *testing.T) {
+	out := "\tlinux-vdso.so.1 (0x00007ffc8b3f2000)\n" +
+		"\tlibntirpc.so.4.3 => not found\n" +
+		"\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n" +
+		"\tliburcu-bp.so.8 => not found\n"
+	want := []string{"libntirpc.so.4.3", "liburcu-bp.so.8"}
+	if got := lddNotFound([]byte(out)); !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if got := lddNotFound([]byte("\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n")); got != nil {
+		t.Errorf("got %q, want none", got)
+	}
+}
+
+// TestWriteFilesSkipsBase: a file the base archive holds from the same host
+// file is not packed again; one from another host file, or at another guest
+// path, is.
+func TestWriteFilesSkipsBase(t *testing.T) {
+	dir := t.TempDir()
+	same := filepath.Join(dir, "libsame.so.1")
+	other := filepath.Join(dir, "libother.so.1")
+	for _, p := range []string{same, other} {
+		if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := map[string]string{
+		"/usr/lib/x86_64-linux-gnu/libsame.so.1":  same,
+		"/usr/lib/x86_64-linux-gnu/libother.so.1": "/somewhere/else",
+	}
+	var buf bytes.Buffer
+	a := newArchive(&buf)
+	err := writeFiles(t.Context(), a, []HostFile{
+		{Src: same, Dst: "/lib/x86_64-linux-gnu/libsame.so.1"},
+		{Src: other, Dst: "/lib/x86_64-linux-gnu/libother.so.1"},
+		{Src: same, Dst: "/usr/lib/ganesha/libsame.so.1"},
+	}, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	r := cpio.NewReader(bytes.NewReader(buf.Bytes()))
+	for {
+		h, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Mode.IsRegular() {
+			got = append(got, "/"+h.Name)
+		}
+	}
+	want := []string{"/usr/lib/x86_64-linux-gnu/libother.so.1", "/usr/lib/ganesha/libsame.so.1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("packed %q, want %q", got, want)
 	}
 }
