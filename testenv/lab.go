@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-//go:embed guest/init guest/lab.sh guest/ct.sh guest/nfsd.sh
+//go:embed guest/init guest/lab.sh guest/ct.sh guest/nfsd.sh guest/ganesha.sh
 var guestFiles embed.FS
 
 // Environment variables read by New for fields left empty in Config.
@@ -274,6 +274,7 @@ func writeLabArchive(w io.Writer, nsmount, labBin string) error {
 		{"guest/lab.sh", "/usr/lib/nsmount-lab/lab.sh"},
 		{"guest/ct.sh", "/usr/lib/nsmount-lab/ct.sh"},
 		{"guest/nfsd.sh", "/usr/lib/nsmount-lab/nfsd.sh"},
+		{"guest/ganesha.sh", "/usr/lib/nsmount-lab/ganesha.sh"},
 	}
 	for _, gf := range files {
 		data, err := guestFiles.ReadFile(gf.src)

@@ -126,7 +126,8 @@ func trackQemu(t *testing.T, lab *testenv.Lab, timeout time.Duration) (*testenv.
 
 // helpersScript exercises the helpers in a routed topology: a router
 // namespace between a container and two servers, IPv6, a second container
-// sharing a netns, and helper usage errors.
+// sharing a netns, helper usage errors, a kernel NFS server stopped and
+// started again, and lab_ganesha in a run without Ganesha.
 const helpersScript = `
 set -e
 lab_netns srv1; lab_netns srv2; lab_netns rtr
@@ -175,6 +176,18 @@ C2=$(lab_pid c2)
 lab_check stop-in-subshell lab_stop c2
 lab_check c2-ended sh -c "! [ -e /proc/$C2 ] || grep -q '^State:.Z' /proc/$C2/status"
 lab_check_fails c2-root-unmounted grep -q ' /ct/c2 ' /proc/self/mountinfo
+
+# lab_nfsd_stop: the port is free, the daemons are gone, the directory
+# stays, and a server starts again in the same netns.
+echo kept >/srv/srv2/kept
+lab_check nfsd-stop lab_nfsd_stop srv2
+lab_check_fails nfsd-stopped-no-daemons test -n "$(lab_netns_pids srv2 rpc.mountd rpcbind rpc.statd nfsdcld)"
+lab_check_fails nfsd-stop-twice lab_nfsd_stop srv2
+lab_check_output nfsd-stop-keeps-dir kept cat /srv/srv2/kept
+lab_check nfsd-start-again lab_nfsd srv2 srv2
+lab_check_output nfsd-serves-again srv2 mount_whoami -t nfs4 -o vers=4.2 203.0.113.1:/export
+ganesha_missing() { lab_ganesha srv2 g 2>&1 || true; }
+lab_check_output ganesha-needs-the-run-option "not installed in this run" ganesha_missing
 `
 
 func TestLabHelpers(t *testing.T) {

@@ -129,6 +129,141 @@ lab_nfsd() {
 	echo "lab: nfsd $_name in netns $_ns exports /export (/srv/$_name, fsid=$_fsid)"
 }
 
+# lab_nfsd_stop NS: stop the kernel NFS server that lab_nfsd started in
+# netns NS: nfsd's threads go to 0 in that netns (rpc.nfsd 0 in the
+# server's own mount namespace: its listening sockets close and its NFSv4
+# state is dropped), then its daemons (rpc.mountd, nfsdcld, rpc.statd,
+# rpcbind) are ended, which releases its private mount namespace. The
+# exported directory stays. Returns once nothing listens on port 2049 in
+# NS.
+lab_nfsd_stop() {
+	[ $# -eq 1 ] || lab_die lab_nfsd_stop "usage: lab_nfsd_stop NS" || return
+	_mpid=$(lab_netns_pids "$1" rpc.mountd) || return
+	[ -n "$_mpid" ] || lab_die lab_nfsd_stop "no rpc.mountd (lab_nfsd) in netns $1" || return
+	_mpid=${_mpid%% *}
+	nsenter -t "$_mpid" -n -m -- rpc.nfsd 0 || lab_die lab_nfsd_stop "rpc.nfsd 0 in netns $1 failed" || return
+	lab_stop_mntns lab_nfsd_stop "$_mpid" || return
+	lab_wait_port_closed lab_nfsd_stop "$1" 2049 || return
+	echo "lab: nfsd in netns $1 stopped"
+}
+
+# lab_ganesha NS NAME: start NFS-Ganesha (the run must install it:
+# testenv.WithGanesha, or nsmount-lab run --with ganesha) in netns NS,
+# exporting /srv/NAME as /export through FSAL VFS, NFSv3 and NFSv4.0, 4.1
+# and 4.2, rw, no root squash, sec=sys. Its Export_Id (part of every file
+# handle) comes from the counter lab_nfsd's fsid uses, and stays the same
+# when NAME is started again: a restart keeps the clients' file handles
+# valid. /srv/NAME is created with the file "whoami"
+# containing NAME unless it exists: an existing directory (e.g. one that
+# lab_nfsd served, stopped with lab_nfsd_stop) is exported as it is. The
+# daemon runs in a private mount namespace with its own /run (config, pid
+# file, rpcbind's socket) and /var/lib/nfs, with rpcbind and rpc.statd for
+# NFSv3, NFSV4 { Graceless = true; } (no grace period) and a 10 s lease.
+# No D-Bus: ganesha.nfsd logs that it has no system bus and serves
+# without. Returns once NFS (v3 and v4) answers over TCP and MOUNT lists
+# the export. Log (ganesha's, at EVENT level, and the setup's):
+# /run/lab/log/ganesha-NAME.log; $LAB_GANESHA_LOG, if set, goes into the
+# config's LOG block, e.g. 'COMPONENTS { CLIENTID = FULL_DEBUG; }'.
+lab_ganesha() {
+	[ $# -eq 2 ] || lab_die lab_ganesha "usage: lab_ganesha NS NAME" || return
+	_ns=$1
+	_name=$2
+	command -v ganesha.nfsd >/dev/null ||
+		lab_die lab_ganesha "ganesha is not installed in this run (testenv.WithGanesha, nsmount-lab run --with ganesha)" || return
+	[ "$_ns" != - ] || lab_die lab_ganesha "ganesha needs a named netns, not the initial one" || return
+	[ -e "/run/netns/$_ns" ] || lab_die lab_ganesha "no netns $_ns" || return
+	if [ ! -d "/srv/$_name" ]; then
+		mkdir -p "/srv/$_name" || lab_die lab_ganesha "mkdir /srv/$_name failed" || return
+		echo "$_name" >"/srv/$_name/whoami"
+	fi
+	if ! _fsid=$(cat "$LAB_STATE/ganesha-$_name.id" 2>/dev/null); then
+		_fsid=$(($(cat "$LAB_STATE/fsid" 2>/dev/null || echo 0) + 1))
+		echo "$_fsid" >"$LAB_STATE/fsid"
+		echo "$_fsid" >"$LAB_STATE/ganesha-$_name.id"
+	fi
+	ip -n "$_ns" link set lo up || lab_die lab_ganesha "lo up in $_ns failed" || return
+	_log=$LAB_STATE/log/ganesha-$_name.log
+	if ! nsenter --net="/run/netns/$_ns" -- unshare -m --propagation private -- \
+		sh /usr/lib/nsmount-lab/ganesha.sh "$_name" "/srv/$_name" "$_fsid" "${LAB_GANESHA_LOG:-}" >>"$_log" 2>&1; then
+		tail -n 5 "$_log" >&2
+		lab_die lab_ganesha "starting ganesha $_name in $_ns failed (log $_log)"
+		return
+	fi
+	echo "lab: ganesha $_name in netns $_ns exports /export (/srv/$_name, Export_Id=$_fsid)"
+}
+
+# lab_ganesha_stop NS: stop the NFS-Ganesha that lab_ganesha started in
+# netns NS: SIGTERM (ganesha's orderly shutdown), SIGKILL if it still runs
+# after 10 s, then its rpcbind and rpc.statd, which releases its private
+# mount namespace. The exported directory stays. Returns once nothing
+# listens on port 2049 in NS.
+lab_ganesha_stop() {
+	[ $# -eq 1 ] || lab_die lab_ganesha_stop "usage: lab_ganesha_stop NS" || return
+	_gpid=$(lab_netns_pids "$1" ganesha.nfsd) || return
+	[ -n "$_gpid" ] || lab_die lab_ganesha_stop "no ganesha.nfsd in netns $1" || return
+	lab_stop_mntns lab_ganesha_stop "${_gpid%% *}" || return
+	lab_wait_port_closed lab_ganesha_stop "$1" 2049 || return
+	echo "lab: ganesha in netns $1 stopped"
+}
+
+# lab_netns_pids NS COMM...: print the PIDs (space-separated, may be none)
+# of the processes in named netns NS whose command name is one of COMM.
+lab_netns_pids() {
+	[ $# -ge 2 ] || lab_die lab_netns_pids "usage: lab_netns_pids NS COMM..." || return
+	[ -e "/run/netns/$1" ] || lab_die lab_netns_pids "no netns $1" || return
+	_want="net:[$(stat -L -c %i "/run/netns/$1")]"
+	shift
+	_pids=
+	for _p in /proc/[0-9]*; do
+		[ "$(readlink "$_p/ns/net" 2>/dev/null)" = "$_want" ] || continue
+		read -r _comm <"$_p/comm" 2>/dev/null || continue
+		for _c in "$@"; do
+			[ "$_comm" = "$_c" ] && _pids="$_pids ${_p#/proc/}"
+		done
+	done
+	echo ${_pids# }
+}
+
+# lab_stop_mntns FUNC PID: end every process in PID's mount namespace
+# (a server's private one): SIGTERM, SIGKILL after 10 s; wait until gone.
+lab_stop_mntns() {
+	_want=$(readlink "/proc/$2/ns/mnt") || lab_die "$1" "no process $2" || return
+	[ "$_want" != "$(readlink /proc/$$/ns/mnt)" ] || lab_die "$1" "pid $2 runs in the VM's mount namespace, not a server's" || return
+	_pids=
+	for _p in /proc/[0-9]*; do
+		[ "$(readlink "$_p/ns/mnt" 2>/dev/null)" = "$_want" ] && _pids="$_pids ${_p#/proc/}"
+	done
+	kill -TERM $_pids 2>/dev/null
+	_i=0
+	while :; do
+		_left=
+		for _p in $_pids; do
+			[ -e "/proc/$_p" ] && ! grep -q '^State:.Z' "/proc/$_p/status" 2>/dev/null && _left="$_left $_p"
+		done
+		[ -n "$_left" ] || break
+		_i=$((_i + 1))
+		if [ $_i -eq 1000 ]; then
+			echo "lab: $1: still running after 10s, killing:$_left" >&2
+			kill -KILL $_left 2>/dev/null
+		fi
+		[ $_i -lt 2000 ] || lab_die "$1" "processes$_left did not end" || return
+		sleep 0.01
+	done
+}
+
+# lab_wait_port_closed FUNC NS PORT: wait (10 s at most) until nothing
+# listens on TCP PORT in named netns NS.
+lab_wait_port_closed() {
+	_hex=$(printf ':%04X ' "$3")
+	_i=0
+	while nsenter --net="/run/netns/$2" -- cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+		awk -v p="$_hex" 'index($2 " ", p) && $4 == "0A" { f = 1 } END { exit !f }'; do
+		_i=$((_i + 1))
+		[ $_i -lt 1000 ] || lab_die "$1" "port $3 in netns $2 still listening after 10s" || return
+		sleep 0.01
+	done
+}
+
 # lab_dns NS ADDR [FLAGS...] NAME=IP...: start a DNS server in named netns
 # NS on ADDR port 53 (UDP and TCP): `nsmount-lab dns --listen ADDR:53`,
 # answering A/AAAA for the given names (repeat a name for several
