@@ -1,14 +1,15 @@
 // Command nsmount-lab runs nsmount scenario scripts in throwaway VMs (the
 // nested-VM lab of package testenv).
 //
-//	nsmount-lab run [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH] SCRIPT|-
+//	nsmount-lab run [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH] [--with ganesha|containerd]... SCRIPT|-
 //	nsmount-lab fetch [--kernel VER|--kernel-package META] [--cache DIR] [--nsmount PATH]
 //	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH]
 //	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
 //
 // run streams the VM console to stdout and exits with the script's exit
 // status; 125 means the lab could not start or the VM failed, 124 that the
-// run timed out. dns is a DNS server for scenarios (lab_dns runs it in the
+// run timed out. --with installs more in the guest: NFS-Ganesha (for
+// lab_ganesha) or containerd, runc and CNI plugins (for lab_containerd). dns is a DNS server for scenarios (lab_dns runs it in the
 // guest).
 package main
 
@@ -20,6 +21,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -97,19 +99,29 @@ func rootCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 	}
 	runCfg := labFlags(run, 5*time.Minute)
+	var with []string
+	run.Flags().StringSliceVar(&with, "with", nil, "install more in the guest: ganesha (NFS-Ganesha, for lab_ganesha), containerd (containerd, runc, CNI plugins, for lab_containerd; 1536 MiB unless --memory); repeat or separate with commas")
 	run.RunE = func(c *cobra.Command, args []string) error {
+		opts, err := withOptions(with)
+		if err != nil {
+			return &exitError{code: exitUsage, err: err}
+		}
+		if c.Flags().Changed("memory") {
+			opts = append(opts, testenv.WithMemory(runCfg.Memory))
+		}
 		script, err := readScript(args[0])
 		if err != nil {
 			return &exitError{code: exitLab, err: err}
 		}
-		return runScript(c.Context(), *runCfg, script)
+		return runScript(c.Context(), *runCfg, script, opts...)
 	}
 	fetch := &cobra.Command{
 		Use:   "fetch",
-		Short: "Fetch the kernels, build the initramfs archives and containerd " + testenv.Containerd2Version + " (CI warm-up)",
+		Short: "Fetch the kernels, build the initramfs archives and containerd " + testenv.Containerd2Version + ", fetch NFS-Ganesha (CI warm-up)",
 		Long: `fetch prepares what the tests use: the lab of the given kernel, or without
 --kernel and --kernel-package both the default kernel's and the newer
-kernel's (` + testenv.NewerKernelPackage + `), and containerd ` + testenv.Containerd2Version + `.`,
+kernel's (` + testenv.NewerKernelPackage + `), containerd ` + testenv.Containerd2Version + `
+and Debian's NFS-Ganesha (--with ganesha).`,
 		Args: cobra.NoArgs,
 	}
 	fetchCfg := labFlags(fetch, 0)
@@ -136,6 +148,11 @@ kernel's (` + testenv.NewerKernelPackage + `), and containerd ` + testenv.Contai
 			return &exitError{code: exitLab, err: err}
 		}
 		fmt.Printf("containerd %s ready: %s\n", testenv.Containerd2Version, dir)
+		files, err := testenv.GaneshaGuestFiles(c.Context(), cfg.CacheDir, os.Stderr)
+		if err != nil {
+			return &exitError{code: exitLab, err: err}
+		}
+		fmt.Printf("NFS-Ganesha ready: %d guest files\n", len(files))
 		return nil
 	}
 	demo := &cobra.Command{
@@ -190,9 +207,28 @@ func newLab(ctx context.Context, cfg testenv.Config) (*testenv.Lab, error) {
 	return lab, nil
 }
 
+// withNames maps the names --with takes to their run options.
+var withNames = map[string]func() testenv.RunOption{
+	"ganesha":    testenv.WithGanesha,
+	"containerd": testenv.WithContainerd,
+}
+
+// withOptions returns the run options of --with's names.
+func withOptions(names []string) ([]testenv.RunOption, error) {
+	var opts []testenv.RunOption
+	for _, n := range names {
+		o, ok := withNames[strings.ToLower(strings.TrimSpace(n))]
+		if !ok {
+			return nil, fmt.Errorf("--with %q: unknown (want ganesha or containerd)", n)
+		}
+		opts = append(opts, o())
+	}
+	return opts, nil
+}
+
 // runScript runs script in a fresh VM, streaming the console to stdout.
-func runScript(ctx context.Context, cfg testenv.Config, script string) error {
-	res, err := runInLab(ctx, cfg, script, os.Stdout)
+func runScript(ctx context.Context, cfg testenv.Config, script string, opts ...testenv.RunOption) error {
+	res, err := runInLab(ctx, cfg, script, os.Stdout, opts...)
 	if err != nil {
 		return err
 	}
@@ -205,13 +241,13 @@ func runScript(ctx context.Context, cfg testenv.Config, script string) error {
 
 // runInLab starts a lab and runs script in one VM, mapping lab failures to
 // their exit codes (timeout 124, anything else 125).
-func runInLab(ctx context.Context, cfg testenv.Config, script string, console io.Writer) (*testenv.Result, error) {
+func runInLab(ctx context.Context, cfg testenv.Config, script string, console io.Writer, opts ...testenv.RunOption) (*testenv.Result, error) {
 	lab, err := newLab(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer lab.Close()
-	res, err := lab.Run(ctx, script, console, testenv.WithLog(os.Stderr))
+	res, err := lab.Run(ctx, script, console, append([]testenv.RunOption{testenv.WithLog(os.Stderr)}, opts...)...)
 	switch {
 	case errors.Is(err, testenv.ErrTimeout):
 		return nil, &exitError{code: exitTimeout, err: err}
