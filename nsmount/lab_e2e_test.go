@@ -105,6 +105,23 @@ func TestLabNewerKernel(t *testing.T) {
 	labtest.RunOnT(t, labtest.SharedKernel(t, testenv.NewerKernelPackage), labScript(t, "newer_kernel.sh"))
 }
 
+// TestLabGanesha runs the core scenarios against NFS-Ganesha (Debian's,
+// FSAL VFS) in one VM: NFSv4.2, 4.1, 4.0 and v3 mounted from a container
+// whose server only its netns reaches (written and read, found in the
+// export); a Ganesha restart that keeps the mounts' file handles; the
+// three-level routing case (one address, a kernel nfsd and two Ganesha
+// servers, one per context, both orders and all at once, v4.2 and v3, and
+// names from the container's DNS); stale state after a route change to
+// another Ganesha at the same address (a plain mount inherits it, nsmount
+// flushes and reaches the new server); and kernel nfsd replaced by Ganesha
+// at the same address and directory: the old mounts get errno 521
+// (EBADHANDLE) for a file opened before, a lookup, a stat, and a fresh
+// mount reads the data written before the switch.
+func TestLabGanesha(t *testing.T) {
+	t.Parallel()
+	labtest.RunT(t, labScript(t, "ganesha.sh"), testenv.WithGanesha())
+}
+
 // TestLabContainerd runs containerd and runc in the VM: a container whose
 // spec carries the annotation and the nsmount hook gets its mount at
 // createRuntime from its own (CNI-made) netns and its own process reads and

@@ -30,15 +30,16 @@ no_leaks() {
 	! ps -o pid,args | grep -q '[n]smount-helper' || { echo "helper process left"; return 1; }
 }
 
-# one_server_one_container: server srv1 (198.51.100.1, exporting /srv/srv1)
-# and container c1 (198.51.100.2) on one veth, nothing else; sets PID (the
-# container's) and S (the server's address). The VM's own netns has no route
-# to the server.
+# one_server_one_container [SERVER]: server srv1 (198.51.100.1, exporting
+# /srv/srv1; SERVER is the helper that starts it: lab_nfsd, the default, or
+# lab_ganesha) and container c1 (198.51.100.2) on one veth, nothing else;
+# sets PID (the container's) and S (the server's address). The VM's own
+# netns has no route to the server.
 one_server_one_container() {
 	lab_netns srv1
 	lab_container c1
 	lab_veth srv1 eth0 198.51.100.1/24 c1 eth0 198.51.100.2/24
-	lab_nfsd srv1 srv1
+	${1:-lab_nfsd} srv1 srv1
 	PID=$(lab_pid c1)
 	S=198.51.100.1
 }
@@ -55,9 +56,10 @@ check_says() {
 	esac
 }
 
-# two_servers_one_address: container c1 reaches srvA (203.0.113.10, on
-# eth0) and srvB (also 203.0.113.10, behind 198.51.100.1 on eth1) once a
-# /32 route via eth1 says so; sets C1 and X (the shared address).
+# two_servers_one_address [SERVER]: container c1 reaches srvA
+# (203.0.113.10, on eth0) and srvB (also 203.0.113.10, behind 198.51.100.1
+# on eth1) once a /32 route via eth1 says so; sets C1 and X (the shared
+# address). SERVER starts both servers: lab_nfsd (default) or lab_ganesha.
 two_servers_one_address() {
 	lab_netns srvA
 	lab_netns srvB
@@ -65,8 +67,8 @@ two_servers_one_address() {
 	lab_veth srvA eth0 203.0.113.10/24 c1 eth0 203.0.113.2/24
 	lab_veth srvB eth0 198.51.100.1/24 c1 eth1 198.51.100.2/24
 	ip -n srvB addr add 203.0.113.10/32 dev eth0
-	lab_nfsd srvA srvA
-	lab_nfsd srvB srvB
+	${1:-lab_nfsd} srvA srvA
+	${1:-lab_nfsd} srvB srvB
 	C1=$(lab_pid c1)
 	X=203.0.113.10
 }
