@@ -17,12 +17,14 @@
 // so that nsmount-lab stays free of it. Lab tests run by default: a machine
 // without qemu fails them with the reason, and NSMOUNT_LAB=off skips them
 // explicitly. README.md documents the guest helpers (lab_netns, lab_veth,
-// lab_nfsd, lab_dns, lab_container, lab_exec, lab_mount, lab_check, ...),
-// environment variables and the cache.
+// lab_nfsd, lab_ganesha, lab_dns, lab_container, lab_exec, lab_mount,
+// lab_check, ...), environment variables and the cache.
 //
 // Containerd in guests: ContainerdGuestFiles are the host's containerd, runc
-// and CNI plugins for a run (WithFiles), Containerd2 a containerd 2.x build
-// kept in the cache. Subpackages: ctrdenv runs a private containerd daemon (on
+// and CNI plugins for a run (WithContainerd, or WithFiles), Containerd2 a
+// containerd 2.x build kept in the cache. NFS-Ganesha in guests:
+// GaneshaGuestFiles are Debian's nfs-ganesha and nfs-ganesha-vfs with their
+// libraries, fetched into the cache (WithGanesha), for lab_ganesha. Subpackages: ctrdenv runs a private containerd daemon (on
 // the host or in a guest), ociimage writes the busybox image it imports,
 // labtest binds all of it to *testing.T.
 package testenv
