@@ -50,7 +50,7 @@ lab_check umount-default nsmount umount --pid $PID /data
 lab_check restart-mount-v4.2 nsmount mount --pid $PID --mkdir -o vers=4.2 $S:/export /r42
 lab_check restart-mount-v3 nsmount mount --pid $PID --mkdir -o vers=3,nolock $S:/export /r3
 echo kept >/srv/srv1/kept
-lab_exec c1 sh -c 'exec 3</r42/kept; while [ ! -e /tmp/go ]; do sleep 0.1; done; cat <&3 >/tmp/held 2>&1' &
+lab_exec c1 sh -c 'exec 3</r42/kept; while [ ! -e /tmp/go ]; do sleep 0.1; done; cat <&3 >/tmp/held.out 2>&1; mv /tmp/held.out /tmp/held' &
 HELD=$!
 sleep 0.5
 T=$(now)
@@ -63,8 +63,10 @@ lab_check_output restart-v4.2-reads srv1 lab_exec c1 cat /r42/whoami
 lab_check_output restart-v3-reads srv1 lab_exec c1 cat /r3/whoami
 lab_check restart-v4.2-writes lab_exec c1 sh -c 'echo after-restart > /r42/after'
 touch /proc/$PID/root/tmp/go
-wait $HELD
+wait_for 20 test -e /proc/$PID/root/tmp/held
 lab_check_output restart-open-file-reads kept cat /proc/$PID/root/tmp/held
+kill $HELD 2>/dev/null
+wait $HELD 2>/dev/null
 for m in /r42 /r3; do nsmount umount --pid $PID $m >/dev/null; done
 lab_check no-leak-after-restart no_leaks $PID
 lab_stop c1 >/dev/null
