@@ -72,11 +72,11 @@ func FuzzParseNFSMounts(f *testing.F) {
 // them, the records before are parsed the same.
 func FuzzParseMountStats(f *testing.F) {
 	for _, name := range []string{"mountstats-6.1.txt", "mountstats-6.12.txt", "mountstats-outage-6.12.txt", "mountstats-after-6.1.txt"} {
-		f.Add(readTestdata(f, name))
+		f.Add(kerneltest.Captured(f, name))
 	}
 	f.Add([]byte("device a:/b mounted on /c with fstype nfs statvers=1.1\n\txprt:\tudp 1 2\n\tper-op statistics\n\t NULL: 1 2 3 4 5 6 7 8 9 10\n"))
 	f.Add([]byte("no device mounted on /x\\040y with fstype nfs4 statvers=1.0\n\tage:\t-1\n"))
-	real := string(readTestdata(f, "mountstats-6.1.txt"))
+	real := string(kerneltest.Captured(f, "mountstats-6.1.txt"))
 	recs := strings.SplitAfter(real, "\n\n")
 	prefix := []byte(recs[0] + recs[1] + "device sep mounted on /sep with fstype tmpfs\n")
 	parser := newParser(f)

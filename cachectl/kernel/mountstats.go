@@ -412,10 +412,9 @@ func ms(n uint64) time.Duration {
 // outside the reader's root), so the records are aligned in order on
 // (mount point, source); a record without a partner (a mount made or
 // removed between the two reads) is dropped. A superblock mounted several
-// times gives one record per mount: only the first is kept.
+// times has one record per mount, with the same numbers.
 func MatchMounts(stats []NFSStats, mounts []*mountinfo.Info) []NFSStats {
 	var out []NFSStats
-	seen := map[string]bool{}
 	j := 0
 	for _, s := range stats {
 		k := slices.IndexFunc(mounts[j:], func(m *mountinfo.Info) bool {
@@ -428,10 +427,6 @@ func MatchMounts(stats []NFSStats, mounts []*mountinfo.Info) []NFSStats {
 		j += k + 1
 		s.Dev = fmt.Sprintf("%d:%d", m.Major, m.Minor)
 		s.MountID = uint64(m.ID)
-		if seen[s.Dev] {
-			continue
-		}
-		seen[s.Dev] = true
 		out = append(out, s)
 	}
 	return out

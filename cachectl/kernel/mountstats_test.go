@@ -2,24 +2,14 @@ package kernel_test
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nsmount/nsmount/cachectl/kernel"
+	"github.com/nsmount/nsmount/cachectl/kernel/kerneltest"
 )
-
-func readTestdata(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 func newParser(t testing.TB) *kernel.MountStatsParser {
 	t.Helper()
@@ -35,11 +25,11 @@ func newParser(t testing.TB) *kernel.MountStatsParser {
 // mountinfo captured with it.
 func parseMatched(t *testing.T, mountstats, mountinfo string) ([]kernel.NFSStats, []error) {
 	t.Helper()
-	mounts, err := kernel.ParseNFSMounts(readTestdata(t, mountinfo))
+	mounts, err := kernel.ParseNFSMounts(kerneltest.Captured(t, mountinfo))
 	if err != nil {
 		t.Fatal(err)
 	}
-	stats, errs := newParser(t).Parse(readTestdata(t, mountstats))
+	stats, errs := newParser(t).Parse(kerneltest.Captured(t, mountstats))
 	return kernel.MatchMounts(stats, mounts), errs
 }
 
@@ -162,7 +152,7 @@ func record(t *testing.T, text, mp string) string {
 
 func TestParseMountStatsIsolatesFailures(t *testing.T) {
 	parser := newParser(t)
-	real := string(readTestdata(t, "mountstats-6.1.txt"))
+	real := string(kerneltest.Captured(t, "mountstats-6.1.txt"))
 	data, v3 := record(t, real, "/data"), record(t, real, "/v3")
 	tests := []struct {
 		name     string
@@ -207,8 +197,8 @@ func TestParseMountStatsIsolatesFailures(t *testing.T) {
 
 func TestMatchMounts(t *testing.T) {
 	parser := newParser(t)
-	real := string(readTestdata(t, "mountstats-6.1.txt"))
-	info := string(readTestdata(t, "mountinfo-6.1.txt"))
+	real := string(kerneltest.Captured(t, "mountstats-6.1.txt"))
+	info := string(kerneltest.Captured(t, "mountinfo-6.1.txt"))
 	line := func(mp string) string {
 		for _, l := range strings.Split(info, "\n") {
 			if strings.Contains(l, " "+mp+" ") {
@@ -229,11 +219,12 @@ func TestMatchMounts(t *testing.T) {
 		{"a mount gone from mountinfo", data + v3, line("/v3"), []string{"/v3 0:41 94"}},
 		{"a mount new in mountinfo", data, line("/data") + line("/v3"), []string{"/data 0:40 92"}},
 		{
-			// The same superblock mounted twice (a bind mount): counted once.
+			// The same superblock mounted twice (a bind mount): one
+			// record each.
 			name:      "bind mount of one superblock",
 			stats:     data + strings.Replace(data, "on /data ", "on /data2 ", 1),
 			mountinfo: line("/data") + strings.Replace(strings.Replace(line("/data"), " /data ", " /data2 ", 1), "92 51", "97 51", 1),
-			want:      []string{"/data 0:40 92"},
+			want:      []string{"/data 0:40 92", "/data2 0:40 97"},
 		},
 		{
 			// Two mounts of one source at one path (one over the other):
@@ -267,7 +258,7 @@ func TestMatchMounts(t *testing.T) {
 
 func BenchmarkParseMountStats(b *testing.B) {
 	parser := newParser(b)
-	text := readTestdata(b, "mountstats-6.1.txt")
+	text := kerneltest.Captured(b, "mountstats-6.1.txt")
 	for b.Loop() {
 		if _, errs := parser.Parse(text); errs != nil {
 			b.Fatal(errs)
@@ -280,11 +271,11 @@ func BenchmarkParseMountStats(b *testing.B) {
 func TestParseNFSFSCaptured(t *testing.T) {
 	for _, k := range []string{"6.1", "6.12"} {
 		t.Run(k, func(t *testing.T) {
-			vols, err := kernel.ParseVolumes(readTestdata(t, "nfsfs-volumes-"+k+".txt"))
+			vols, err := kernel.ParseVolumes(kerneltest.Captured(t, "nfsfs-volumes-"+k+".txt"))
 			if err != nil || len(vols) != 3 {
 				t.Fatalf("volumes %+v, %v", vols, err)
 			}
-			cls, err := kernel.ParseClients(readTestdata(t, "nfsfs-servers-"+k+".txt"))
+			cls, err := kernel.ParseClients(kerneltest.Captured(t, "nfsfs-servers-"+k+".txt"))
 			if err != nil || len(cls) != 3 {
 				t.Fatalf("clients %+v, %v", cls, err)
 			}

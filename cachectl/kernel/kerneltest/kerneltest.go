@@ -4,6 +4,7 @@
 package kerneltest
 
 import (
+	"embed"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,6 +36,25 @@ const (
 		"61 47 0:35 / /m6 rw,relatime - nfs4 [2001:db8::1]:/export rw,vers=4.1,rsize=131072,wsize=131072,namlen=255,hard,proto=tcp6,timeo=600,retrans=2,sec=sys,clientaddr=2001:db8::2,local_lock=none,addr=2001:db8::1\n" +
 		"58 47 0:34 / /m63 rw,relatime - nfs [2001:db8::1]:/export rw,vers=3,rsize=131072,wsize=131072,namlen=255,hard,nolock,proto=tcp6,timeo=600,retrans=2,sec=sys,mountaddr=2001:db8::1,mountvers=3,mountproto=tcp6,local_lock=all,addr=2001:db8::1\n"
 )
+
+// The lab captures in testdata/ (capture.sh there made them): a container
+// with NFSv4.2 (noac, hard,timeo=10,retrans=1), NFSv3 and NFSv4.1
+// (nconnect=4) mounts of 198.51.100.10:/export, on 6.1 and 6.12, before,
+// during and after an outage.
+//
+//go:embed testdata/*.txt
+var captured embed.FS
+
+// Captured returns the lab capture testdata/name (e.g.
+// "mountstats-6.1.txt").
+func Captured(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := captured.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 // RootMountinfo is the non-NFS part of a mount table.
 const RootMountinfo = "47 1 0:26 / / rw,relatime - tmpfs tmpfs rw,size=65536k\n" +
@@ -98,8 +118,10 @@ type Process struct {
 	Comm      string
 	Start     uint64
 	Mountinfo string // "" = no mountinfo file (the process exited)
-	Volumes   string // "" and Servers "" = no nfsfs dir
-	Servers   string
+	// Mountstats is /PID/mountstats ("" = none).
+	Mountstats string
+	Volumes    string // "" and Servers "" = no nfsfs dir
+	Servers    string
 	// FDs maps an fd number to the file it points to.
 	FDs map[int]string
 }
@@ -127,6 +149,9 @@ func (f *Procfs) Add(pid int, p Process) {
 	f.Write(filepath.Join(dir, "stat"), StatLine(pid, comm, p.Start))
 	if p.Mountinfo != "" {
 		f.Write(filepath.Join(dir, "mountinfo"), p.Mountinfo)
+	}
+	if p.Mountstats != "" {
+		f.Write(filepath.Join(dir, "mountstats"), p.Mountstats)
 	}
 	if p.Volumes != "" || p.Servers != "" {
 		os.MkdirAll(filepath.Join(dir, "net", "nfsfs"), 0o700)

@@ -1,13 +1,13 @@
 # Captures real NFS client statistics text for the parser tests and
 # measures what the kernel shows during an outage. Run on both lab kernels:
 #
-#   go run ./cmd/nsmount-lab run cachectl/kernel/testdata/capture.sh > /tmp/cap-6.1.log
+#   go run ./cmd/nsmount-lab run cachectl/kernel/kerneltest/testdata/capture.sh > /tmp/cap-6.1.log
 #   go run ./cmd/nsmount-lab run --kernel-package linux-image-6.12-cloud-amd64 \
-#       cachectl/kernel/testdata/capture.sh > /tmp/cap-6.12.log
+#       cachectl/kernel/kerneltest/testdata/capture.sh > /tmp/cap-6.12.log
 #   awk '/^=== BEGIN FILE /{f = $4; next} /^=== END FILE /{f = ""; next} f {print > f}' /tmp/cap-6.1.log
 #
-# The FILE sections are the testdata here (kmsg-*.txt go to
-# cachectl/kmsg/testdata); the MEASURE lines are what README and the
+# The FILE sections are the testdata here (kerneltest.Captured; kmsg-*.txt
+# go to cachectl/kmsg/testdata); the MEASURE lines are what README and the
 # watchdog's rules rely on: per-op major timeouts are counted only when a
 # request completes, so during an outage only the transport shows it
 # (requests sent, no reply).
