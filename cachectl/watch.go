@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsmount/nsmount/cachectl/kmsg"
 	"github.com/nsmount/nsmount/cachectl/registry"
 
 	"github.com/nsmount/nsmount/nsmount"
@@ -26,6 +27,11 @@ type WatchOptions struct {
 	// Timeout bounds one probe: a server silent that long is reported
 	// dead. Default 3s.
 	Timeout time.Duration
+	// Kernel, if set, brings the kernel log's messages (package kmsg,
+	// read by the caller) to Watch's watchdog: each server or hung-task
+	// message is attributed to the mounts it is about, or reported as
+	// ambiguous, and those mounts are checked at once (see watchdog.go).
+	Kernel <-chan kmsg.Message
 }
 
 // WatchEvent is one thing Watch saw or did.
@@ -34,15 +40,25 @@ type WatchEvent struct {
 	// Kind is what happened: drift (the route changed), stale (ESTALE),
 	// dead (no answer), remounted, remount-failed, denied (the new address
 	// is outside the mount's admission: left alone), recovered,
-	// forgotten (the mount is gone), netlink, error.
+	// forgotten (the mount is gone), netlink, error; probe (every health
+	// probe: Detail is its outcome, Elapsed how long it took); kernel (a
+	// kernel log message and its attribution, in Kernel), unresponsive
+	// (the kernel reports that the mount's server does not answer: an
+	// attributed message), responsive (a good probe after unresponsive).
 	Kind       string       `json:"kind"`
 	Mountpoint string       `json:"mountpoint,omitempty"`
 	Source     string       `json:"source,omitempty"`
 	NetNS      nsmount.NSID `json:"netns"`
-	Detail     string       `json:"detail,omitempty"`
+	// Dev is the superblock of the mount ("major:minor"; for "remounted",
+	// the old one), Container the entry's container ID, if any.
+	Dev       string `json:"dev,omitempty"`
+	Container string `json:"container,omitempty"`
+	Detail    string `json:"detail,omitempty"`
 	// Elapsed is, for "remounted", the time from detection to the new mount
-	// in place.
+	// in place; for "probe", the probe's duration.
 	Elapsed time.Duration `json:"elapsed,omitempty"`
+	// Kernel is, for "kernel", the message and what it was attributed to.
+	Kernel *KernelReport `json:"kernel,omitempty"`
 }
 
 // String formats the event as one line.
@@ -72,6 +88,8 @@ type watcher struct {
 	last   map[string]time.Time  // entry ID -> last probe
 	subs   map[nsmount.NSID]bool // netns with a netlink subscription
 	kick   chan nsmount.NSID
+	unresp map[string]bool // entry ID -> the kernel reported its server unresponsive
+	dog    *watchdog       // nil without WatchOptions.Kernel
 }
 
 // Watch keeps nsmount's mounts right until ctx is done, sending what it
@@ -95,11 +113,22 @@ func (m *Manager) Watch(ctx context.Context, o WatchOptions, events chan<- Watch
 	if o.Timeout <= 0 {
 		o.Timeout = 3 * time.Second
 	}
-	w := &watcher{m: m, o: o, events: events, busy: map[string]bool{}, dead: map[string]bool{}, denied: map[string]string{}, last: map[string]time.Time{}, subs: map[nsmount.NSID]bool{}, kick: make(chan nsmount.NSID, 64)}
+	w := &watcher{m: m, o: o, events: events, busy: map[string]bool{}, dead: map[string]bool{}, denied: map[string]string{}, last: map[string]time.Time{}, subs: map[nsmount.NSID]bool{}, kick: make(chan nsmount.NSID, 64), unresp: map[string]bool{}}
 	tick := time.NewTicker(o.Interval)
 	defer tick.Stop()
+	if o.Kernel != nil {
+		d, err := newWatchdog(w)
+		if err != nil {
+			return err
+		}
+		defer d.close() // after wg.Wait
+		w.dog = d
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if w.dog != nil {
+		wg.Go(func() { w.dog.run(ctx, &wg, o.Kernel) })
+	}
 	w.round(ctx, &wg, nil)
 	for {
 		select {
@@ -138,7 +167,13 @@ func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *nsmount.N
 		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "registry", Detail: n})
 	}
 	for _, g := range gone {
-		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "forgotten", Mountpoint: g.Entry.Mountpoint, Source: g.Entry.Source, NetNS: g.Entry.Target.NetNS, Detail: g.Why})
+		w.mu.Lock()
+		delete(w.unresp, g.Entry.ID)
+		w.mu.Unlock()
+		w.event(ctx, WatchEvent{Time: time.Now(), Kind: "forgotten", Mountpoint: g.Entry.Mountpoint, Source: g.Entry.Source, NetNS: g.Entry.Target.NetNS, Dev: g.Entry.Dev, Container: g.Entry.Target.Container, Detail: g.Why})
+	}
+	if w.dog != nil {
+		w.dog.sample(ctx, wg, world)
 	}
 	for _, e := range s.Entries {
 		ns := e.Target.NetNS
@@ -176,7 +211,7 @@ func (w *watcher) round(ctx context.Context, wg *sync.WaitGroup, only *nsmount.N
 // answers ESTALE.
 func (w *watcher) check(ctx context.Context, world *World, e registry.Entry, probe bool) {
 	ev := func(kind, detail string) WatchEvent {
-		return WatchEvent{Time: time.Now(), Kind: kind, Mountpoint: e.Mountpoint, Source: e.Source, NetNS: e.Target.NetNS, Detail: detail}
+		return WatchEvent{Time: time.Now(), Kind: kind, Mountpoint: e.Mountpoint, Source: e.Source, NetNS: e.Target.NetNS, Dev: e.Dev, Container: e.Target.Container, Detail: detail}
 	}
 	if e.Rebuilt {
 		return // no recorded route to compare with
@@ -189,6 +224,11 @@ func (w *watcher) check(ctx context.Context, world *World, e registry.Entry, pro
 	}
 	if why == "" && probe {
 		h, err := w.health(ctx, world, e)
+		if err == nil {
+			p := ev("probe", h.String())
+			p.Elapsed = h.Elapsed
+			w.event(ctx, p)
+		}
 		switch {
 		case err != nil:
 			return // gone meanwhile; the next round reconciles
@@ -206,11 +246,15 @@ func (w *watcher) check(ctx context.Context, world *World, e registry.Entry, pro
 			w.event(ctx, ev("stale", why))
 		case h.OK():
 			w.mu.Lock()
-			was := w.dead[e.ID]
+			was, unresp := w.dead[e.ID], w.unresp[e.ID]
 			delete(w.dead, e.ID)
+			delete(w.unresp, e.ID)
 			w.mu.Unlock()
 			if was {
 				w.event(ctx, ev("recovered", "server answers again"))
+			}
+			if unresp {
+				w.event(ctx, ev("responsive", fmt.Sprintf("server %s answers a probe again (%s)", e.Address, h.Elapsed.Round(time.Millisecond))))
 			}
 		}
 	}
@@ -243,6 +287,7 @@ func (w *watcher) check(ctx context.Context, world *World, e registry.Entry, pro
 	w.mu.Lock()
 	delete(w.dead, e.ID)
 	delete(w.denied, e.ID)
+	delete(w.unresp, e.ID)
 	w.mu.Unlock()
 	w.event(ctx, done)
 }

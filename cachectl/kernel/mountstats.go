@@ -230,10 +230,11 @@ func unescapeOctal(s string) string {
 // about 0.1 ms per record). It is safe for concurrent use; parses take
 // turns. Close removes the directory.
 type MountStatsParser struct {
-	mu   sync.Mutex
-	dir  string
-	mem  *os.File
-	proc procfs.Proc
+	mu     sync.Mutex
+	dir    string
+	mem    *os.File
+	proc   procfs.Proc
+	closed bool
 }
 
 // NewMountStatsParser makes the parser's directory (in os.TempDir) and
@@ -279,6 +280,10 @@ func NewMountStatsParser() (_ *MountStatsParser, retErr error) {
 func (p *MountStatsParser) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
 	err := os.RemoveAll(p.dir)
 	if cerr := p.mem.Close(); err == nil {
 		err = cerr
@@ -306,6 +311,9 @@ func (p *MountStatsParser) Parse(text []byte) ([]NFSStats, []error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, []error{errors.New("mountstats parser is closed")}
+	}
 	if mounts, err := p.parse(all); err == nil && len(mounts) == len(nfs) {
 		out := make([]NFSStats, 0, len(nfs))
 		for i, m := range mounts {

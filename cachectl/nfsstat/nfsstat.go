@@ -261,3 +261,12 @@ func (r *Reader) readNS(ctx context.Context, ns nsmount.NSID, pid int) reading {
 		return reading{pid: pid, err: fmt.Errorf("mountstats of pid %d: %w", pid, ctx.Err())}
 	}
 }
+
+// Namespace reads the statistics of every NFS superblock mounted in mount
+// namespace ns (nsmount's or not), through process pid, within the
+// Reader's timeout (and ctx). A superblock mounted several times there
+// gives one NFSStats per mount. Records that did not parse are left out.
+func (r *Reader) Namespace(ctx context.Context, ns nsmount.NSID, pid int) ([]kernel.NFSStats, error) {
+	res := r.readNS(ctx, ns, pid)
+	return res.stats, res.err
+}
