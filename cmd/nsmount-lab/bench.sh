@@ -122,7 +122,7 @@ for fsid in 71 72 73; do
 done
 kill $WATCH
 wait $WATCH || true
-grep -c remounted /tmp/bench-watch.log | sed 's/^/NOTE watch remounts during the recovery runs: /'
+grep -c 'msg=remounted ' /tmp/bench-watch.log | sed 's/^/NOTE watch remounts during the recovery runs: /'
 nsmount umount --pid $C2 /data
 
 # nsmount status and mount with 100, then 200 tracked mounts: light

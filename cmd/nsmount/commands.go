@@ -105,7 +105,7 @@ func newRootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("state-dir", stateDirDefault(), "registry of nsmount's mounts (env NSMOUNT_STATE_DIR)")
 	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand(),
-		newStatusCommand(), newFlushCommand(), newRemountCommand(), newWatchCommand(), newHookCommand(), newNRICommand(),
+		newStatusCommand(), newFlushCommand(), newRemountCommand(), newWatchCommand(), newTopCommand(), newHookCommand(), newNRICommand(),
 		newCSICommand())
 	return root
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,7 +17,10 @@ import (
 )
 
 func newNRICommand() *cobra.Command {
-	var c nri.Config
+	var (
+		c  nri.Config
+		lf logFlags
+	)
 	cmd := &cobra.Command{
 		Use:   "nri [--socket PATH] [--plugin-name NAME] [--plugin-idx NN] [--policy PATH] [--log FILE] [--nsmount PATH]",
 		Short: "NRI plugin: mount the NFS volumes that pod and container annotations ask for",
@@ -61,7 +63,11 @@ SIGTERM/SIGINT.`,
 				defer f.Close()
 				out = io.MultiWriter(out, f)
 			}
-			c.Logger = slog.New(slog.NewTextHandler(out, nil))
+			log, err := lf.logger(out)
+			if err != nil {
+				return err
+			}
+			c.Logger = log
 			return nri.Run(cmd.Context(), c)
 		},
 	}
@@ -71,6 +77,7 @@ SIGTERM/SIGINT.`,
 	cmd.Flags().StringVar(&c.Policy, "policy", admission.DefaultPolicyPath, "host policy file deciding what annotations may mount (missing: every mount is denied)")
 	cmd.Flags().StringVar(&c.Log, "log", "", "also append what the plugin and its hooks do to FILE")
 	cmd.Flags().StringVar(&c.Nsmount, "nsmount", "", "path of the nsmount binary that the runtime runs as hook (default: this binary)")
+	lf.register(cmd)
 	return cmd
 }
 

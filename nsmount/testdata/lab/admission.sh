@@ -65,7 +65,7 @@ sleep 1.5
 # Drift: c1 gets another source address towards srvA.
 ip -n c1 addr add 198.51.100.3/24 dev eth0
 ip -n c1 route replace 198.51.100.0/24 dev eth0 src 198.51.100.3
-lab_check "watch, drift: denied" wait_for 15 grep -q ' denied /data .*route drift' /tmp/watch.log
+lab_check "watch, drift: denied" wait_for 15 grep -q 'msg=denied mountpoint=/data .*route drift' /tmp/watch.log
 lab_check "watch, drift: still on srvA's address" test "$(addr_of /data)" = 198.51.100.1
 lab_check "watch, drift: reads srvA" reads /data srvA
 ip -n c1 route replace 198.51.100.0/24 dev eth0 src 198.51.100.2
@@ -73,15 +73,15 @@ ip -n c1 addr del 198.51.100.3/24 dev eth0
 # ESTALE: srvA re-exports with new file handles.
 MOUNTD=$(for p in $(ip netns pids srvA); do [ "$(cat /proc/$p/comm)" = rpc.mountd ] && echo $p; done | head -n 1)
 nsenter -t $MOUNTD -n -m sh -c 'exportfs -ua && exportfs -o rw,no_root_squash,insecure,no_subtree_check,fsid=77 "*:/export" && exportfs -f'
-lab_check "watch, ESTALE: denied" wait_for 15 grep -q ' denied /data .*ESTALE' /tmp/watch.log
+lab_check "watch, ESTALE: denied" wait_for 15 grep -q 'msg=denied mountpoint=/data .*ESTALE' /tmp/watch.log
 lab_check "watch, ESTALE: still on srvA's address" test "$(addr_of /data)" = 198.51.100.1
 lab_check_fails "watch, ESTALE: never reads srvB" reads /data srvB
 # Dead: srvA's link goes down.
 ip -n srvA link set eth0 down
-lab_check "watch, dead: reported" wait_for 15 grep -q ' dead /data' /tmp/watch.log
+lab_check "watch, dead: reported" wait_for 15 grep -q 'msg=dead mountpoint=/data' /tmp/watch.log
 sleep 3
 lab_check "watch, dead: still on srvA's address" test "$(addr_of /data)" = 198.51.100.1
-lab_check_fails "watch never remounted the hook's mount onto srvB" grep -q 'remounted /data.*203.0.113.10' /tmp/watch.log
+lab_check_fails "watch never remounted the hook's mount onto srvB" grep -q 'msg=remounted mountpoint=/data.*203.0.113.10' /tmp/watch.log
 ip -n srvA link set eth0 up
 # The container points the name back: watch repairs the mount on srvA.
 lab_exec c1 sed -i 's/^203.0.113.10 nfs.lab.test$/198.51.100.1 nfs.lab.test/' /etc/hosts
@@ -93,7 +93,7 @@ kill $WATCH
 wait $WATCH 2>/dev/null
 lab_log "watch log:"
 cat /tmp/watch.log
-grep -c ' denied ' /tmp/watch.log | sed 's/^/lab: denied events: /'
+grep -c 'msg=denied ' /tmp/watch.log | sed 's/^/lab: denied events: /'
 
 # --- poststop tears down ------------------------------------------------------
 lab_check "poststop, nsmount umount /data" nsmount umount --pid $C1 /data

@@ -53,7 +53,7 @@ else
 	echo "LAB-CHECK FAIL route-change-followed within 5 s: still $(cat /proc/$C1/root/data/whoami 2>&1) after 5 s: $(tail -n 5 /tmp/watch.log | tr '\n' ' ')"
 fi
 lab_check_output watch-saw-drift "drift" cat /tmp/watch.log
-lab_check_output watch-remounted "remounted /data" cat /tmp/watch.log
+lab_check_output watch-remounted "msg=remounted mountpoint=/data" cat /tmp/watch.log
 
 # The server re-exports with new file handles (another fsid): ESTALE.
 MOUNTD=$(for p in $(ip netns pids srvB); do [ "$(cat /proc/$p/comm)" = rpc.mountd ] && echo $p; done | head -n 1)
@@ -74,15 +74,15 @@ lab_check_output watch-saw-estale "ESTALE" cat /tmp/watch.log
 T0=$(now)
 ip -n srvB link set eth0 down
 i=0
-until grep -q ' dead ' /tmp/watch.log || [ $i -gt 150 ]; do sleep 0.1; i=$((i + 1)); done
+until grep -q 'msg=dead ' /tmp/watch.log || [ $i -gt 150 ]; do sleep 0.1; i=$((i + 1)); done
 lab_log "watch: dead server reported after $(since $T0) s"
-lab_check_output watch-saw-dead " dead " cat /tmp/watch.log
+lab_check_output watch-saw-dead "msg=dead " cat /tmp/watch.log
 ip -n srvB link set eth0 up
 sleep 1
 kill $WATCH
 wait $WATCH
 lab_log "watch log:"
 cat /tmp/watch.log
-lab_check_fails watch-no-error grep -q ' error' /tmp/watch.log
+lab_check_fails watch-no-error grep -q 'msg=error ' /tmp/watch.log
 lab_check umount nsmount umount --pid $C1 /data
 lab_check no-leaks no_leaks $C1
