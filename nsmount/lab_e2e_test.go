@@ -211,3 +211,15 @@ func TestLabCSI(t *testing.T) {
 	}
 	labtest.RunT(t, labScript(t, "csi.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
 }
+
+// TestLabObserve: two containers mount the same address from their own
+// netns (different servers, noac): nsmount watch's metrics count their
+// GETATTRs apart, nsmount top names the busy one first; blackholing one
+// container's route sets only its unresponsive gauge, the watchdog
+// attributes the kernel's "not responding" line and a hung task to it, a
+// scrape during the outage answers within 5 s, and the gauge clears once
+// the server answers again.
+func TestLabObserve(t *testing.T) {
+	t.Parallel()
+	labtest.RunT(t, labScript(t, "observe.sh"), testenv.WithTimeout(10*time.Minute))
+}

@@ -166,7 +166,7 @@ nsmount watch --interval 1s --probe-interval 2s --timeout 2s --metrics-address 1
 WATCH=$!
 sleep 3
 # watch_stat METRIC: the value of a metric of watch's own process.
-watch_stat() { busybox wget -qO- http://127.0.0.1:9477/metrics | awk -v m="$1" '$1 == m { printf "%d\n", $2 }'; }
+watch_stat() { nsmount-lab get http://127.0.0.1:9477/metrics | awk -v m="$1" '$1 == m { printf "%d\n", $2 }'; }
 watch_counts() {
 	printf 'BENCH-COUNT\twatch RSS %s\t%s\n' "$1" "$(watch_stat process_resident_memory_bytes)"
 	printf 'BENCH-COUNT\twatch goroutines %s\t%s\n' "$1" "$(watch_stat go_goroutines)"

@@ -5,12 +5,14 @@
 //	nsmount-lab fetch [--kernel VER|--kernel-package META] [--cache DIR] [--nsmount PATH]
 //	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH]
 //	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
+//	nsmount-lab get [--timeout D] URL
 //
 // run streams the VM console to stdout and exits with the script's exit
 // status; 125 means the lab could not start or the VM failed, 124 that the
 // run timed out. --with installs more in the guest: NFS-Ganesha (for
 // lab_ganesha) or containerd, runc and CNI plugins (for lab_containerd). dns is a DNS server for scenarios (lab_dns runs it in the
-// guest).
+// guest); get is a plain HTTP GET for them (the guest's static busybox
+// wget crashes).
 package main
 
 import (
@@ -178,7 +180,7 @@ failure, interrupt), it says in which step and repeats what was measured.`,
 		return runBench(c.Context(), *benchCfg, verbose)
 	}
 	bench.Flags().BoolVarP(&verbose, "verbose", "v", false, "stream the VM console to stderr")
-	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd(), csiCmd())
+	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd(), csiCmd(), getCmd())
 	return root
 }
 
