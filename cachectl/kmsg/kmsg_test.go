@@ -2,6 +2,7 @@ package kmsg_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -143,7 +144,8 @@ func TestReadKernelLog(t *testing.T) {
 	if err != nil {
 		t.Skipf("no kernel log here: %v", err)
 	}
-	ctx := t.Context()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
 	out := make(chan kmsg.Message, 4)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx, out) }()
@@ -165,5 +167,15 @@ func TestReadKernelLog(t *testing.T) {
 		t.Fatalf("reader ended: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("the line did not come back in 10s")
+	}
+	// Run returns once ctx is done, the log closed under its reader.
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return 5s after its context ended")
 	}
 }
