@@ -90,12 +90,6 @@ func (m *Manager) view(fn func(*registry.State) error) error {
 	return m.repaired(func() error { return m.reg.View(fn) })
 }
 
-// update changes the registry's state with fn, after repairing a corrupt
-// registry.
-func (m *Manager) update(fn func(*registry.State) error) error {
-	return m.repaired(func() error { return m.reg.Update(fn) })
-}
-
 // repaired runs op; when the registry turns out corrupt, it rebuilds the
 // state from the kernel (RebuildFromMountinfo), has the registry set the
 // file aside and store it, and runs op again.
@@ -142,7 +136,20 @@ func (m *Manager) put(e registry.Entry) error {
 
 // forget removes the entries with the given IDs, if still there.
 func (m *Manager) forget(ids ...string) error {
-	return m.repaired(func() error { return m.reg.Remove(ids...) })
+	_, err := m.forgot(ids...)
+	return err
+}
+
+// forgot removes the entries with the given IDs, if still there, and
+// returns those it removed itself.
+func (m *Manager) forgot(ids ...string) ([]string, error) {
+	var removed []string
+	err := m.repaired(func() error {
+		var err error
+		removed, err = m.reg.Remove(ids...)
+		return err
+	})
+	return removed, err
 }
 
 // lockServer takes the lock of server's NFS client state in network
@@ -214,16 +221,34 @@ func (m *Manager) observe() (*World, error) {
 }
 
 // reconcile removes the entries that w shows gone and returns them, and
-// the registry's state without them (read once for both).
+// the registry's state without them (read once for both). An entry that
+// another nsmount process removed meanwhile is not returned: of several
+// reconciling at once (the stop and the remove of one container), one
+// reports each entry gone.
 func (m *Manager) reconcile(w *World) ([]Gone, *registry.State, error) {
-	var gone []Gone
-	var after *registry.State
-	err := m.update(func(s *registry.State) error {
-		gone = w.Reconcile(s)
-		after = &registry.State{Entries: slices.Clone(s.Entries)}
-		return nil
-	})
-	return gone, after, err
+	s, err := m.state()
+	if err != nil {
+		return nil, nil, err
+	}
+	gone := w.Reconcile(s)
+	if len(gone) == 0 {
+		return nil, s, nil
+	}
+	ids := make([]string, len(gone))
+	for i, g := range gone {
+		ids[i] = g.Entry.ID
+	}
+	removed, err := m.forgot(ids...)
+	if err != nil {
+		return nil, nil, err
+	}
+	mine := gone[:0]
+	for _, g := range gone {
+		if slices.Contains(removed, g.Entry.ID) {
+			mine = append(mine, g)
+		}
+	}
+	return mine, s, nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {

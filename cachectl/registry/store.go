@@ -168,7 +168,7 @@ func (r *Registry) Update(fn func(*State) error) error {
 // others: what a mount records.
 func (r *Registry) Put(e Entry) error {
 	return r.locked(unix.LOCK_SH, func() error {
-		if err := r.removeID(e.ID, fileName(&e)); err != nil {
+		if _, err := r.removeID(e.ID, fileName(&e)); err != nil {
 			return err
 		}
 		return r.write(&e)
@@ -176,40 +176,52 @@ func (r *Registry) Put(e Entry) error {
 }
 
 // Remove removes the entries with the given IDs, if they are there,
-// without reading the others.
-func (r *Registry) Remove(ids ...string) error {
+// without reading the others. It returns the IDs it removed: of two
+// processes removing one entry at once, only one has it in its answer.
+func (r *Registry) Remove(ids ...string) (removed []string, err error) {
 	if len(ids) == 0 {
-		return nil
+		return nil, nil
 	}
-	return r.locked(unix.LOCK_SH, func() error {
+	err = r.locked(unix.LOCK_SH, func() error {
 		for _, id := range ids {
-			if err := r.removeID(id, ""); err != nil {
+			n, err := r.removeID(id, "")
+			if err != nil {
 				return err
+			}
+			if n > 0 {
+				removed = append(removed, id)
 			}
 		}
 		return nil
 	})
+	return removed, err
 }
 
 // removeID removes the files of the entry with id, but keep (its file in
-// the network namespace it is being stored for).
-func (r *Registry) removeID(id, keep string) error {
+// the network namespace it is being stored for), and returns how many it
+// removed.
+func (r *Registry) removeID(id, keep string) (int, error) {
 	probe := Entry{ID: id}
 	suffix := strings.TrimPrefix(fileName(&probe), netnsPrefix(nsmount.NSID{}))
 	names, err := r.names("")
 	if err != nil {
-		return err
+		return 0, err
 	}
+	removed := 0
 	for _, n := range names {
 		// n<inode>_<escaped id>.json: the escaped ID starts after the
 		// first '_', and escapes never make a '_' of their own digits.
 		if _, rest, ok := strings.Cut(n, "_"); ok && rest == suffix && n != keep {
-			if err := os.Remove(filepath.Join(r.dir, entriesDir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("remove registry entry: %w", err)
+			err := os.Remove(filepath.Join(r.dir, entriesDir, n))
+			switch {
+			case err == nil:
+				removed++
+			case !errors.Is(err, os.ErrNotExist):
+				return removed, fmt.Errorf("remove registry entry: %w", err)
 			}
 		}
 	}
-	return nil
+	return removed, nil
 }
 
 // Repaired says what Repair did.
