@@ -16,6 +16,9 @@ import (
 	"github.com/nsmount/nsmount/testenv"
 )
 
+//go:embed bench_lib.sh
+var benchLib string
+
 //go:embed bench.sh
 var benchScript string
 
@@ -34,11 +37,11 @@ type benchRun struct {
 
 // benchRuns are the bench's VMs, run one after another: the main run, the
 // same concurrency figure with 2 vCPUs, and the route change on Debian
-// 12's newer kernel.
+// 12's newer kernel. Each script runs after the functions they share.
 var benchRuns = []benchRun{
-	{script: benchScript},
-	{script: benchSMPScript, vcpus: 2},
-	{script: bench612Script, kernelPackage: testenv.NewerKernelPackage},
+	{script: benchLib + benchScript},
+	{script: benchLib + benchSMPScript, vcpus: 2},
+	{script: benchLib + bench612Script, kernelPackage: testenv.NewerKernelPackage},
 }
 
 // benchTimeout is the default bound of each bench VM run (the lab's usual

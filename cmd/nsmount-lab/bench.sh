@@ -5,41 +5,9 @@
 # each of as many containers; 16 mounts at once and one after another;
 # watch's footprint over 1000 mount/umount cycles.
 #
-# The host prints each BENCH and NOTE line as it arrives. bench_step names
-# the part that runs now (the host says which one a stopped run was in);
-# the host reads the list of steps from the bench_step lines of this file,
-# so each takes one literal string.
+# The host prints each BENCH and NOTE line as it arrives; bench_lib.sh,
+# put before this file, has the functions the bench scripts share.
 set -e
-bench_step() { echo "BENCH-STEP $1"; }
-# bench_progress MSG: a line the host shows as progress within a step.
-bench_progress() { echo "BENCH-PROGRESS $*"; }
-
-# bench_concurrency SUFFIX: 16 light containers (k0..k15, each its own
-# netns routed to srv1's 192.0.2.1) and their mounts timed one after
-# another and all at once, 3 runs each; SUFFIX ends the measurements'
-# names (e.g. " (2 vCPUs)").
-bench_concurrency() {
-	ip -n srv1 addr add 192.0.2.1/32 dev lo 2>/dev/null || true
-	mkdir -p /data
-	_pids=
-	for _k in $(seq 0 15); do
-		lab_light_routed k$_k srv1 192.0.2.$((100 + _k)) 192.0.2.1 >/dev/null
-		_pids="$_pids $(lab_pid k$_k)"
-	done
-	cat >/tmp/bench-seq <<EOS
-for p in $_pids; do nsmount mount --pid \$p -o vers=4.2 192.0.2.1:/export /data >/dev/null || exit 1; done
-EOS
-	cat >/tmp/bench-par <<EOS
-for p in $_pids; do nsmount mount --pid \$p -o vers=4.2 192.0.2.1:/export /data >/dev/null & done
-wait
-EOS
-	cat >/tmp/bench-umount <<EOS
-for p in $_pids; do nsenter -t \$p -m /bin/busybox umount /data; done
-nsmount status --no-probe >/dev/null
-EOS
-	nsmount-lab time -n 3 --name "16 mounts one after another$1" --after "sh /tmp/bench-umount" -- sh /tmp/bench-seq
-	nsmount-lab time -n 3 --name "16 mounts at once$1" --after "sh /tmp/bench-umount" -- sh /tmp/bench-par
-}
 
 bench_step "setup: NFS server, DNS server and container c1"
 lab_netns srv1
@@ -81,40 +49,8 @@ fi
 # it remounts (the old connection would hang ~18.5 s until the RPC layer
 # gives up, the same every time); one run there and back.
 bench_step "recovery under nsmount watch: route change, re-export"
-lab_netns srvA
-lab_netns srvB
-lab_container c2
-lab_veth srvA eth0 203.0.113.10/24 c2 eth0 203.0.113.2/24
-lab_veth srvB eth0 198.51.100.1/24 c2 eth1 198.51.100.2/24
-ip -n srvB addr add 203.0.113.10/32 dev eth0
-lab_nfsd srvA srvA
-lab_nfsd srvB srvB
-C2=$(lab_pid c2)
-nsmount mount --pid $C2 -o vers=4.2 203.0.113.10:/export /data
-echo x > /proc/$C2/root/data/marker
-nsmount watch --interval 1s --probe-interval 1s --timeout 2s >/tmp/bench-watch.log 2>&1 &
-WATCH=$!
-sleep 1.5
-up() { awk '{print $1}' /proc/uptime; }
-# until_reads FILE WANT: seconds until FILE in c2 contains WANT (at most 60,
-# then "not recovered within" them).
-until_reads() {
-	_t0=$(up)
-	_i=0
-	until grep -q "$2" "/proc/$C2/root$1" 2>/dev/null || [ $_i -ge 600 ]; do sleep 0.1; _i=$((_i + 1)); done
-	_r=
-	grep -q "$2" "/proc/$C2/root$1" 2>/dev/null || _r='not recovered within '
-	awk -v a="$_t0" -v b="$(up)" -v r="$_r" 'BEGIN{printf "%s%.2f", r, b - a}'
-}
-# bench_seconds NAME SECONDS: one BENCH line of a time the script measured.
-bench_seconds() {
-	case $2 in not*) echo "NOTE $1: $2 s"; return ;; esac
-	awk -v n="$1" -v s="$2" 'BEGIN{ns = int(s * 1e9); printf "BENCH\t%s\t1\t%d\t%d\t%d\t%d\n", n, ns, ns, ns, ns}'
-}
-ip -n c2 route replace 203.0.113.10/32 via 198.51.100.1 dev eth1
-bench_seconds "route change to another server at the same address, under watch" "$(until_reads /data/whoami srvB)"
-ip -n c2 route del 203.0.113.10/32
-bench_seconds "route change back, under watch" "$(until_reads /data/whoami srvA)"
+bench_watch_setup
+bench_route_change ""
 MOUNTD=$(for p in $(ip netns pids srvA); do [ "$(cat /proc/$p/comm)" = rpc.mountd ] && echo $p; done | head -n 1)
 for fsid in 71 72 73; do
 	nsenter -t $MOUNTD -n -m sh -c "exportfs -ua && exportfs -o rw,no_root_squash,insecure,no_subtree_check,fsid=$fsid '*:/export' && exportfs -f"

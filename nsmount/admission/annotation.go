@@ -9,6 +9,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nsmount/nsmount/nsmount"
 )
@@ -257,10 +258,10 @@ func validateEntry(i int, fields map[string]any) (VolumeRequest, *fieldError) {
 		}
 	}
 	server, export, target := str("server"), str("export"), str("target")
-	if err := validServerName(server); err != nil {
+	if err := CheckServer(server); err != nil {
 		return v, &fieldError{field: "server", err: fmt.Errorf("%q: %w", server, err)}
 	}
-	if err := checkCleanPath(export); err != nil {
+	if err := CheckPath(export); err != nil {
 		return v, &fieldError{field: "export", err: fmt.Errorf("%q: %w", export, err)}
 	}
 	src := server + ":" + export
@@ -285,7 +286,7 @@ func validateEntry(i int, fields map[string]any) (VolumeRequest, *fieldError) {
 	if err := nsmount.ValidateMount(v.FSType, v.Source, v.Options); err != nil {
 		return v, &fieldError{field: "options", err: err}
 	}
-	if err := checkCleanPath(target); err != nil {
+	if err := CheckPath(target); err != nil {
 		return v, &fieldError{field: "target", err: fmt.Errorf("%q: %w", target, err)}
 	}
 	if target == "/" {
@@ -301,15 +302,21 @@ func validateEntry(i int, fields map[string]any) (VolumeRequest, *fieldError) {
 	return v, nil
 }
 
-// validServerName accepts a host name or an IP literal (IPv6 without brackets).
-func validServerName(s string) error {
+// CheckServer accepts an NFS server as a mount request names it: a host
+// name or an IP literal (IPv6 without brackets, without a zone: a request
+// names a network, not a link). The mounts annotation and the CSI volume
+// context check their server with it.
+func CheckServer(s string) error {
 	switch {
 	case s == "":
 		return errors.New("empty")
 	case strings.HasPrefix(s, "["):
 		return errors.New("IPv6 address must be given without brackets")
 	}
-	if _, err := netip.ParseAddr(s); err == nil {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Zone() != "" {
+			return errors.New("zoned address: name a network, not a link")
+		}
 		return nil
 	}
 	if strings.Contains(s, ":") {
@@ -321,16 +328,18 @@ func validServerName(s string) error {
 	return nil
 }
 
-// checkCleanPath accepts an absolute path in canonical form: no empty, "."
-// or ".." components, no trailing slash, no control characters.
-func checkCleanPath(p string) error {
+// CheckPath accepts a path as a mount request names an export or a target:
+// absolute, in canonical form (no empty, "." or ".." components, no
+// trailing slash), valid UTF-8 without control characters, at most 4096
+// bytes.
+func CheckPath(p string) error {
 	switch {
 	case p == "":
 		return errors.New("empty")
 	case len(p) > maxPathLen:
 		return fmt.Errorf("longer than %d bytes", maxPathLen)
-	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return errors.New("control character")
+	case !utf8.ValidString(p) || strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return errors.New("control character or invalid UTF-8")
 	case !strings.HasPrefix(p, "/"):
 		return errors.New("must be an absolute path")
 	case path.Clean(p) != p:

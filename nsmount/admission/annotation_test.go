@@ -43,6 +43,7 @@ var annotationWant = map[string]string{
 	"fail_server_space.json":     `nsmount.io/mounts[0].server: "nfs server": neither an IP address nor a host name`,
 	"fail_server_colon.json":     `nsmount.io/mounts[0].server: "nfs:2049": not an IP address`,
 	"fail_server_empty.json":     `nsmount.io/mounts[0].server: "": empty`,
+	"fail_server_zoned.json":     `nsmount.io/mounts[0].server: "fe80::1%eth0": zoned address: name a network, not a link`,
 	"fail_type.json":             `nsmount.io/mounts[0].type: "nfs3": want nfs or nfs4`,
 	"fail_options_addr.json":     `nsmount.io/mounts[0].options: option "addr" is not allowed`,
 	"fail_options_vers.json":     `nsmount.io/mounts[0].options: unsupported NFS version "5"`,

@@ -493,7 +493,7 @@ func validPathPattern(s string) bool {
 		return true
 	}
 	base, _ := strings.CutSuffix(s, "/*")
-	return !strings.Contains(base, "*") && checkCleanPath(base) == nil
+	return !strings.Contains(base, "*") && CheckPath(base) == nil
 }
 
 // matchPath reports whether p (clean, absolute) matches one of patterns:

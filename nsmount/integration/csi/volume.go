@@ -3,8 +3,6 @@ package csi
 import (
 	"errors"
 	"fmt"
-	"net/netip"
-	"path"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -45,9 +43,8 @@ const (
 	MaxVolumeIDLen = 128
 	// MaxContextKeys bounds the volume context.
 	MaxContextKeys = 16
-	// maxValueLen bounds one volume context value; maxPathLen a path.
+	// maxValueLen bounds one volume context value.
 	maxValueLen = 4096
-	maxPathLen  = 4096
 )
 
 // contextKeys are the keys a volume context may have.
@@ -182,14 +179,14 @@ func parseContext(v *Volume, volumeContext map[string]string, flags []string) er
 	if !ok {
 		return invalid("volume context %q: missing", KeyServer)
 	}
-	if err := checkServer(server); err != nil {
+	if err := admission.CheckServer(server); err != nil {
 		return bad(KeyServer, err)
 	}
 	export, ok := volumeContext[KeyExport]
 	if !ok {
 		return invalid("volume context %q: missing", KeyExport)
 	}
-	if err := checkCleanPath(export); err != nil {
+	if err := admission.CheckPath(export); err != nil {
 		return bad(KeyExport, err)
 	}
 	v.Source = nsmount.Source{Server: server, Export: export}
@@ -272,53 +269,11 @@ func checkTargetPath(what, p string) error {
 	if p == "" {
 		return invalid("%s: missing", what)
 	}
-	if err := checkCleanPath(p); err != nil {
+	if err := admission.CheckPath(p); err != nil {
 		return invalid("%s %q: %s", what, printable(p), err)
 	}
 	if p == "/" {
 		return invalid("%s: / can never be a mount target", what)
-	}
-	return nil
-}
-
-// checkCleanPath accepts an absolute path in canonical form, without
-// control characters.
-func checkCleanPath(p string) error {
-	switch {
-	case p == "":
-		return errors.New("empty")
-	case len(p) > maxPathLen:
-		return fmt.Errorf("longer than %d bytes", maxPathLen)
-	case !utf8.ValidString(p) || strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return errors.New("control character or invalid UTF-8")
-	case !strings.HasPrefix(p, "/"):
-		return errors.New("must be an absolute path")
-	case path.Clean(p) != p:
-		return fmt.Errorf("must be a clean path (%q)", path.Clean(p))
-	}
-	return nil
-}
-
-// checkServer accepts a host name or an IP literal (IPv6 without
-// brackets), as the mounts annotation does.
-func checkServer(s string) error {
-	switch {
-	case s == "":
-		return errors.New("empty")
-	case strings.HasPrefix(s, "["):
-		return errors.New("IPv6 address must be given without brackets")
-	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		if a.Zone() != "" {
-			return errors.New("zoned address: name a network, not a link")
-		}
-		return nil
-	}
-	if strings.Contains(s, ":") {
-		return errors.New("not an IP address")
-	}
-	if !nsmount.ValidHostname(s) {
-		return errors.New("neither an IP address nor a host name")
 	}
 	return nil
 }
