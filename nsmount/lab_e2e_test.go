@@ -147,21 +147,7 @@ func TestLabContainerd(t *testing.T) {
 // process.
 func TestLabNRI(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
-	dir, err := testenv.Containerd2(ctx, "", nil)
-	if err != nil {
-		t.Fatalf("containerd %s for the guest: %v", testenv.Containerd2Version, err)
-	}
-	files := []testenv.HostFile{
-		{Src: filepath.Join(dir, "containerd"), Dst: "/usr/bin/containerd"},
-		{Src: filepath.Join(dir, "containerd-shim-runc-v2"), Dst: "/usr/bin/containerd-shim-runc-v2"},
-	}
-	more, err := testenv.ContainerdGuestFiles() // runc and CNI; its containerd 1.6 is shadowed
-	if err != nil {
-		t.Fatal(err)
-	}
-	labtest.RunT(t, labScript(t, "nri.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
+	labtest.RunT(t, labScript(t, "nri.sh"), testenv.WithFiles(containerd2Files(t)...), testenv.WithMemory(2048))
 }
 
 // TestLabRace mounts one server into 16 containers at once, four of them
@@ -195,21 +181,7 @@ func TestLabAdmission(t *testing.T) {
 // client, record, registry entry or process.
 func TestLabCSI(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
-	dir, err := testenv.Containerd2(ctx, "", nil)
-	if err != nil {
-		t.Fatalf("containerd %s for the guest: %v", testenv.Containerd2Version, err)
-	}
-	files := []testenv.HostFile{
-		{Src: filepath.Join(dir, "containerd"), Dst: "/usr/bin/containerd"},
-		{Src: filepath.Join(dir, "containerd-shim-runc-v2"), Dst: "/usr/bin/containerd-shim-runc-v2"},
-	}
-	more, err := testenv.ContainerdGuestFiles() // runc and CNI; its containerd 1.6 is shadowed
-	if err != nil {
-		t.Fatal(err)
-	}
-	labtest.RunT(t, labScript(t, "csi.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
+	labtest.RunT(t, labScript(t, "csi.sh"), testenv.WithFiles(containerd2Files(t)...), testenv.WithMemory(2048))
 }
 
 // TestLabObserve: two containers mount the same address from their own
@@ -222,4 +194,26 @@ func TestLabCSI(t *testing.T) {
 func TestLabObserve(t *testing.T) {
 	t.Parallel()
 	labtest.RunT(t, labScript(t, "observe.sh"), testenv.WithTimeout(10*time.Minute))
+}
+
+// containerd2Files are the guest files of the CRI scenarios: containerd
+// 2.x (built from the module proxy, cached) and its shim, runc and the CNI
+// plugins (ContainerdGuestFiles' containerd 1.6 shadowed).
+func containerd2Files(t *testing.T) []testenv.HostFile {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	dir, err := testenv.Containerd2(ctx, "", nil)
+	if err != nil {
+		t.Fatalf("containerd %s for the guest: %v", testenv.Containerd2Version, err)
+	}
+	files := []testenv.HostFile{
+		{Src: filepath.Join(dir, "containerd"), Dst: "/usr/bin/containerd"},
+		{Src: filepath.Join(dir, "containerd-shim-runc-v2"), Dst: "/usr/bin/containerd-shim-runc-v2"},
+	}
+	more, err := testenv.ContainerdGuestFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(files, more...)
 }

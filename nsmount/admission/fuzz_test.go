@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -13,46 +11,19 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
+	"github.com/nsmount/nsmount/nsmount/internal/fuzzseed"
 )
-
-// addSeeds adds every file matching pattern to f's seed corpus.
-func addSeeds(f *testing.F, pattern string) {
-	f.Helper()
-	files, err := filepath.Glob(pattern)
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no seed vectors %s: %v", pattern, err)
-	}
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
-}
-
-// checkError checks the contract of every parse error: one class
-// (invalid argument) and one line.
-func checkError(t *testing.T, err error) {
-	t.Helper()
-	if !errors.Is(err, nsmount.ErrInvalidArgument) || nsmount.ExitCode(err) != 3 {
-		t.Fatalf("error %q: want class invalid argument", err)
-	}
-	if strings.ContainsAny(err.Error(), "\n\r") {
-		t.Fatalf("error spans lines: %q", err)
-	}
-}
 
 // FuzzParseMountsAnnotation: any annotation value either parses into
 // requests that hold the documented invariants, and that parse back to the
 // same requests when written out again, or fails with a one-line invalid
 // argument error.
 func FuzzParseMountsAnnotation(f *testing.F) {
-	addSeeds(f, "testdata/annotations/*.json")
+	fuzzseed.AddFiles(f, "testdata/annotations/*.json")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		vols, err := admission.ParseMountsAnnotation(string(data))
 		if err != nil {
-			checkError(t, err)
+			fuzzseed.CheckInvalid(t, err)
 			return
 		}
 		if len(vols) > admission.MaxAnnotationMounts {
@@ -109,7 +80,7 @@ var fuzzVolumes = []string{
 // enforced, enforced options last, an admission that names its rule and
 // networks), or fails with a one-line invalid argument error.
 func FuzzParsePolicy(f *testing.F) {
-	addSeeds(f, "testdata/policies/*.json")
+	fuzzseed.AddFiles(f, "testdata/policies/*.json")
 	var vols []admission.VolumeRequest
 	for _, s := range fuzzVolumes {
 		v, err := admission.ParseMountsAnnotation(s)
@@ -122,7 +93,7 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := admission.ParsePolicy(data)
 		if err != nil {
-			checkError(t, err)
+			fuzzseed.CheckInvalid(t, err)
 			return
 		}
 		for _, v := range vols {

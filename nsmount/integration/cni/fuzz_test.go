@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,23 +14,8 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/integration/cni"
+	"github.com/nsmount/nsmount/nsmount/internal/fuzzseed"
 )
-
-// addSeeds adds every file matching pattern to f's seed corpus.
-func addSeeds(f *testing.F, pattern string) {
-	f.Helper()
-	files, err := filepath.Glob(pattern)
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no seed vectors %s: %v", pattern, err)
-	}
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
-}
 
 // FuzzParseConfig: any network configuration either parses into one that
 // holds the documented bounds, whose servers print and parse back to
@@ -39,7 +23,7 @@ func addSeeds(f *testing.F, pattern string) {
 // (converted, its DNS read, printed in the configuration's version), or
 // fails with a one-line CNI configuration error.
 func FuzzParseConfig(f *testing.F) {
-	addSeeds(f, "testdata/configs/*.json")
+	fuzzseed.AddFiles(f, "testdata/configs/*.json")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := cni.ParseConfig(data)
 		if err != nil {
@@ -110,7 +94,7 @@ func FuzzParseServerAddr(f *testing.F) {
 // attachment asked for, which encodes and decodes to itself and whose
 // recorded servers give addresses and errors, or is an error.
 func FuzzParseRecord(f *testing.F) {
-	addSeeds(f, "testdata/records/*.json")
+	fuzzseed.AddFiles(f, "testdata/records/*.json")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rec, err := cni.ParseRecord(data, "c1", "eth0")
 		if err != nil {

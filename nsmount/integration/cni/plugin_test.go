@@ -2,7 +2,6 @@ package cni_test
 
 import (
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -37,37 +36,7 @@ func cniErrorOf(t *testing.T, err error) *types.Error {
 //
 //	nsmC-p1 eth0 198.51.100.1/24 ---- nsmC-p2 eth0 198.51.100.2/24
 func TestPlugin(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root: creates network namespaces")
-	}
-	client, server := cniTestNS(t, "nsmC-p1"), cniTestNS(t, "nsmC-p2")
-	run(t, "ip", "link", "add", "eth0", "netns", "nsmC-p1", "type", "veth", "peer", "name", "eth0", "netns", "nsmC-p2")
-	run(t, "ip", "-n", "nsmC-p1", "addr", "add", "198.51.100.1/24", "dev", "eth0")
-	run(t, "ip", "-n", "nsmC-p2", "addr", "add", "198.51.100.2/24", "dev", "eth0")
-	run(t, "ip", "-n", "nsmC-p1", "link", "set", "eth0", "up")
-	run(t, "ip", "-n", "nsmC-p2", "link", "set", "eth0", "up")
-	srv, err := nsmount.OpenNetNS(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	var l net.Listener
-	if err := srv.Do(nsmount.NetNS, func() (err error) {
-		l, err = net.Listen("tcp", "198.51.100.2:2049")
-		return err
-	}); err != nil {
-		t.Fatalf("listen in %s: %v", server, err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	client := clientAndServer(t, "nsmC-p")
 
 	state := filepath.Join(cniTempDir(t), "state")
 	const prev = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"x"}],"ips":[{"address":"198.51.100.1/24","interface":0}]}`

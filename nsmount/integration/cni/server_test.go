@@ -181,21 +181,24 @@ func run(t *testing.T, name string, args ...string) {
 	}
 }
 
-// TestCheckServers: a client netns and a server netns on a veth pair; the
-// server listens on 198.51.100.2:2049 only.
+// clientAndServer makes a client netns PREFIX1 and a server netns PREFIX2
+// on a veth pair, the server listening (accepting and closing) on
+// 198.51.100.2:2049 only, and returns the client's path. All is removed
+// when the test ends.
 //
-//	nsmC-u1 eth0 198.51.100.1/24 ---- nsmC-u2 eth0 198.51.100.2/24
-func TestCheckServers(t *testing.T) {
+//	PREFIX1 eth0 198.51.100.1/24 ---- PREFIX2 eth0 198.51.100.2/24
+func clientAndServer(t *testing.T, prefix string) (client string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: creates network namespaces")
 	}
-	client, server := cniTestNS(t, "nsmC-u1"), cniTestNS(t, "nsmC-u2")
-	run(t, "ip", "link", "add", "eth0", "netns", "nsmC-u1", "type", "veth", "peer", "name", "eth0", "netns", "nsmC-u2")
-	run(t, "ip", "-n", "nsmC-u1", "addr", "add", "198.51.100.1/24", "dev", "eth0")
-	run(t, "ip", "-n", "nsmC-u2", "addr", "add", "198.51.100.2/24", "dev", "eth0")
-	run(t, "ip", "-n", "nsmC-u1", "link", "set", "eth0", "up")
-	run(t, "ip", "-n", "nsmC-u2", "link", "set", "eth0", "up")
-
+	c, sv := prefix+"1", prefix+"2"
+	client, server := cniTestNS(t, c), cniTestNS(t, sv)
+	run(t, "ip", "link", "add", "eth0", "netns", c, "type", "veth", "peer", "name", "eth0", "netns", sv)
+	run(t, "ip", "-n", c, "addr", "add", "198.51.100.1/24", "dev", "eth0")
+	run(t, "ip", "-n", sv, "addr", "add", "198.51.100.2/24", "dev", "eth0")
+	run(t, "ip", "-n", c, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", sv, "link", "set", "eth0", "up")
 	srv, err := nsmount.OpenNetNS(server)
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +211,7 @@ func TestCheckServers(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("listen in %s: %v", server, err)
 	}
-	defer l.Close()
+	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -218,6 +221,15 @@ func TestCheckServers(t *testing.T) {
 			c.Close()
 		}
 	}()
+	return client
+}
+
+// TestCheckServers: a client netns and a server netns on a veth pair; the
+// server listens on 198.51.100.2:2049 only.
+//
+//	nsmC-u1 eth0 198.51.100.1/24 ---- nsmC-u2 eth0 198.51.100.2/24
+func TestCheckServers(t *testing.T) {
+	client := clientAndServer(t, "nsmC-u")
 
 	tg, err := nsmount.OpenNetNS(client)
 	if err != nil {

@@ -3,7 +3,6 @@ package ocihook_test
 import (
 	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -12,49 +11,25 @@ import (
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/nsmount/integration/ocihook"
+	"github.com/nsmount/nsmount/nsmount/internal/fuzzseed"
 )
-
-// addSeeds adds every file matching pattern to f's seed corpus.
-func addSeeds(f *testing.F, pattern string) {
-	f.Helper()
-	files, err := filepath.Glob(pattern)
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no seed vectors %s: %v", pattern, err)
-	}
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
-}
-
-// checkInvalid checks the contract of a parse error: class invalid
-// argument, one line.
-func checkInvalid(t *testing.T, err error) {
-	t.Helper()
-	if !errors.Is(err, nsmount.ErrInvalidArgument) || strings.ContainsAny(err.Error(), "\n\r") {
-		t.Fatalf("error %q: want one line of class invalid argument", err)
-	}
-}
 
 // FuzzParseState: any OCI state either parses into one with a printable
 // container ID and a clean absolute bundle (or none), that encodes and
 // parses back to itself, or fails with a one-line invalid argument error.
 func FuzzParseState(f *testing.F) {
-	addSeeds(f, "testdata/states/*.json")
+	fuzzseed.AddFiles(f, "testdata/states/*.json")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := ocihook.ParseState(data)
 		if err != nil {
-			checkInvalid(t, err)
+			fuzzseed.CheckInvalid(t, err)
 			return
 		}
 		if s.ID == "" || strings.ContainsAny(s.ID, " \t\n\r\x00") || s.Bundle != "" && (!filepath.IsAbs(s.Bundle) || filepath.Clean(s.Bundle) != s.Bundle) {
 			t.Fatalf("accepted state %+v", s)
 		}
 		if _, err := ocihook.StageOf(s.Status); err != nil {
-			checkInvalid(t, err)
+			fuzzseed.CheckInvalid(t, err)
 		}
 		enc, err := json.Marshal(s)
 		if err != nil {
@@ -75,23 +50,23 @@ func FuzzParseState(f *testing.F) {
 // the bundle) is well-formed or a one-line invalid argument error, or it
 // fails with one.
 func FuzzParseSpec(f *testing.F) {
-	addSeeds(f, "testdata/configs/*.json")
+	fuzzseed.AddFiles(f, "testdata/configs/*.json")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		spec, err := ocihook.ParseSpec(data)
 		if err != nil {
-			checkInvalid(t, err)
+			fuzzseed.CheckInvalid(t, err)
 			return
 		}
 		ocihook.IsSandbox(spec.Annotations)
 		if v, ok := spec.Annotations[admission.MountsAnnotation]; ok {
 			if _, err := admission.ParseMountsAnnotation(v); err != nil {
-				checkInvalid(t, err)
+				fuzzseed.CheckInvalid(t, err)
 			}
 		}
 		for _, bundle := range []string{"/run/b", ""} {
 			root, err := ocihook.Rootfs(bundle, spec)
 			if err != nil {
-				checkInvalid(t, err)
+				fuzzseed.CheckInvalid(t, err)
 				continue
 			}
 			if !filepath.IsAbs(root) || filepath.Clean(root) != root {
