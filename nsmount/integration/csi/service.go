@@ -73,6 +73,9 @@ type Config struct {
 	Version string
 	// Logger receives one line per volume event; nil discards them.
 	Logger *slog.Logger
+	// Manager is the Manager to mount through (an agent's, shared with its
+	// other services; it must be over StateDir and Proc). nil opens one.
+	Manager *cachectl.Manager
 }
 
 // Service is the CSI Identity and Node service. It is safe for concurrent
@@ -119,9 +122,11 @@ func New(c Config) (*Service, error) {
 		return nil, fmt.Errorf("host mount namespace %s: %w", c.MountNS, err)
 	}
 	t.Close()
-	mgr, err := cachectl.Open(cachectl.Config{StateDir: c.StateDir, Proc: c.Proc})
-	if err != nil {
-		return nil, err
+	mgr := c.Manager
+	if mgr == nil {
+		if mgr, err = cachectl.Open(cachectl.Config{StateDir: c.StateDir, Proc: c.Proc}); err != nil {
+			return nil, err
+		}
 	}
 	st, err := openStore(filepath.Join(c.StateDir, "csi"))
 	if err != nil {

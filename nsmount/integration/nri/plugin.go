@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cachectl/kernel"
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
@@ -72,6 +74,10 @@ type Config struct {
 	Log string
 	// Logger receives what the plugin does; nil discards it.
 	Logger *slog.Logger
+	// Manager is the Manager the cleanups go through (an agent's, shared
+	// with its other services; it must be over StateDir). nil opens one
+	// over StateDir at the first cleanup that needs it.
+	Manager *cachectl.Manager
 }
 
 // Plugin handles the runtime's pod and container events. It is safe for
@@ -93,6 +99,7 @@ var (
 	_ stub.RemoveContainerInterface = (*Plugin)(nil)
 	_ stub.StopPodInterface         = (*Plugin)(nil)
 	_ stub.RemovePodInterface       = (*Plugin)(nil)
+	_ stub.SynchronizeInterface     = (*Plugin)(nil)
 )
 
 // New returns a plugin with configuration c.
@@ -292,6 +299,76 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, pod *api.PodSandbox) error 
 	return nil
 }
 
+// Synchronize cleans up after the containers that went while the plugin
+// was not connected (a restart of the runtime or of the plugin), which the
+// runtime reports by leaving them out of ctrs: for every registry entry
+// owned by cachectl.OwnerNRI whose container is not among ctrs and whose
+// process is gone, the cleanup RemoveContainer would have done, in the
+// background. An entry whose process still runs is left alone, listed or
+// not (the list is a snapshot: a container started since is not in it).
+func (p *Plugin) Synchronize(_ context.Context, _ []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+	listed := make(map[string]bool, len(ctrs))
+	for _, c := range ctrs {
+		listed[c.GetId()] = true
+	}
+	if _, err := os.Stat(p.stateDir()); err != nil {
+		return nil, nil // nsmount never mounted anything here
+	}
+	p.cleanups.Add(1)
+	go func() {
+		defer p.cleanups.Done()
+		mgr, err := p.manager()
+		if err != nil {
+			p.log.Warn("synchronize: " + report.OneLine(err.Error()))
+			return
+		}
+		gone, err := goneContainers(mgr.Registry(), listed, kernel.Proc{})
+		if err != nil {
+			p.log.Warn("synchronize: " + report.OneLine(err.Error()))
+		}
+		for _, id := range gone {
+			p.cleanup("synchronize", cachectl.TeardownRequest{Container: id, Unmount: true, Owners: cleanupOwners}, "container", id)
+		}
+	}()
+	return nil, nil
+}
+
+// goneContainers returns, sorted, the containers of reg's OwnerNRI entries
+// that are not listed and whose recorded process is gone from proc (a PID
+// that no longer exists, or another process by its start time).
+func goneContainers(reg *registry.Registry, listed map[string]bool, proc kernel.Proc) ([]string, error) {
+	seen := map[string]bool{}
+	var gone []string
+	err := reg.View(func(s *registry.State) error {
+		for _, e := range s.Entries {
+			id := e.Target.Container
+			if e.Owner != cachectl.OwnerNRI || id == "" || listed[id] || seen[id] {
+				continue
+			}
+			seen[id] = true
+			if processGone(proc, e.Target) {
+				gone = append(gone, id)
+			}
+		}
+		return nil
+	})
+	slices.Sort(gone)
+	return gone, err
+}
+
+// processGone reports whether the process t records is surely gone. An
+// identity without a PID is never taken for gone.
+func processGone(proc kernel.Proc, t registry.Identity) bool {
+	if t.PID <= 0 {
+		return false
+	}
+	start, err := proc.StartTime(t.PID)
+	if err != nil {
+		return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
+	}
+	return t.PIDStart != 0 && start != t.PIDStart
+}
+
 func (p *Plugin) cleanupContainer(event string, ctr *api.Container) {
 	if id := ctr.GetId(); id != "" {
 		p.cleanup(event, cachectl.TeardownRequest{Container: id, Unmount: true, Owners: cleanupOwners}, "container", id)
@@ -320,11 +397,7 @@ func (p *Plugin) cleanupPod(event string, pod *api.PodSandbox) {
 var cleanupOwners = []string{cachectl.OwnerNRI, cachectl.OwnerHook}
 
 func (p *Plugin) cleanup(event string, r cachectl.TeardownRequest, attrs ...any) {
-	dir := p.c.StateDir
-	if dir == "" {
-		dir = registry.DefaultDir
-	}
-	if _, err := os.Stat(dir); err != nil {
+	if _, err := os.Stat(p.stateDir()); err != nil {
 		return
 	}
 	log := p.log.With(append([]any{"event", event}, attrs...)...)
@@ -358,6 +431,14 @@ func (p *Plugin) cleanup(event string, r cachectl.TeardownRequest, attrs ...any)
 	}()
 }
 
+// stateDir is the registry's directory.
+func (p *Plugin) stateDir() string {
+	if p.c.StateDir == "" {
+		return registry.DefaultDir
+	}
+	return p.c.StateDir
+}
+
 // logLine logs one line of a report: a warning at level WARN without its
 // "warning: " prefix, anything else at INFO.
 func logLine(log *slog.Logger, line string) {
@@ -368,8 +449,12 @@ func logLine(log *slog.Logger, line string) {
 	log.Info(line)
 }
 
-// manager opens the Manager at the first cleanup that needs it.
+// manager returns Config.Manager, or opens a Manager at the first cleanup
+// that needs it.
 func (p *Plugin) manager() (*cachectl.Manager, error) {
+	if p.c.Manager != nil {
+		return p.c.Manager, nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.mgr == nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cachectl/kernel"
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
@@ -286,5 +288,98 @@ func TestCleanup(t *testing.T) {
 	reg.View(func(st *registry.State) error { s = len(st.Entries); return nil })
 	if s != 0 {
 		t.Errorf("%d entries left", s)
+	}
+}
+
+// deadPID returns the PID of a process that has exited and been reaped.
+func deadPID(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("/bin/true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
+}
+
+// TestGoneContainers: after a reconnection, the containers to clean up
+// after are nri's whose container the runtime no longer lists and whose
+// process is gone; a running process is never taken for gone.
+func TestGoneContainers(t *testing.T) {
+	self := os.Getpid()
+	start, err := kernel.Proc{}.StartTime(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := deadPID(t)
+	for _, tc := range []struct {
+		name   string
+		owner  string
+		ctr    string
+		pid    int
+		start  uint64
+		listed bool
+		gone   bool
+	}{
+		{name: "process exited", owner: cachectl.OwnerNRI, ctr: "c-exited", pid: dead, start: 1, gone: true},
+		{name: "pid reused by another process", owner: cachectl.OwnerNRI, ctr: "c-reused", pid: self, start: start + 1, gone: true},
+		{name: "process runs", owner: cachectl.OwnerNRI, ctr: "c-runs", pid: self, start: start},
+		{name: "process runs, start unknown", owner: cachectl.OwnerNRI, ctr: "c-runs-nostart", pid: self},
+		{name: "listed by the runtime", owner: cachectl.OwnerNRI, ctr: "c-listed", pid: dead, listed: true},
+		{name: "the hook's, not nri's", owner: cachectl.OwnerHook, ctr: "c-hook", pid: dead},
+		{name: "no pid recorded", owner: cachectl.OwnerNRI, ctr: "c-nopid"},
+		{name: "no container recorded", owner: cachectl.OwnerNRI, pid: dead},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg, err := registry.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns := nsmount.NSID{Dev: 4, Ino: 7}
+			if err := reg.Update(func(s *registry.State) error {
+				s.Put(registry.Entry{ID: "7:1", Target: registry.Identity{PID: tc.pid, PIDStart: tc.start, NetNS: ns, MountNS: ns, Container: tc.ctr},
+					Mountpoint: "/data", Source: "192.0.2.1:/export", Server: "192.0.2.1", Address: "192.0.2.1", FSType: "nfs", Owner: tc.owner, Created: time.Now()})
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			gone, err := nri.GoneContainers(reg, map[string]bool{"c-listed": tc.listed}, kernel.Proc{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(gone) == 1 && gone[0] == tc.ctr; got != tc.gone || len(gone) > 1 {
+				t.Errorf("gone = %q, want %v for %q", gone, tc.gone, tc.ctr)
+			}
+		})
+	}
+}
+
+// TestSynchronize: a container removed while the plugin was away gets the
+// cleanup RemoveContainer would have given it.
+func TestSynchronize(t *testing.T) {
+	var out syncBuffer
+	state := filepath.Join(t.TempDir(), "state")
+	mgr, err := cachectl.Open(cachectl.Config{StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := nri.New(nri.Config{Nsmount: "/bin/nsmount", StateDir: state, Manager: mgr, Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	gone := nsmount.NSID{Dev: 4, Ino: 1}
+	if err := mgr.Registry().Update(func(s *registry.State) error {
+		s.Put(registry.Entry{ID: "1:10", Target: registry.Identity{PID: deadPID(t), NetNS: gone, MountNS: gone, Container: "c-away"},
+			Mountpoint: "/data", Source: "192.0.2.1:/export", Server: "192.0.2.1", Address: "192.0.2.1", FSType: "nfs", Owner: cachectl.OwnerNRI, Created: time.Now().Add(-time.Hour)})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Synchronize(t.Context(), nil, []*api.Container{{Id: "c-other"}}); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait()
+	log := out.String()
+	if !strings.Contains(log, `msg="forgot 192.0.2.1:/export at /data: `) || !strings.Contains(log, "event=synchronize container=c-away") {
+		t.Errorf("log %q: want the entry forgotten by a synchronize cleanup of c-away", log)
+	}
+	if n := 0; mgr.Registry().View(func(s *registry.State) error { n = len(s.Entries); return nil }) != nil || n != 0 {
+		t.Errorf("%d entries left", n)
 	}
 }

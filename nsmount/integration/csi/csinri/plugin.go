@@ -118,9 +118,13 @@ func (p *Plugin) Run(ctx context.Context) error {
 		p.log.Info("the runtime closed the connection: stopping")
 	}
 	s.Wait()
-	p.rounds.Wait()
+	p.Wait()
 	return nil
 }
+
+// Wait waits for the mount and unmount rounds running in the background
+// to end (each is bounded by Config.MountBound).
+func (p *Plugin) Wait() { p.rounds.Wait() }
 
 // SandboxOf returns the csi.Sandbox of an NRI pod: its UID, network
 // namespace path and process.

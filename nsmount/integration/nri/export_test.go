@@ -1,0 +1,4 @@
+package nri
+
+// GoneContainers is goneContainers, for the external tests.
+var GoneContainers = goneContainers
