@@ -136,18 +136,26 @@ var restrictive = map[string]bool{"ro": true, "nosuid": true, "nodev": true, "no
 // allowed) is an nsmount.ErrInvalidArgument naming the place, e.g.
 // `policy /etc/nsmount/policy.json: allow[0].networks[1] "10.0.0.1/8": ...`.
 func LoadPolicy(path string) (*Policy, error) {
+	p, _, err := ReadPolicy(path)
+	return p, err
+}
+
+// ReadPolicy loads the policy file at path as LoadPolicy does, and also
+// returns the file's bytes (the policy's digest is theirs), for a copy of
+// exactly what was checked.
+func ReadPolicy(path string) (*Policy, []byte, error) {
 	// O_NONBLOCK: a FIFO in its place must not hang the caller.
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("policy: %w", err)
+		return nil, nil, fmt.Errorf("policy: %w", err)
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return nil, fmt.Errorf("policy: stat %s: %w", path, err)
+		return nil, nil, fmt.Errorf("policy: stat %s: %w", path, err)
 	}
-	bad := func(format string, args ...any) (*Policy, error) {
-		return nil, nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("policy %s: "+format, append([]any{path}, args...)...))
+	bad := func(format string, args ...any) (*Policy, []byte, error) {
+		return nil, nil, nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("policy %s: "+format, append([]any{path}, args...)...))
 	}
 	switch {
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
@@ -159,7 +167,7 @@ func LoadPolicy(path string) (*Policy, error) {
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxPolicySize+1))
 	if err != nil {
-		return nil, fmt.Errorf("policy: read %s: %w", path, err)
+		return nil, nil, fmt.Errorf("policy: read %s: %w", path, err)
 	}
 	if len(data) > maxPolicySize {
 		return bad("larger than %d bytes", maxPolicySize)
@@ -169,7 +177,7 @@ func LoadPolicy(path string) (*Policy, error) {
 		return bad("%w", err)
 	}
 	p.source = path
-	return p, nil
+	return p, data, nil
 }
 
 // LoadOrDeny loads the policy file at path as LoadPolicy does, with the
