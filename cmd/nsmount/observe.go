@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/cachectl/kmsg"
 	"github.com/nsmount/nsmount/cachectl/metrics"
 )
@@ -45,57 +44,6 @@ func (f *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, o)), nil
 	}
 	return nil, usageError{fmt.Errorf("--log-format %q: want text or json", f.format)}
-}
-
-// eventLevel is how loud a watch event is.
-func eventLevel(kind string) slog.Level {
-	switch kind {
-	case "probe":
-		return slog.LevelDebug
-	case "dead", "stale", "denied", "unresponsive":
-		return slog.LevelWarn
-	case "error", "remount-failed":
-		return slog.LevelError
-	}
-	return slog.LevelInfo
-}
-
-// logEvent logs a watch event as one record: the message is the event's
-// kind, then what it is about.
-func logEvent(ctx context.Context, log *slog.Logger, e cachectl.WatchEvent) {
-	level := eventLevel(e.Kind)
-	if e.Kind == "kernel" && e.Kernel != nil && e.Kernel.Attribution != cachectl.Unrelated {
-		level = slog.LevelWarn
-	}
-	if !log.Enabled(ctx, level) {
-		return
-	}
-	var attrs []slog.Attr
-	add := func(key, value string) {
-		if value != "" {
-			attrs = append(attrs, slog.String(key, value))
-		}
-	}
-	add("mountpoint", e.Mountpoint)
-	add("source", e.Source)
-	if !e.NetNS.IsZero() {
-		add("netns", e.NetNS.String())
-	}
-	add("dev", e.Dev)
-	add("container", e.Container)
-	if k := e.Kernel; k != nil {
-		add("kmsg", string(k.Message.Kind))
-		add("server", k.Message.Server)
-		add("attribution", k.Attribution)
-		attrs = append(attrs, slog.Int("count", k.Count))
-	}
-	add("detail", oneLine(e.Detail))
-	if e.Elapsed > 0 {
-		attrs = append(attrs, slog.Float64("elapsed", e.Elapsed.Seconds()))
-	}
-	r := slog.NewRecord(e.Time, level, e.Kind, 0)
-	r.AddAttrs(attrs...)
-	log.Handler().Handle(ctx, r)
 }
 
 // openKernelLog starts reading the kernel log for watch's watchdog. When

@@ -13,6 +13,7 @@ import (
 	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/cachectl/metrics"
 	"github.com/nsmount/nsmount/cachectl/registry"
+	"github.com/nsmount/nsmount/cachectl/watchlog"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/spf13/cobra"
 )
@@ -423,7 +424,7 @@ message is the event's kind).`,
 					if m != nil {
 						m.Observe(e)
 					}
-					logEvent(ctx, log, e)
+					watchlog.Log(ctx, log, e)
 				case err := <-done:
 					return err
 				}
