@@ -106,7 +106,7 @@ func newRootCommand() *cobra.Command {
 	root.PersistentFlags().String("state-dir", stateDirDefault(), "registry of nsmount's mounts (env NSMOUNT_STATE_DIR)")
 	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand(),
 		newStatusCommand(), newFlushCommand(), newRemountCommand(), newWatchCommand(), newTopCommand(), newHookCommand(), newNRICommand(),
-		newCSICommand())
+		newCSICommand(), newAgentCommand(), newInstallCommand())
 	return root
 }
 

@@ -199,10 +199,11 @@ func (r *Runtime) Stop() {
 	}
 }
 
-// Restart stops the runtime and starts it again on the same socket, with
-// the same pods and containers: plugins must connect again.
-func (r *Runtime) Restart() error {
+// Restart stops the runtime and, away later, starts it again on the same
+// socket, with the same pods and containers: plugins must connect again.
+func (r *Runtime) Restart(away time.Duration) error {
 	r.Stop()
+	time.Sleep(away)
 	return r.start()
 }
 

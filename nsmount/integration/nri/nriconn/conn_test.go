@@ -139,7 +139,7 @@ func TestReconnect(t *testing.T) {
 
 	for i := range 3 {
 		start := time.Now()
-		if err := rt.Restart(); err != nil {
+		if err := rt.Restart(0); err != nil {
 			t.Fatal(err)
 		}
 		select {

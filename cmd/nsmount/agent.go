@@ -1,0 +1,157 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/nri/pkg/api"
+	"github.com/spf13/cobra"
+
+	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/admission"
+	"github.com/nsmount/nsmount/nsmount/agent"
+	"github.com/nsmount/nsmount/nsmount/agent/hostfile"
+	"github.com/nsmount/nsmount/nsmount/integration/csi"
+	"github.com/nsmount/nsmount/nsmount/integration/csi/csinri"
+)
+
+func newAgentCommand() *cobra.Command {
+	var (
+		c           agent.Config
+		sc          csi.Config
+		csiEndpoint string
+		csiWait     time.Duration
+		lf          logFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "agent [flags]",
+		Short: "The node agent: NRI plugin, CSI node service, watch with metrics, in one process",
+		Long: `agent is nsmount's one long-running process on a node (a Kubernetes
+DaemonSet's pod). It registers once with the container runtime over NRI
+(--nri-socket) and serves both the annotation path (at CreateContainer it
+checks a pod's nsmount.io/mounts annotations against the policy and adds
+nsmount hook, --hook-binary, as the container's OCI hooks) and, with
+--csi-endpoint, the CSI node service ` + csi.DriverName + ` (NodePublishVolume
+records a volume; the mount is made from the pod's network namespace at
+RunPodSandbox, and CreateContainer waits for it). It runs watch (route
+changes, ESTALE, dead servers; the kernel-log watchdog) and serves its
+metrics at http://--metrics-address/metrics, and /healthz.
+
+It mirrors the policy (--policy, e.g. a ConfigMap's) to --hook-policy on the
+host, where the hooks read it, at start and whenever it changes; a policy
+that does not load is reported and the last good one stays in force. The
+agent decides by that copy too.
+
+When the runtime restarts, the agent registers again as soon as it is back
+(at once, then every 100 ms doubling to 2 s) and catches up on the
+runtime's Synchronize; CSI, watch and metrics go on serving meanwhile.
+SIGTERM or SIGINT stops it: no more events or calls are taken, the work in
+flight gets --shutdown-timeout to end, every mount stays in place, and it
+exits 0. The next agent finds the mounts in the registry (--state-dir).`,
+		Example: `  nsmount agent --policy /etc/nsmount/policy.json --state-dir /run/nsmount \
+    --nri-socket /var/run/nri/nri.sock --hook-binary /opt/nsmount/bin/nsmount \
+    --hook-policy /opt/nsmount/policy.json --metrics-address :9477 --log-format json \
+    --csi-endpoint unix:///csi/csi.sock --node-id "$NODE_NAME"`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c.StateDir, _ = cmd.Flags().GetString("state-dir")
+			if !cmd.Flags().Changed("hook-binary") {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("find nsmount's own path for the hooks: %w (give --hook-binary)", err)
+				}
+				c.HookBinary = exe
+			}
+			for _, f := range []struct{ flag, path string }{{"state-dir", c.StateDir}, {"policy", c.Policy}, {"hook-binary", c.HookBinary},
+				{"hook-policy", c.HookPolicy}, {"hook-log", c.HookLog}, {"nri-socket", c.NRI.Socket}, {"kubelet-dir", sc.TargetRoot}, {"mount-ns", sc.MountNS}} {
+				if f.path != "" && (!filepath.IsAbs(f.path) || filepath.Clean(f.path) != f.path) {
+					return usageError{fmt.Errorf("--%s %q: want a clean absolute path", f.flag, f.path)}
+				}
+			}
+			if err := api.CheckPluginIndex(c.NRI.Idx); err != nil || c.NRI.Name == "" {
+				return usageError{fmt.Errorf("--nri-plugin-idx %q --nri-plugin-name %q: want two digits and a name", c.NRI.Idx, c.NRI.Name)}
+			}
+			switch {
+			case csiEndpoint != "" && sc.NodeID == "":
+				return usageError{fmt.Errorf("--csi-endpoint needs --node-id")}
+			case csiEndpoint == "" && cmd.Flags().Changed("node-id"):
+				return usageError{fmt.Errorf("--node-id needs --csi-endpoint")}
+			case csiEndpoint != "":
+				c.CSI = &agent.CSIConfig{Endpoint: csiEndpoint, Service: sc, Wait: csiWait}
+			}
+			log, err := lf.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			c.Logger, c.Version = log, buildVersion()
+			a, err := agent.New(c)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.Policy, "policy", admission.DefaultPolicyPath, "host policy file as deployed (missing: every mount is denied)")
+	f.StringVar(&c.HookPolicy, "hook-policy", "", "mirror the policy to this file for the hooks (on the host), and decide by the copy (\"\": read --policy)")
+	f.DurationVar(&c.PolicyInterval, "policy-interval", agent.DefaultPolicyInterval, "how often --policy is read for a change")
+	f.StringVar(&c.HookBinary, "hook-binary", "", "the nsmount binary runc runs as hook, on the host (default: this binary)")
+	f.StringVar(&c.HookLog, "hook-log", "", "file the hooks append their lines to (on the host)")
+	f.StringVar(&c.NRI.Socket, "nri-socket", api.DefaultSocketPath, "NRI socket of the container runtime")
+	f.StringVar(&c.NRI.Name, "nri-plugin-name", agent.DefaultNRIName, "NRI plugin name to register as")
+	f.StringVar(&c.NRI.Idx, "nri-plugin-idx", agent.DefaultNRIIdx, "NRI plugin index to register with, two digits")
+	f.StringVar(&csiEndpoint, "csi-endpoint", "", "serve the CSI node service "+csi.DriverName+" on this socket, unix:///PATH (\"\": no CSI)")
+	f.StringVar(&sc.NodeID, "node-id", "", "with --csi-endpoint: node ID NodeGetInfo reports (the Kubernetes node name)")
+	f.StringVar(&sc.TargetRoot, "kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: CSI target paths must be below it (\"\": anywhere)")
+	f.StringVar(&sc.MountNS, "mount-ns", csi.DefaultMountNS, "the host's mount namespace, where kubelet's target paths are")
+	f.DurationVar(&csiWait, "csi-wait", csinri.DefaultWait, "how long CreateContainer waits for the pod's CSI mounts (below the runtime's NRI request timeout)")
+	f.DurationVar(&sc.ProbeTimeout, "timeout", nsmount.DefaultProbeTimeout, "bound for each server reachability check of a CSI mount")
+	f.DurationVar(&sc.MountTimeout, "mount-timeout", nsmount.DefaultMountTimeout, "bound for one CSI mount or unmount")
+	f.DurationVar(&sc.StatsTimeout, "stats-timeout", csi.DefaultStatsTimeout, "bound for the probe of NodeGetVolumeStats and NodeGetVolumeHealth")
+	f.BoolVar(&sc.NoDiscovery, "no-discovery", false, "never look for a pod's sandbox in the processes' cgroups")
+	f.DurationVar(&c.Watch.Interval, "interval", 2*time.Second, "watch: route check period (route events trigger a check at once)")
+	f.DurationVar(&c.Watch.ProbeInterval, "probe-interval", 5*time.Second, "watch: health probe period")
+	f.DurationVar(&c.Watch.Timeout, "probe-timeout", 3*time.Second, "watch: bound for one probe (a server silent that long is reported dead)")
+	f.BoolVar(&c.NoKernelLog, "no-kernel-log", false, "do not read the kernel log (no watchdog)")
+	f.BoolVar(&c.KeepConnections, "keep-connections", false, "watch: after a route change to the same address, do not reset the NFS client's connection before remounting")
+	f.StringVar(&c.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics and health at /healthz (e.g. :9477)")
+	f.BoolVar(&c.AllOps, "all-ops", false, "metrics: every NFS operation with requests, not only the usual ones")
+	f.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", agent.DefaultShutdownTimeout, "on SIGTERM, how long the work in flight may take before it is abandoned (mounts stay either way)")
+	lf.register(cmd)
+	return cmd
+}
+
+func newInstallCommand() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "install --to DIR",
+		Short: "Copy this nsmount binary to DIR/nsmount, atomically (for runc's hooks on the host)",
+		Long: `install copies the running nsmount binary to DIR/nsmount (DIR made if
+missing), mode 0755, owned by root: written under a temporary name, synced
+and renamed over the old one, so that a hook that runc starts meanwhile
+runs the old binary or the new one, whole. A DIR/nsmount with the same
+bytes is left alone. The Kubernetes chart runs it as the agent's init
+container, with the host's /opt/nsmount mounted.`,
+		Example: `  nsmount install --to /opt/nsmount/bin`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
+				return usageError{fmt.Errorf("--to %q: want a clean absolute path", dir)}
+			}
+			res, err := hostfile.Install("/proc/self/exe", dir)
+			if err != nil {
+				return err
+			}
+			verb := "installed"
+			if !res.Changed {
+				verb = "up to date:"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d bytes, %s)\n", verb, res.Path, res.Size, res.Digest)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "to", "", "directory to install nsmount into (required)")
+	return cmd
+}
