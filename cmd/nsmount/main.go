@@ -5,6 +5,8 @@
 //	nsmount umount --pid PID [--lazy] [--force] TARGET
 //	nsmount list   --pid PID [--json]
 //	nsmount hook   [--stage createRuntime|poststop] [--policy PATH] < OCI-STATE
+//	nsmount agent  [--nri-socket PATH] [--csi-endpoint unix:///PATH --node-id NAME] [--metrics-address ADDR] ...
+//	nsmount install --to DIR
 //
 // Instead of --pid PID, --container ID [--namespace NS] [--address SOCK]
 // names a containerd container, and --netns PATH --mntns PATH namespaces.
