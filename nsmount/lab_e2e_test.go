@@ -184,6 +184,33 @@ func TestLabCSI(t *testing.T) {
 	labtest.RunT(t, labScript(t, "csi.sh"), testenv.WithFiles(containerd2Files(t)...), testenv.WithMemory(2048))
 }
 
+// TestLabAgent runs `nsmount agent` as the Kubernetes chart does (installed
+// for the hooks, the policy mirrored, NRI, CSI, metrics) with containerd
+// 2.x (CRI, NRI) in the VM: a pod gets an annotation mount and a CSI
+// volume in kubelet's order from its own netns, through the agent's one
+// NRI registration; containerd restarts and the agent registers again
+// (/healthz answering throughout), a new pod gets its mounts, /metrics
+// lists them; SIGTERM leaves every mount in place and a new agent picks
+// them up and tears the pods down, leaving nothing behind.
+func TestLabAgent(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	dir, err := testenv.Containerd2(ctx, "", nil)
+	if err != nil {
+		t.Fatalf("containerd %s for the guest: %v", testenv.Containerd2Version, err)
+	}
+	files := []testenv.HostFile{
+		{Src: filepath.Join(dir, "containerd"), Dst: "/usr/bin/containerd"},
+		{Src: filepath.Join(dir, "containerd-shim-runc-v2"), Dst: "/usr/bin/containerd-shim-runc-v2"},
+	}
+	more, err := testenv.ContainerdGuestFiles() // runc and CNI; its containerd 1.6 is shadowed
+	if err != nil {
+		t.Fatal(err)
+	}
+	labtest.RunT(t, labScript(t, "agent.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
+}
+
 // TestLabObserve: two containers mount the same address from their own
 // netns (different servers, noac): nsmount watch's metrics count their
 // GETATTRs apart, nsmount top names the busy one first; blackholing one

@@ -218,6 +218,18 @@ func TestAgentStopAndRestart(t *testing.T) {
 
 	first, base := startAgent(t, args...)
 	synced("first agent")
+	healthy := func(base string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if code, _ := httpGet(t, base+"/healthz"); code == 200 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/healthz not ok within 10s")
+			}
+		}
+	}
+	healthy(base)
 	if code, body := httpGet(t, base+"/healthz"); code != 200 || !strings.Contains(body, "nri: connected") || !strings.Contains(body, "csi: serving") {
 		t.Errorf("/healthz: %d\n%s", code, body)
 	}
@@ -260,8 +272,6 @@ func TestAgentStopAndRestart(t *testing.T) {
 	if !strings.Contains(second.out.String(), `"msg":"registered with the runtime"`) {
 		t.Errorf("the second agent did not register:\n%s", second.out)
 	}
-	if code, _ := httpGet(t, base+"/healthz"); code != 200 {
-		t.Errorf("/healthz of the second agent: %d", code)
-	}
+	healthy(base)
 	second.stop(t)
 }

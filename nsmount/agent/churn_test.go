@@ -164,6 +164,7 @@ func TestNRIChurn(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent did not register within 10s")
 	}
+	waitFor(t, 5*time.Second, "/healthz ok", func() bool { code, _ := get(t, base+"/healthz"); return code == 200 })
 	if code, body := get(t, base+"/healthz"); code != 200 || !strings.HasPrefix(body, "ok\nnri: connected since ") || !strings.Contains(body, "csi: serving unix://") {
 		t.Errorf("/healthz: %d\n%s", code, body)
 	}

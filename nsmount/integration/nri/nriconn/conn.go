@@ -130,22 +130,19 @@ func (cn *Conn) State() State {
 // Run keeps the plugin registered until ctx ends: it connects, and
 // whenever the connection fails or ends, connects again after a delay that
 // starts at MinDelay and doubles up to MaxDelay while attempts fail (the
-// first attempt after a registered connection ends is made at once). When
+// first attempt after a registered connection ends is made at once); a
+// delay ends early when the socket is made anew in its directory (inotify). When
 // ctx ends it closes the connection and returns nil: the runtime then
 // forgets the plugin, and events that come later reach it no more. Calls
 // of the handler still running are not waited for.
 func (cn *Conn) Run(ctx context.Context) error {
 	delay := time.Duration(0)
 	var failingSince, lastLogged time.Time
+	w := newSocketWatch(cn.c.Socket)
+	defer w.close()
 	for {
 		if delay > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
-			}
+			w.wait(ctx, delay)
 		}
 		if ctx.Err() != nil {
 			return nil

@@ -181,9 +181,9 @@ func TestReconnect(t *testing.T) {
 }
 
 // TestRunEndsWithoutRuntime: a Run that never connected returns at once
-// when ctx ends.
+// when ctx ends, in the middle of a long delay.
 func TestRunEndsWithoutRuntime(t *testing.T) {
-	cn, err := nriconn.New(&handler{}, nriconn.Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Name: "nsmA", Idx: "10"})
+	cn, err := nriconn.New(&handler{}, nriconn.Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Name: "nsmA", Idx: "10", MinDelay: time.Minute, MaxDelay: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,5 +195,37 @@ func TestRunEndsWithoutRuntime(t *testing.T) {
 	}
 	if st := cn.State(); st.Connected || st.Failures == 0 || !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Errorf("state %+v", st)
+	}
+}
+
+// TestWakesOnSocket: a runtime that makes its socket during a long delay
+// between attempts is connected to at once, not at the delay's end.
+func TestWakesOnSocket(t *testing.T) {
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "nri.sock")
+	cn, err := nriconn.New(&handler{}, nriconn.Config{Socket: socket, Name: "nsmA", Idx: "10", MinDelay: time.Minute, MaxDelay: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cn.Run(ctx) }()
+	waitFor(t, 2*time.Second, "the first attempt failed", func() bool { return cn.State().Failures == 1 })
+	rt, err := nriruntime.Start(socket, filepath.Join(dir, "rt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Stop()
+	started := time.Now()
+	select {
+	case s := <-rt.Synced():
+		t.Logf("registered %s after the socket was made (the delay was a minute)", s.Time.Sub(started).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("not registered within 5s of the socket's making: the delay was not cut short")
+	}
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil || time.Since(start) > time.Second {
+		t.Errorf("Run = %v after %s", err, time.Since(start))
 	}
 }

@@ -1,0 +1,293 @@
+# `nsmount agent` as the Kubernetes chart runs it (the binary installed for
+# the hooks with `nsmount install`, the policy mirrored for them, NRI, CSI,
+# metrics, JSON logs), with containerd 2.x (CRI, NRI) in the guest: a pod
+# gets an NFS mount through the annotation (the agent injects the hook) and
+# a CSI volume in kubelet's order (NodePublishVolume, RunPodSandbox,
+# CreateContainer with the target path), both from the pod's netns, over
+# the agent's one NRI registration. containerd restarts: the agent
+# registers again, /healthz answers throughout, a new pod gets its mounts,
+# /metrics lists them all. SIGTERM stops the agent (exit 0) and leaves
+# every mount in place; a new agent picks them up and tears the pods down
+# with kubelet's order, leaving no mount, registry entry or record.
+set -u
+
+CRI="nsmount-lab cri"
+SOCK=/run/lab/csi/csi.sock
+CSI="nsmount-lab csi --endpoint unix://$SOCK"
+S=198.51.100.10
+POLICY=/etc/nsmount/policy.json
+HOOKPOLICY=/opt/nsmount/policy.json
+LOG=/run/lab/log/agent.log
+M=http://127.0.0.1:9477
+LOGS=/run/lab/cri/logs
+UID1=7c2e4a10-3b5d-4e6f-8a9b-0c1d2e3f4a01
+UID2=7c2e4a10-3b5d-4e6f-8a9b-0c1d2e3f4a02
+T1=/var/lib/kubelet/pods/$UID1/volumes/kubernetes.io~csi/vol/mount
+T2=/var/lib/kubelet/pods/$UID2/volumes/kubernetes.io~csi/vol/mount
+ANN='[{"server": "198.51.100.10", "export": "/export", "target": "/data", "options": "vers=4.2", "mkdir": true}]'
+
+# --- the node: containerd 2.x (CRI, NRI), CNI, an NFS server ----------------
+
+ip link set lo up
+[ -e /etc/resolv.conf ] || echo "# lab: no DNS" >/etc/resolv.conf
+mkdir -p /etc/containerd /var/lib/containerd /etc/cni/net.d /etc/nsmount /run/lab/cri /run/nri /run/lab/csi
+cat >/etc/containerd/config.toml <<'EOF'
+version = 3
+root = "/var/lib/containerd"
+state = "/run/containerd"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs", "io.containerd.snapshotter.v1.zfs", "io.containerd.differ.v1.erofs",
+  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
+  "io.containerd.image-verifier.v1.bindir"]
+[grpc]
+  address = "/run/containerd/containerd.sock"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "native"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "nsmount.test/pause:latest"
+[plugins."io.containerd.cri.v1.runtime"]
+  cdi_spec_dirs = []
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    snapshotter = "native"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+      BinaryName = "/usr/bin/runc"
+      Root = "/run/lab/cri/runc"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "/etc/cni/net.d"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = false
+  socket_path = "/run/nri/nri.sock"
+  plugin_path = "/run/lab/nri/plugins"
+  plugin_config_path = "/run/lab/nri/conf.d"
+EOF
+cat >/etc/cni/net.d/10-labnet.conflist <<'EOF'
+{"cniVersion": "1.0.0", "name": "labnet", "plugins": [
+  {"type": "bridge", "bridge": "labbr0", "isGateway": false,
+   "ipam": {"type": "host-local", "dataDir": "/run/lab/ipam",
+            "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": "198.51.100.100", "rangeEnd": "198.51.100.200"}]]}}
+]}
+EOF
+# The ConfigMap's policy: one rule for the annotation's /data and for CSI
+# volumes of pods in namespace lab.
+cat >$POLICY <<EOF
+{"version": 1, "allow": [
+  {"name": "lab", "servers": ["$S"], "networks": ["198.51.100.0/24"], "exports": ["/export"],
+   "targets": ["/data"], "options": ["vers"], "csi": {"namespaces": ["lab"]}}
+]}
+EOF
+T0=$(cut -d' ' -f1 /proc/uptime)
+# Should the scenario hang, the logs still reach the console.
+(sleep 200; echo "--- still running at 200s: agent log"; cat $LOG; tail -n 40 /run/lab/log/containerd.log) &
+WATCHDOG=$!
+lab_containerd /etc/containerd/config.toml >/dev/null || exit 1
+CTRDPID=$(cat /run/lab/containerd.pid)
+lab_log "containerd $(containerd --version | cut -d' ' -f3) up"
+lab_check "cri - images imported into k8s.io" $CRI images --busybox "$(command -v busybox)"
+nfsd_on_bridge labbr0 $S || exit 1
+lab_check_fails "the VM has no route to the server" ip route get $S
+
+# --- the chart's init container, then the agent -----------------------------
+
+check_says "install - nsmount install --to /opt/nsmount/bin" "installed /opt/nsmount/bin/nsmount" nsmount install --to /opt/nsmount/bin
+lab_check "install - 0755, the same binary" sh -c 'test "$(stat -c %a /opt/nsmount/bin/nsmount)" = 755 && cmp -s /opt/nsmount/bin/nsmount /usr/bin/nsmount'
+check_says "install - again: up to date" "up to date: /opt/nsmount/bin/nsmount" nsmount install --to /opt/nsmount/bin
+
+# start_agent: the chart's command line (its metrics port on the VM's
+# loopback), in the background (AGENTPID; not under lab_check, whose
+# subshell would keep it).
+start_agent() {
+	nsmount agent --policy $POLICY --state-dir /run/nsmount --nri-socket /run/nri/nri.sock \
+		--hook-binary /opt/nsmount/bin/nsmount --hook-policy $HOOKPOLICY --metrics-address 127.0.0.1:9477 \
+		--log-format json --csi-endpoint unix://$SOCK --node-id lab >>$LOG 2>&1 &
+	AGENTPID=$!
+}
+# says N TEXT: the agent's log has TEXT N times.
+says() { test "$(grep -cF "$2" $LOG)" = "$1"; }
+healthz() { nsmount-lab get --timeout 2s $M/healthz; }
+mount_infos() { nsmount-lab get --timeout 5s $M/metrics | grep -c '^nsmount_nfs_mount_info{'; }
+mount_infos_are() { test "$(mount_infos)" = "$1"; }
+records_are() { test "$(ls /run/nsmount/csi | grep -c '\.json$')" = "$1"; }
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
+# target_dev T: the superblock of the NFS mount at T in the VM's mount table.
+target_dev() { awk -v t="$1" '$5 == t && / - nfs4? / { print $3 }' /proc/self/mountinfo; }
+# in_volumes PID DEV: DEV is an NFS superblock of PID's netns.
+in_volumes() { [ -n "$2" ] && awk -v d="$2" '$4 == d { found = 1 } END { exit !found }' "/proc/$1/net/nfsfs/volumes"; }
+# data_dev PID: the superblock of the NFS mount at /data in PID's mount namespace.
+data_dev() { awk '$5 == "/data" && / - nfs4? / { print $3 }' "/proc/$1/mountinfo"; }
+publish() {
+	$CSI publish --volume-id "$1" --target "$2" --context server=$S --context export=/export --context options=vers=4.2 \
+		--context csi.storage.k8s.io/pod.uid="$3" --context csi.storage.k8s.io/pod.name="$4" \
+		--context csi.storage.k8s.io/pod.namespace=lab --context csi.storage.k8s.io/ephemeral=false
+}
+# create POD NAME ARGS...: CreateContainer as kubelet does, retried while
+# the agent holds the container back (the pod's CSI mounts not made yet).
+create() {
+	_try=0
+	while [ $_try -lt 10 ]; do
+		_try=$((_try + 1))
+		if _id=$($CRI create "$@" 2>/tmp/create.err); then
+			[ $_try = 1 ] || lab_log "CreateContainer: held back $((_try - 1)) time(s)" >&2
+			echo "$_id"
+			return 0
+		fi
+		sleep 1
+	done
+	cat /tmp/create.err >&2
+	return 1
+}
+
+A0=$(uptime_s)
+start_agent
+lab_check "agent - registers with containerd over NRI" wait_for 20 says 1 '"msg":"registered with the runtime"'
+lab_check "agent - synchronized" wait_for 5 says 1 '"msg":"synchronized with the runtime"'
+lab_log "the agent registered $(since $A0)s after its start"
+lab_check "agent - containerd lists one plugin, 10-nsmount" wait_for 5 grep -q '10-nsmount.* connected' /run/lab/log/containerd.log
+lab_check "agent - serves CSI" wait_for 10 test -S $SOCK
+check_says "agent - /healthz: ok, NRI connected, CSI serving, watch running" "nri: connected since" healthz
+check_says "agent - /healthz: containerd named" "containerd" healthz
+lab_check "agent - the policy mirrored for the hooks, 0644 root" sh -c "cmp -s $POLICY $HOOKPOLICY && test \"\$(stat -c '%a %u' $HOOKPOLICY)\" = '644 0'"
+check_says "agent - one JSON object per line" '"level":"INFO"' head -n 1 $LOG
+
+# --- pod 1: an annotation mount and a CSI volume, in kubelet's order ---------
+
+mkdir -p "$(dirname $T1)" "$(dirname $T2)" # kubelet makes the parents
+lab_check "csi - NodePublishVolume before the sandbox" publish vol $T1 $UID1 web1
+POD1=$($CRI runp --uid $UID1 --cgroup-parent /kubepods/besteffort/pod$UID1 --annotation "nsmount.io/mounts.container.app=$ANN" web1 2>/tmp/err)
+lab_check "cri - RunPodSandbox of web1" test -n "$POD1"
+[ -n "$POD1" ] || { cat /tmp/err; tail -n 30 /run/lab/log/containerd.log; exit 1; }
+set -- $($CRI inspectp "$POD1")
+PODPID1=${2:-0} PODNETNS1=${3:-}
+t1_in_pod1() { in_volumes $PODPID1 "$(target_dev $T1)"; }
+lab_check "RunPodSandbox: the CSI volume mounted from the pod's netns" wait_for 30 t1_in_pod1
+APP1=$(create --mount $T1:/vol "$POD1" app -- sh -c 'cat /data/whoami; echo app1-data >/data/app1.txt; echo app1-vol >/vol/app1v.txt; exec sleep 3600')
+lab_check "nri - CreateContainer of app: hooks added" wait_for 5 says 1 '"msg":"hooks added"'
+lab_check "cri - StartContainer of app (the hook mounts /data)" $CRI start "$APP1"
+set -- $($CRI inspect "$APP1")
+PID1=${2:-0}
+lab_check "app's own process wrote through the annotation's mount" wait_for 20 grep -qx app1-data /srv/srv1/app1.txt
+lab_check "app's own process wrote through the CSI volume" wait_for 5 grep -qx app1-vol /srv/srv1/app1v.txt
+lab_check "app read the server's file" wait_for 5 grep -q ' srv1$' $LOGS/app.log
+lab_check "/data's superblock is the pod netns's" in_volumes $PODPID1 "$(data_dev $PID1)"
+lab_check "registry: two entries" registry_is 2
+lab_check "registry: the annotation's, owner nri" registry_has '"owner": *"nri"'
+lab_check "registry: the CSI volume's, owner csi" registry_has '"owner": *"csi"'
+lab_check "metrics - both mounts listed" wait_for 10 mount_infos_are 2
+check_says "metrics - the annotation's, owner nri" 'owner="nri"' nsmount-lab get $M/metrics
+check_says "metrics - the CSI volume's, owner csi" 'owner="csi"' nsmount-lab get $M/metrics
+check_says "metrics - the agent's own" 'nsmount_agent_up{part="nri"} 1' nsmount-lab get $M/metrics
+
+# --- containerd restarts: the agent registers again ---------------------------
+
+rm -f /tmp/healthz.ok /tmp/healthz.fail /tmp/healthz.stop
+touch /tmp/healthz.ok /tmp/healthz.fail
+(
+	while [ ! -e /tmp/healthz.stop ]; do
+		if nsmount-lab get --timeout 2s $M/healthz >/tmp/healthz.last 2>&1; then echo ok >>/tmp/healthz.ok; else echo "fail: $(tr '\n' ' ' </tmp/healthz.last)" >>/tmp/healthz.fail; fi
+		grep -q "nri: not connected" /tmp/healthz.last && cp /tmp/healthz.last /tmp/healthz.away
+		sleep 0.2
+	done
+) &
+POLLER=$!
+R0=$(uptime_s)
+kill -TERM $CTRDPID
+wait $CTRDPID
+lab_log "containerd stopped in $(since $R0)s (its pods' shims go on)"
+lab_check "agent - sees the runtime go" wait_for 5 says 1 '"msg":"the runtime closed the NRI connection: connecting again"'
+lab_check "agent - /healthz while containerd is away: ok, NRI not connected" wait_for 5 test -e /tmp/healthz.away
+lab_check "app still reads its /data while containerd is away" sh -c "nsenter -t $PID1 -m cat /data/app1.txt | grep -qx app1-data"
+R1=$(uptime_s)
+rm -f /run/containerd/containerd.sock
+lab_containerd /etc/containerd/config.toml >/dev/null || exit 1
+CTRDPID=$(cat /run/lab/containerd.pid)
+R2=$(uptime_s)
+lab_check "agent - registers again" wait_for 30 says 2 '"msg":"registered with the runtime"'
+lab_check "agent - synchronized again, with pod web1 and app" wait_for 10 sh -c "grep -F '\"msg\":\"synchronized with the runtime\"' $LOG | tail -n 1 | grep -q '\"pods\":1,\"containers\":1'"
+R3=$(uptime_s)
+lab_log "containerd restart: down for $(awk -v a=$R0 -v b=$R1 'BEGIN { printf "%.1f", b - a }')s, its socket back $(awk -v a=$R1 -v b=$R2 'BEGIN { printf "%.1f", b - a }')s after its start, the agent registered and synchronized $(awk -v a=$R2 -v b=$R3 'BEGIN { printf "%.1f", b - a }')s after that (0.1s polls)"
+touch /tmp/healthz.stop
+wait $POLLER
+lab_log "/healthz during the restart: $(wc -l </tmp/healthz.ok) answers ok, $(wc -l </tmp/healthz.fail) not"
+lab_check "agent - /healthz answered ok throughout" test ! -s /tmp/healthz.fail
+echo "--- /healthz while containerd was away"
+cat /tmp/healthz.away
+check_says "agent - /healthz after: registration 2" "registration 2" healthz
+check_says "metrics - nsmount_agent_nri_registrations_total 2" "nsmount_agent_nri_registrations_total 2" nsmount-lab get $M/metrics
+
+# --- pod 2, after the restart: the same two mounts ---------------------------
+
+lab_check "csi - NodePublishVolume for web2" publish vol $T2 $UID2 web2
+POD2=$($CRI runp --uid $UID2 --cgroup-parent /kubepods/besteffort/pod$UID2 --annotation "nsmount.io/mounts.container.app=$ANN" web2 2>/tmp/err)
+lab_check "cri - RunPodSandbox of web2 after the restart" test -n "$POD2"
+[ -n "$POD2" ] || { cat /tmp/err; tail -n 30 /run/lab/log/containerd.log; exit 1; }
+set -- $($CRI inspectp "$POD2")
+PODPID2=${2:-0}
+APP2=$(create --mount $T2:/vol "$POD2" app -- sh -c 'echo app2-data >/data/app2.txt; echo app2-vol >/vol/app2v.txt; exec sleep 3600')
+lab_check "cri - StartContainer of web2's app" $CRI start "$APP2"
+set -- $($CRI inspect "$APP2")
+PID2=${2:-0}
+lab_check "web2's app wrote through the annotation's mount" wait_for 20 grep -qx app2-data /srv/srv1/app2.txt
+lab_check "web2's app wrote through the CSI volume" wait_for 5 grep -qx app2-vol /srv/srv1/app2v.txt
+lab_check "web2's CSI volume is from its pod's netns" in_volumes $PODPID2 "$(target_dev $T2)"
+lab_check "web2's /data is from its pod's netns" in_volumes $PODPID2 "$(data_dev $PID2)"
+lab_check "metrics - the four mounts listed" wait_for 10 mount_infos_are 4
+
+# --- SIGTERM: the agent stops, the mounts stay ------------------------------
+
+MOUNTS=$(all_nfs_mounts)
+ENTRIES=$(registry_entries)
+DEV1=$(target_dev $T1)
+lab_log "before the stop: $MOUNTS NFS mounts in all mount namespaces, $ENTRIES registry entries"
+S0=$(uptime_s)
+kill -TERM $AGENTPID
+wait $AGENTPID
+lab_check "agent - exits 0 on SIGTERM" test $? = 0
+lab_log "the agent stopped $(since $S0)s after SIGTERM"
+lab_check "agent - said every mount stays" says 1 '"msg":"stopping: every mount stays in place"'
+lab_check "every NFS mount stays" test "$(all_nfs_mounts)" = "$MOUNTS"
+lab_check "every registry entry stays" registry_is "$ENTRIES"
+lab_check "the CSI records stay" records_are 2
+lab_check "app still reads and writes /data and /vol" sh -c "nsenter -t $PID1 -m sh -c 'cat /data/app1.txt /vol/app1v.txt && echo again >/vol/again.txt' && grep -qx again /srv/srv1/again.txt"
+lab_check_fails "no /healthz without the agent" healthz
+
+A1=$(uptime_s)
+start_agent
+lab_check "new agent - registers" wait_for 20 says 3 '"msg":"registered with the runtime"'
+lab_log "the new agent registered $(since $A1)s after its start"
+lab_check "new agent - synchronized with both pods" wait_for 10 sh -c "grep -F '\"msg\":\"synchronized with the runtime\"' $LOG | tail -n 1 | grep -q '\"pods\":2,\"containers\":2'"
+lab_check "new agent - /healthz ok" wait_for 10 healthz
+lab_check "new agent - /metrics lists the four mounts" wait_for 10 mount_infos_are 4
+lab_check "new agent - CSI republish of web1's volume: OK" publish vol $T1 $UID1 web1
+lab_check "the same mount" test "$(target_dev $T1)" = "$DEV1"
+
+# --- teardown as kubelet does it, with the new agent --------------------------
+
+for C in $APP1 $APP2; do
+	lab_check "cri - stop and remove $C" sh -c "$CRI stop $C && $CRI rm $C"
+done
+lab_check "cri - StopPodSandbox web1" $CRI stopp "$POD1"
+lab_check "cri - StopPodSandbox web2" $CRI stopp "$POD2"
+lab_check "csi - NodeUnpublishVolume web1" $CSI unpublish --volume-id vol --target $T1
+lab_check "csi - NodeUnpublishVolume web2" $CSI unpublish --volume-id vol --target $T2
+lab_check "cri - RemovePodSandbox web1" $CRI rmp "$POD1"
+lab_check "cri - RemovePodSandbox web2" $CRI rmp "$POD2"
+no_nfs_mounts() { test "$(all_nfs_mounts)" = 0; }
+lab_check "no NFS mount in any mount namespace" wait_for 10 no_nfs_mounts
+lab_check "no registry entry" wait_for 10 registry_is 0
+lab_check "no CSI record" records_are 0
+lab_check "metrics - no mount listed" wait_for 10 mount_infos_are 0
+kill -TERM $AGENTPID
+wait $AGENTPID
+lab_check "new agent - exits 0 on SIGTERM" test $? = 0
+lab_check_fails "no nsmount process left" pidof nsmount nsmount-helper
+lab_check_fails "no error in the agent's log" grep -q '"level":"ERROR"' $LOG
+kill $WATCHDOG 2>/dev/null
+lab_log "scenario took $(since $T0)s"
+echo "--- agent log"
+cat $LOG
