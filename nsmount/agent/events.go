@@ -61,8 +61,18 @@ func (e *events) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs [
 	return e.hooks.Synchronize(ctx, pods, ctrs)
 }
 
+// debug logs an event at level DEBUG, with what the parts read of it.
+func (e *events) debug(event string, pod *api.PodSandbox, ctr *api.Container) {
+	attrs := []any{"component", "nri", "pod", pod.GetNamespace() + "/" + pod.GetName(), "uid", pod.GetUid(), "netns", nri.PodNetNS(pod), "pid", pod.GetPid()}
+	if ctr != nil {
+		attrs = append(attrs, "container", ctr.GetId(), "name", ctr.GetName())
+	}
+	e.a.log.Debug(event, attrs...)
+}
+
 // RunPodSandbox starts mounting the pod's CSI volumes from its sandbox.
 func (e *events) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	e.debug("RunPodSandbox", pod, nil)
 	if e.relay == nil {
 		return nil
 	}
@@ -73,6 +83,7 @@ func (e *events) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
 // are mounted (an error: kubelet retries), then adjusts it for the
 // mounts its annotations ask for.
 func (e *events) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	e.debug("CreateContainer", pod, ctr)
 	if e.relay != nil {
 		if _, _, err := e.relay.CreateContainer(ctx, pod, ctr); err != nil {
 			return nil, nil, err
@@ -84,12 +95,14 @@ func (e *events) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 // StopContainer cleans up after the container's hooks (in the
 // background).
 func (e *events) StopContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
+	e.debug("StopContainer", pod, ctr)
 	return e.hooks.StopContainer(ctx, pod, ctr)
 }
 
 // RemoveContainer cleans up after the container's hooks (in the
 // background).
 func (e *events) RemoveContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	e.debug("RemoveContainer", pod, ctr)
 	return e.hooks.RemoveContainer(ctx, pod, ctr)
 }
 
@@ -97,6 +110,7 @@ func (e *events) RemoveContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 // then unmounts the pod's CSI volumes while its network still reaches
 // their servers (waited for up to the relay's Wait).
 func (e *events) StopPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	e.debug("StopPodSandbox", pod, nil)
 	err := e.hooks.StopPodSandbox(ctx, pod)
 	if e.relay != nil {
 		err = errors.Join(err, e.relay.StopPodSandbox(ctx, pod))
@@ -107,6 +121,7 @@ func (e *events) StopPodSandbox(ctx context.Context, pod *api.PodSandbox) error 
 // RemovePodSandbox cleans up after the pod's hooks and forgets its CSI
 // sandbox.
 func (e *events) RemovePodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	e.debug("RemovePodSandbox", pod, nil)
 	err := e.hooks.RemovePodSandbox(ctx, pod)
 	if e.relay != nil {
 		err = errors.Join(err, e.relay.RemovePodSandbox(ctx, pod))

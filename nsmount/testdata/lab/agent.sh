@@ -99,12 +99,12 @@ lab_check "install - 0755, the same binary" sh -c 'test "$(stat -c %a /opt/nsmou
 check_says "install - again: up to date" "up to date: /opt/nsmount/bin/nsmount" nsmount install --to /opt/nsmount/bin
 
 # start_agent: the chart's command line (its metrics port on the VM's
-# loopback), in the background (AGENTPID; not under lab_check, whose
+# loopback; debug logs: every NRI event the agent gets), in the background (AGENTPID; not under lab_check, whose
 # subshell would keep it).
 start_agent() {
 	nsmount agent --policy $POLICY --state-dir /run/nsmount --nri-socket /run/nri/nri.sock \
 		--hook-binary /opt/nsmount/bin/nsmount --hook-policy $HOOKPOLICY --metrics-address 127.0.0.1:9477 \
-		--log-format json --csi-endpoint unix://$SOCK --node-id lab >>$LOG 2>&1 &
+		--log-format json --log-level debug --csi-endpoint unix://$SOCK --node-id lab >>$LOG 2>&1 &
 	AGENTPID=$!
 }
 # says N TEXT: the agent's log has TEXT N times.
@@ -202,15 +202,22 @@ lab_log "containerd stopped in $(since $R0)s (its pods' shims go on)"
 lab_check "agent - sees the runtime go" wait_for 5 says 1 '"msg":"the runtime closed the NRI connection: connecting again"'
 lab_check "agent - /healthz while containerd is away: ok, NRI not connected" wait_for 5 test -e /tmp/healthz.away
 lab_check "app still reads its /data while containerd is away" sh -c "nsenter -t $PID1 -m cat /data/app1.txt | grep -qx app1-data"
+rm -f /run/containerd/containerd.sock /run/nri/nri.sock
+# When containerd's NRI socket is back, and when the agent is registered
+# and synchronized again (20 ms polls).
+(while [ ! -S /run/nri/nri.sock ]; do sleep 0.02; done; uptime_s >/tmp/nri.up) &
+(while ! says 2 '"msg":"synchronized with the runtime"'; do sleep 0.02; done; uptime_s >/tmp/agent.up) &
 R1=$(uptime_s)
-rm -f /run/containerd/containerd.sock
 lab_containerd /etc/containerd/config.toml >/dev/null || exit 1
 CTRDPID=$(cat /run/lab/containerd.pid)
 R2=$(uptime_s)
 lab_check "agent - registers again" wait_for 30 says 2 '"msg":"registered with the runtime"'
 lab_check "agent - synchronized again, with pod web1 and app" wait_for 10 sh -c "grep -F '\"msg\":\"synchronized with the runtime\"' $LOG | tail -n 1 | grep -q '\"pods\":1,\"containers\":1'"
-R3=$(uptime_s)
-lab_log "containerd restart: down for $(awk -v a=$R0 -v b=$R1 'BEGIN { printf "%.1f", b - a }')s, its socket back $(awk -v a=$R1 -v b=$R2 'BEGIN { printf "%.1f", b - a }')s after its start, the agent registered and synchronized $(awk -v a=$R2 -v b=$R3 'BEGIN { printf "%.1f", b - a }')s after that (0.1s polls)"
+wait_for 5 test -s /tmp/agent.up
+NRIUP=$(cat /tmp/nri.up 2>/dev/null || echo 0) AGENTUP=$(cat /tmp/agent.up 2>/dev/null || echo 0)
+at() { awk -v a="$R1" -v b="$1" 'BEGIN { printf "%.2f", b - a }'; }
+lab_log "containerd restart: down $(awk -v a=$R0 -v b=$R1 'BEGIN { printf "%.1f", b - a }')s; from its start: NRI socket at $(at $NRIUP)s, CRI socket at $(at $R2)s, the agent registered and synchronized at $(at $AGENTUP)s"
+lab_check "agent - registered within 2s of containerd's NRI socket" awk -v a="$NRIUP" -v b="$AGENTUP" 'BEGIN { exit !(a > 0 && b - a < 2) }'
 touch /tmp/healthz.stop
 wait $POLLER
 lab_log "/healthz during the restart: $(wc -l </tmp/healthz.ok) answers ok, $(wc -l </tmp/healthz.fail) not"
@@ -278,6 +285,16 @@ lab_check "csi - NodeUnpublishVolume web2" $CSI unpublish --volume-id vol --targ
 lab_check "cri - RemovePodSandbox web1" $CRI rmp "$POD1"
 lab_check "cri - RemovePodSandbox web2" $CRI rmp "$POD2"
 no_nfs_mounts() { test "$(all_nfs_mounts)" = 0; }
+# containerd keeps the state NRI events depend on in memory only, and
+# restores that of containers, not of pods, when a plugin synchronizes
+# (containerd#8426): a pod that lived through its restart gets no
+# StopPodSandbox or RemovePodSandbox event.
+lab_check "nri - web2's StopPodSandbox reached the agent: its CSI volume went before the pod's network" \
+	grep -q '"msg":"volumes unmounted before the pod'"'"'s network goes".*"pod":"lab/web2"' $LOG
+lab_check_fails "nri - containerd 2.4.2 sent no StopPodSandbox for web1, which lived through its restart (containerd#8426)" \
+	grep -q '"msg":"StopPodSandbox".*"pod":"lab/web1"' $LOG
+lab_check "csi - so web1's volume went at NodeUnpublishVolume, lazily (its netns gone)" \
+	grep -q '"msg":"unmounted lazily (the pod'"'"'s network namespace is gone)".*'$UID1 $LOG
 lab_check "no NFS mount in any mount namespace" wait_for 10 no_nfs_mounts
 lab_check "no registry entry" wait_for 10 registry_is 0
 lab_check "no CSI record" records_are 0
