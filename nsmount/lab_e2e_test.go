@@ -194,21 +194,7 @@ func TestLabCSI(t *testing.T) {
 // them up and tears the pods down, leaving nothing behind.
 func TestLabAgent(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
-	dir, err := testenv.Containerd2(ctx, "", nil)
-	if err != nil {
-		t.Fatalf("containerd %s for the guest: %v", testenv.Containerd2Version, err)
-	}
-	files := []testenv.HostFile{
-		{Src: filepath.Join(dir, "containerd"), Dst: "/usr/bin/containerd"},
-		{Src: filepath.Join(dir, "containerd-shim-runc-v2"), Dst: "/usr/bin/containerd-shim-runc-v2"},
-	}
-	more, err := testenv.ContainerdGuestFiles() // runc and CNI; its containerd 1.6 is shadowed
-	if err != nil {
-		t.Fatal(err)
-	}
-	labtest.RunT(t, labScript(t, "agent.sh"), testenv.WithFiles(append(files, more...)...), testenv.WithMemory(2048))
+	labtest.RunT(t, labScript(t, "agent.sh"), testenv.WithFiles(containerd2Files(t)...), testenv.WithMemory(2048))
 }
 
 // TestLabObserve: two containers mount the same address from their own

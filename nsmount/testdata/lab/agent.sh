@@ -30,49 +30,8 @@ ANN='[{"server": "198.51.100.10", "export": "/export", "target": "/data", "optio
 
 ip link set lo up
 [ -e /etc/resolv.conf ] || echo "# lab: no DNS" >/etc/resolv.conf
-mkdir -p /etc/containerd /var/lib/containerd /etc/cni/net.d /etc/nsmount /run/lab/cri /run/nri /run/lab/csi
-cat >/etc/containerd/config.toml <<'EOF'
-version = 3
-root = "/var/lib/containerd"
-state = "/run/containerd"
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.blockfile",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.erofs", "io.containerd.snapshotter.v1.zfs", "io.containerd.differ.v1.erofs",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
-  "io.containerd.image-verifier.v1.bindir"]
-[grpc]
-  address = "/run/containerd/containerd.sock"
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "native"
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "nsmount.test/pause:latest"
-[plugins."io.containerd.cri.v1.runtime"]
-  cdi_spec_dirs = []
-  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    snapshotter = "native"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-      BinaryName = "/usr/bin/runc"
-      Root = "/run/lab/cri/runc"
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = "/etc/cni/net.d"
-[plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[plugins."io.containerd.nri.v1.nri"]
-  disable = false
-  socket_path = "/run/nri/nri.sock"
-  plugin_path = "/run/lab/nri/plugins"
-  plugin_config_path = "/run/lab/nri/conf.d"
-EOF
-cat >/etc/cni/net.d/10-labnet.conflist <<'EOF'
-{"cniVersion": "1.0.0", "name": "labnet", "plugins": [
-  {"type": "bridge", "bridge": "labbr0", "isGateway": false,
-   "ipam": {"type": "host-local", "dataDir": "/run/lab/ipam",
-            "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": "198.51.100.100", "rangeEnd": "198.51.100.200"}]]}}
-]}
-EOF
+cri_node
+mkdir -p /run/lab/csi
 # The ConfigMap's policy: one rule for the annotation's /data and for CSI
 # volumes of pods in namespace lab.
 cat >$POLICY <<EOF
