@@ -38,6 +38,7 @@ type Health struct {
 
 // Synchronized is the runtime's last Synchronize.
 type Synchronized struct {
+	// Time is when it came; Pods and Containers are how many it listed.
 	Time       time.Time `json:"time,omitzero"`
 	Pods       int       `json:"pods"`
 	Containers int       `json:"containers"`
