@@ -36,7 +36,7 @@ func wantArgs(csi bool, metricsPort int) []string {
 		"--log-format", "json",
 	}
 	if csi {
-		args = append(args, "--csi-endpoint", "unix:///csi/csi.sock", "--node-id", "$(NODE_NAME)")
+		args = append(args, "--csi-endpoint", "unix:///csi/csi.sock", "--node-id", "$(NODE_NAME)", "--kubelet-dir", "/var/lib/kubelet")
 	}
 	return args
 }
@@ -495,6 +495,11 @@ func TestKubeletDir(t *testing.T) {
 	checkCommon(t, o, defaultRelease)
 	spec := o.daemonSet.Spec.Template.Spec
 	checkMounts(t, &spec, wantMounts(dir, true))
+	// The agent takes CSI target paths below kubelet's directory only.
+	agent := container(&spec, "agent")
+	if i := slices.Index(agent.Args, "--kubelet-dir"); i < 0 || i+1 >= len(agent.Args) || agent.Args[i+1] != dir {
+		t.Errorf("agent args %q: want --kubelet-dir %s", agent.Args, dir)
+	}
 	reg := container(&spec, "node-driver-registrar")
 	if !slices.Contains(reg.Args, "--kubelet-registration-path="+dir+"/plugins/nfs.nsmount.io/csi.sock") {
 		t.Errorf("registrar args %q: want the registration path under %s", reg.Args, dir)
