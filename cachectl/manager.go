@@ -24,6 +24,7 @@ type Manager struct {
 	proc      kernel.Proc
 	knobs     Shutdowner
 	isolation nsmount.Isolation
+	helper    string
 	keepConns bool
 
 	mu      sync.Mutex
@@ -45,6 +46,9 @@ type Config struct {
 	// a server: nsmount.InHelper (the default) for a long-lived Manager
 	// (watch, an agent), nsmount.InThread for one command's.
 	Isolation nsmount.Isolation
+	// Helper is the executable those targets start as their helper (see
+	// nsmount.Target.SetHelper); "" means this binary.
+	Helper string
 	// KeepConnections: a remount after a route change leaves the NFS
 	// client's connection to the server's address alone, instead of
 	// resetting it (see Manager.Remount).
@@ -58,7 +62,7 @@ func Open(c Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{reg: reg, proc: c.Proc, knobs: c.Shutdowner, isolation: c.Isolation, keepConns: c.KeepConnections}
+	m := &Manager{reg: reg, proc: c.Proc, knobs: c.Shutdowner, isolation: c.Isolation, helper: c.Helper, keepConns: c.KeepConnections}
 	if m.knobs == nil && c.Proc.Root == "" {
 		m.knobs = kernelKnobs{}
 	}
@@ -205,6 +209,7 @@ func (m *Manager) openPID(pid int) (*nsmount.Target, error) {
 		return nil, err
 	}
 	t.SetIsolation(m.isolation)
+	t.SetHelper(m.helper)
 	return t, nil
 }
 

@@ -36,6 +36,7 @@ func (m *Manager) openIn(w *World, e *registry.Entry) (*nsmount.Target, error) {
 		return nil, nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("pids %d and %d are no longer in the namespaces %s was mounted from", netPID, pid, e.Mountpoint))
 	}
 	t.SetIsolation(m.isolation)
+	t.SetHelper(m.helper)
 	t.SetName(fmt.Sprintf("netns %s (pid %d), mntns %s (pid %d)", e.Target.NetNS, netPID, e.Target.MountNS, pid))
 	return t, nil
 }

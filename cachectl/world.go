@@ -45,8 +45,31 @@ type World struct {
 	// 6.6+) from stale ones; Observe leaves it unset.
 	Shutdowner Shutdowner
 
-	mu     sync.Mutex
-	starts map[int]uint64 // process start times read so far
+	mu      sync.Mutex
+	starts  map[int]uint64                   // process start times read so far
+	volumes map[nsmount.NSID][]kernel.Volume // network namespaces' superblocks read so far
+}
+
+// volumesOf returns the NFS superblocks of network namespace ns, read
+// through pid (a process in it) once per observation.
+func (w *World) volumesOf(ns nsmount.NSID, pid int) ([]kernel.Volume, error) {
+	w.mu.Lock()
+	vols, ok := w.volumes[ns]
+	w.mu.Unlock()
+	if ok {
+		return vols, nil
+	}
+	vols, err := w.Proc.Volumes(pid)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	if w.volumes == nil {
+		w.volumes = map[nsmount.NSID][]kernel.Volume{}
+	}
+	w.volumes[ns] = vols
+	w.mu.Unlock()
+	return vols, nil
 }
 
 // startTime returns pid's start time, read once per observation.
@@ -253,7 +276,7 @@ func (w *World) NetNS(ns nsmount.NSID, s *registry.State, holders bool) (*NetNSS
 		return nil, fmt.Errorf("network namespace %s has no process", ns)
 	}
 	out := &NetNSState{NetNS: ns, PID: pid}
-	vols, err := w.Proc.Volumes(pid)
+	vols, err := w.volumesOf(ns, pid)
 	if err != nil {
 		return nil, fmt.Errorf("nfs volumes of netns %s (pid %d): %w", ns, pid, err)
 	}
@@ -366,12 +389,13 @@ func (w *World) Orphans(s *registry.State, holders bool) ([]Superblock, error) {
 			known[s.Entries[i].Dev] = true
 		}
 	}
-	for _, pids := range w.NS.NetNS {
-		// The first process still there reads the namespace's volumes. A
-		// namespace all of whose processes exited since the scan is gone
-		// too: its superblocks died with it, or are orphans now.
+	for ns, pids := range w.NS.NetNS {
+		// The first process still there reads the namespace's volumes
+		// (unless NetNS read them already). A namespace all of whose
+		// processes exited since the scan is gone too: its superblocks
+		// died with it, or are orphans now.
 		for _, pid := range pids {
-			vols, err := w.Proc.Volumes(pid)
+			vols, err := w.volumesOf(ns, pid)
 			if err != nil {
 				continue
 			}

@@ -379,8 +379,12 @@ func callHelper(ctx context.Context, t *Target, req helperRequest) (*helperRespo
 	if err != nil {
 		return nil, err
 	}
+	exe := t.helper
+	if exe == "" {
+		exe = "/proc/self/exe"
+	}
 	cmd := &exec.Cmd{
-		Path:        "/proc/self/exe",
+		Path:        exe,
 		Args:        []string{helperName},
 		Stdin:       bytes.NewReader(body),
 		ExtraFiles:  files,

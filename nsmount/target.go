@@ -28,6 +28,7 @@ const (
 // descriptors.
 type Target struct {
 	isolation Isolation
+	helper    string   // the helper's executable; "": this binary
 	pid       int      // 0 when opened by paths
 	pidfd     *os.File // nil when opened by paths
 	netns     *os.File
@@ -188,6 +189,14 @@ const (
 
 // SetIsolation sets where t runs the work that can block on a server.
 func (t *Target) SetIsolation(i Isolation) { t.isolation = i }
+
+// SetHelper sets the executable that t starts as its helper (InHelper): a
+// path, or "" for this binary (/proc/self/exe, the default). It must be a
+// build of nsmount from the same source that calls RunHelper first in
+// main: nsmount's full binary, run from inside the product binary, starts
+// the product binary's own light executable this way, which does not
+// initialise the daemons' libraries.
+func (t *Target) SetHelper(path string) { t.helper = path }
 
 // SetName sets how messages name the target (for example "container ID
 // (pid N)" by the code that found the PID).
@@ -368,7 +377,7 @@ func (t *Target) enter(which Namespaces) error {
 
 // dup returns a copy of t with descriptors of its own (no pidfd).
 func (t *Target) dup() (_ *Target, retErr error) {
-	c := &Target{isolation: t.isolation, pid: t.pid, desc: t.desc}
+	c := &Target{isolation: t.isolation, helper: t.helper, pid: t.pid, desc: t.desc}
 	defer func() {
 		if retErr != nil {
 			c.Close()

@@ -736,3 +736,38 @@ func TestHelperSurvivesThreadExit(t *testing.T) {
 	}
 	waitNoThreadAway(t)
 }
+
+// TestSetHelper: a target starts the executable SetHelper names as its
+// helper (here a copy of this test binary, which is a helper too, and a
+// path that does not exist); the default is this binary.
+func TestSetHelper(t *testing.T) {
+	tgt, _ := openTarget(t)
+	plain := tempDir(t)
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "helper")
+	if err := os.WriteFile(cp, self, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	opts := nsmount.UnmountOptions{Timeout: 20 * time.Second}
+	for _, tc := range []struct {
+		helper  string
+		wantErr error // of the unmount of a plain directory
+		wantMsg string
+	}{
+		{"", nsmount.ErrNotMounted, ""},
+		{cp, nsmount.ErrNotMounted, ""},
+		{"/nonexistent/nsmount", nil, "/nonexistent/nsmount"},
+	} {
+		tgt.SetHelper(tc.helper)
+		_, err := nsmount.Unmount(context.Background(), tgt, plain, opts)
+		switch {
+		case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
+			t.Errorf("helper %q: Unmount = %v, want %v (the helper ran)", tc.helper, err, tc.wantErr)
+		case tc.wantMsg != "" && (err == nil || !strings.Contains(err.Error(), tc.wantMsg)):
+			t.Errorf("helper %q: Unmount = %v, want an error naming it", tc.helper, err)
+		}
+	}
+}

@@ -1,23 +1,24 @@
+//go:build !nsmount_split
+
 package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/spf13/cobra"
 
+	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/nsmount/agent"
-	"github.com/nsmount/nsmount/nsmount/agent/hostfile"
 	"github.com/nsmount/nsmount/nsmount/integration/csi"
 	"github.com/nsmount/nsmount/nsmount/integration/csi/csinri"
 )
 
-func newAgentCommand() *cobra.Command {
+func newAgentCommand(l packed.Launcher) *cobra.Command {
 	var (
 		c           agent.Config
 		sc          csi.Config
@@ -27,7 +28,7 @@ func newAgentCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [flags]",
-		Short: "The node agent: NRI plugin, CSI node service, watch with metrics, in one process",
+		Short: shortOf("agent"),
 		Long: `agent is nsmount's one long-running process on a node (a Kubernetes
 DaemonSet's pod). It registers once with the container runtime over NRI
 (--nri-socket) and serves both the annotation path (at CreateContainer it
@@ -58,12 +59,13 @@ exits 0. The next agent finds the mounts in the registry (--state-dir).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c.StateDir, _ = cmd.Flags().GetString("state-dir")
 			if !cmd.Flags().Changed("hook-binary") {
-				exe, err := os.Executable()
+				exe, err := selfPath(l)
 				if err != nil {
 					return fmt.Errorf("find nsmount's own path for the hooks: %w (give --hook-binary)", err)
 				}
 				c.HookBinary = exe
 			}
+			c.Helper = l.Helper
 			for _, f := range []struct{ flag, path string }{{"state-dir", c.StateDir}, {"policy", c.Policy}, {"hook-binary", c.HookBinary},
 				{"hook-policy", c.HookPolicy}, {"hook-log", c.HookLog}, {"nri-socket", c.NRI.Socket}, {"kubelet-dir", sc.TargetRoot}, {"mount-ns", sc.MountNS}} {
 				if f.path != "" && (!filepath.IsAbs(f.path) || filepath.Clean(f.path) != f.path) {
@@ -120,38 +122,5 @@ exits 0. The next agent finds the mounts in the registry (--state-dir).`,
 	f.BoolVar(&c.AllOps, "all-ops", false, "metrics: every NFS operation with requests, not only the usual ones")
 	f.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", agent.DefaultShutdownTimeout, "on SIGTERM, how long the work in flight may take before it is abandoned (mounts stay either way)")
 	lf.register(cmd)
-	return cmd
-}
-
-func newInstallCommand() *cobra.Command {
-	var dir string
-	cmd := &cobra.Command{
-		Use:   "install --to DIR",
-		Short: "Copy this nsmount binary to DIR/nsmount, atomically (for runc's hooks on the host)",
-		Long: `install copies the running nsmount binary to DIR/nsmount (DIR made if
-missing), mode 0755, owned by root: written under a temporary name, synced
-and renamed over the old one, so that a hook that runc starts meanwhile
-runs the old binary or the new one, whole. A DIR/nsmount with the same
-bytes is left alone. The Kubernetes chart runs it as the agent's init
-container, with the host's /opt/nsmount mounted.`,
-		Example: `  nsmount install --to /opt/nsmount/bin`,
-		Args:    exactArgs(0, "no arguments"),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
-				return usageError{fmt.Errorf("--to %q: want a clean absolute path", dir)}
-			}
-			res, err := hostfile.Install("/proc/self/exe", dir)
-			if err != nil {
-				return err
-			}
-			verb := "installed"
-			if !res.Changed {
-				verb = "up to date:"
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d bytes, %s)\n", verb, res.Path, res.Size, res.Digest)
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&dir, "to", "", "directory to install nsmount into (required)")
 	return cmd
 }

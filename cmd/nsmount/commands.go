@@ -9,9 +9,17 @@ import (
 	"time"
 
 	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
-	"github.com/nsmount/nsmount/nsmount/containerd"
 	"github.com/spf13/cobra"
+)
+
+// The defaults of --namespace and --address (containerd's own; a test of
+// the full build checks them against nsmount/containerd, which the split
+// build's light part does not link).
+const (
+	containerdNamespace = "default"
+	containerdAddress   = "/run/containerd/containerd.sock"
 )
 
 // targetFlags name the container to act in.
@@ -29,8 +37,8 @@ func (f *targetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.netns, "netns", "", "target: network namespace path (with --mntns)")
 	cmd.Flags().StringVar(&f.mntns, "mntns", "", "target: mount namespace path (with --netns)")
 	cmd.Flags().StringVar(&f.container, "container", "", "target: a containerd container ID (its running task)")
-	cmd.Flags().StringVar(&f.namespace, "namespace", containerd.DefaultNamespace, "containerd namespace of --container")
-	cmd.Flags().StringVar(&f.address, "address", containerd.DefaultAddress, "containerd socket for --container")
+	cmd.Flags().StringVar(&f.namespace, "namespace", containerdNamespace, "containerd namespace of --container")
+	cmd.Flags().StringVar(&f.address, "address", containerdAddress, "containerd socket for --container")
 }
 
 // open opens the target that the flags name, for one command (its work
@@ -55,7 +63,7 @@ func (f *targetFlags) openTarget(cmd *cobra.Command) (*nsmount.Target, error) {
 	case cmd.Flags().Changed("container") && (f.pid != 0 || paths):
 		return nil, usageError{fmt.Errorf("--container, --pid and --netns/--mntns are mutually exclusive")}
 	case cmd.Flags().Changed("container"):
-		return containerd.Open(cmd.Context(), containerd.Ref{Address: f.address, Namespace: f.namespace, ID: f.container})
+		return openContainer(cmd.Context(), f.address, f.namespace, f.container)
 	case f.pid != 0 && paths:
 		return nil, usageError{fmt.Errorf("--pid and --netns/--mntns are mutually exclusive")}
 	case f.pid != 0:
@@ -95,7 +103,12 @@ func (f *requestFlags) request(source string) (nsmount.Request, error) {
 	return nsmount.Request{Source: src, FSType: f.fstype, Options: options, ResolveFrom: f.from, ProbeTimeout: f.probeTimeout}, nil
 }
 
-func newRootCommand() *cobra.Command {
+// newRootCommand is the command tree of a binary that runs on its own.
+func newRootCommand() *cobra.Command { return newRoot(packed.Launcher{}) }
+
+// newRoot is the command tree; l says whether this binary runs from
+// inside the product binary (a split build) and what it is.
+func newRoot(l packed.Launcher) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "nsmount",
 		Short:         "Mount NFS into a container from the container's own network",
@@ -105,8 +118,8 @@ func newRootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("state-dir", stateDirDefault(), "registry of nsmount's mounts (env NSMOUNT_STATE_DIR)")
 	root.AddCommand(newMountCommand(), newUmountCommand(), newListCommand(), newRouteCommand(),
-		newStatusCommand(), newFlushCommand(), newRemountCommand(), newWatchCommand(), newTopCommand(), newHookCommand(), newNRICommand(),
-		newCSICommand(), newAgentCommand(), newInstallCommand())
+		newStatusCommand(), newFlushCommand(), newRemountCommand(), newHookCommand(), newInstallCommand(), newVersionCommand())
+	addLongLived(root, l)
 	return root
 }
 

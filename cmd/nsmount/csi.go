@@ -1,3 +1,5 @@
+//go:build !nsmount_split
+
 package main
 
 import (
@@ -7,25 +9,26 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/nsmount/integration/csi"
 	"github.com/nsmount/nsmount/nsmount/integration/csi/csinri"
 )
 
-func newCSICommand() *cobra.Command {
+func newCSICommand(l packed.Launcher) *cobra.Command {
 	var c csi.Config
 	var endpoint, kubeletDir, nriSocket, logFile string
 	var n csinri.Config
 	cmd := &cobra.Command{
 		Use:   "csi --endpoint unix:///PATH --node-id NAME [--policy PATH] [--kubelet-dir DIR] [--nri-socket PATH]",
-		Short: "CSI node plugin " + csi.DriverName + ": NFS volumes mounted from the pod's own network",
+		Short: shortOf("csi"),
 		Long: `csi serves the CSI Identity and Node services of the driver ` + csi.DriverName + `
 on a unix socket, for kubelet (through node-driver-registrar). No controller,
 no staging. NodePublishVolume checks the volume (volume attributes server,
@@ -69,6 +72,13 @@ cgroups) at a NodePublishVolume. It runs until SIGTERM/SIGINT; mounts stay.`,
 			c.Logger = slog.New(slog.NewTextHandler(out, nil))
 			c.TargetRoot = kubeletDir
 			c.Version = buildVersion()
+			if l.Helper != "" {
+				m, err := cachectl.Open(cachectl.Config{StateDir: c.StateDir, Helper: l.Helper})
+				if err != nil {
+					return err
+				}
+				c.Manager = m
+			}
 			return runCSI(cmd.Context(), c, endpoint, nriSocket, n)
 		},
 	}
@@ -126,13 +136,4 @@ func runCSI(ctx context.Context, c csi.Config, endpoint, nriSocket string, n csi
 		}
 	}
 	return first
-}
-
-// buildVersion is the module version nsmount was built as ("dev" from a
-// checkout).
-func buildVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }

@@ -30,6 +30,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
 )
 
@@ -44,8 +45,13 @@ func main() {
 	if filepath.Base(os.Args[0]) == cniPluginName {
 		runCNIPlugin()
 	}
+	l, err := packed.FromLauncher()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nsmount: %s\n", oneLine(err.Error()))
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCommand().ExecuteContext(ctx)
+	err = newRoot(l).ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsmount: %s\n", oneLine(err.Error()))

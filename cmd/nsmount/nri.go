@@ -1,3 +1,5 @@
+//go:build !nsmount_split
+
 package main
 
 import (
@@ -11,19 +13,21 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsmount/nsmount/cachectl"
+	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/nsmount/integration/nri"
 )
 
-func newNRICommand() *cobra.Command {
+func newNRICommand(l packed.Launcher) *cobra.Command {
 	var (
 		c  nri.Config
 		lf logFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "nri [--socket PATH] [--plugin-name NAME] [--plugin-idx NN] [--policy PATH] [--log FILE] [--nsmount PATH]",
-		Short: "NRI plugin: mount the NFS volumes that pod and container annotations ask for",
+		Short: shortOf("nri"),
 		Long: `nri runs an NRI plugin (containerd >= 1.7, CRI-O) that gives NFS mounts to
 the containers whose annotations ask for them. The annotation that applies
 to a container is the first of:
@@ -45,7 +49,7 @@ SIGTERM/SIGINT.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c.StateDir, _ = cmd.Flags().GetString("state-dir")
 			if !cmd.Flags().Changed("nsmount") {
-				exe, err := os.Executable()
+				exe, err := selfPath(l)
 				if err != nil {
 					return fmt.Errorf("find nsmount's own path for the hooks: %w (give --nsmount)", err)
 				}
@@ -53,6 +57,13 @@ SIGTERM/SIGINT.`,
 			}
 			if err := validateNRI(&c); err != nil {
 				return err
+			}
+			if l.Helper != "" {
+				m, err := cachectl.Open(cachectl.Config{StateDir: c.StateDir, Helper: l.Helper})
+				if err != nil {
+					return err
+				}
+				c.Manager = m
 			}
 			out := cmd.ErrOrStderr()
 			if c.Log != "" {

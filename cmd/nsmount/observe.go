@@ -1,3 +1,5 @@
+//go:build !nsmount_split
+
 package main
 
 import (

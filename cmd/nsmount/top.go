@@ -1,3 +1,5 @@
+//go:build !nsmount_split
+
 package main
 
 import (
@@ -30,7 +32,7 @@ func newTopCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "top [--interval D] [--json] [--all-ops] [--count N]",
-		Short: "Show which container issues which NFS operations: per mount, per-operation rates, busiest first",
+		Short: shortOf("top"),
 		Long: `top reads the NFS client statistics of nsmount's mounts (per superblock, as
 the kernel counts them: /proc/PID/mountstats of each mount namespace) twice,
 --interval apart, and shows per container and mount the operations per

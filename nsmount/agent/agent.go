@@ -89,6 +89,9 @@ type Config struct {
 	NoKernelLog bool
 	// KeepConnections is cachectl.Config.KeepConnections.
 	KeepConnections bool
+	// Helper is cachectl.Config.Helper: the mount helper's executable, ""
+	// for this binary.
+	Helper string
 	// MetricsAddress, if not "", is the TCP address of /metrics and
 	// /healthz; AllOps exports every NFS operation (metrics.Config).
 	MetricsAddress string
@@ -165,7 +168,7 @@ func New(c Config) (_ *Agent, retErr error) {
 		}
 	}()
 	var err error
-	if a.mgr, err = cachectl.Open(cachectl.Config{StateDir: c.StateDir, Isolation: nsmount.InHelper, KeepConnections: c.KeepConnections}); err != nil {
+	if a.mgr, err = cachectl.Open(cachectl.Config{StateDir: c.StateDir, Isolation: nsmount.InHelper, Helper: c.Helper, KeepConnections: c.KeepConnections}); err != nil {
 		return nil, err
 	}
 	a.hooks = nri.New(nri.Config{

@@ -107,6 +107,15 @@ start_agent
 lab_check "agent - registers with containerd over NRI" wait_for 20 says 1 '"msg":"registered with the runtime"'
 lab_check "agent - synchronized" wait_for 5 says 1 '"msg":"synchronized with the runtime"'
 lab_log "the agent registered $(since $A0)s after its start"
+# The product binary of `make build` (split): the agent runs from the full
+# binary it carries, in a memfd, and keeps the product binary open to start
+# as its mount helper (which links none of the daemons' libraries).
+if nsmount version | grep -q "build split"; then
+	lab_check "split - the agent runs from the full binary in a memfd" sh -c "readlink /proc/$AGENTPID/exe | grep -q '^/memfd:nsmount-full'"
+	lab_check "split - it holds the product binary for its helpers" sh -c "ls -l /proc/$AGENTPID/fd | grep -q ' /usr/bin/nsmount\$'"
+else
+	lab_log "nsmount is the full build: the agent runs from it"
+fi
 lab_check "agent - containerd lists one plugin, 10-nsmount" wait_for 5 grep -q '10-nsmount.* connected' /run/lab/log/containerd.log
 lab_check "agent - serves CSI" wait_for 10 test -S $SOCK
 check_says "agent - /healthz: ok, NRI connected, CSI serving, watch running" "nri: connected since" healthz

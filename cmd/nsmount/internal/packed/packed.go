@@ -1,0 +1,107 @@
+// Package packed runs the full nsmount binary that the product binary
+// carries inside it, zstd-compressed (the split build, see cmd/nsmount's
+// split.go): written into a sealed memfd and executed from there, as runc
+// executes its own copy, so that nothing is written to disk and nothing
+// can change it while it runs. The full binary is told the product
+// binary's path and gets a descriptor of it, to start the product binary
+// as its mount helper.
+package packed
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+)
+
+// Environment of the full binary, set by Exec and read by FromLauncher.
+const (
+	envFD   = "NSMOUNT_LAUNCHER_FD"
+	envPath = "NSMOUNT_LAUNCHER_PATH"
+)
+
+// Exec runs the zstd-compressed executable zst in place of this process,
+// with args (args[0] included) and env; it returns only on failure. The
+// executable gets this process's own executable open at a descriptor and
+// its path, in its environment (see FromLauncher).
+func Exec(zst []byte, args, env []string) error {
+	if len(zst) == 0 {
+		return errors.New("this nsmount carries no full binary (a split build without its payload)")
+	}
+	fd, err := unix.MemfdCreate("nsmount-full", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return fmt.Errorf("memfd for the full binary: %w", err)
+	}
+	mem := os.NewFile(uintptr(fd), "memfd:nsmount-full")
+	defer mem.Close()
+	zr, err := zstd.NewReader(bytes.NewReader(zst), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	if err != nil {
+		return fmt.Errorf("unpack the full binary: %w", err)
+	}
+	_, err = zr.WriteTo(mem)
+	zr.Close()
+	if err != nil {
+		return fmt.Errorf("unpack the full binary: %w", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SEAL|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE); err != nil {
+		return fmt.Errorf("seal the full binary: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find nsmount's own path: %w", err)
+	}
+	// Inherited across exec (no O_CLOEXEC); the full binary marks it
+	// close-on-exec at once (FromLauncher).
+	selfFD, err := unix.Open("/proc/self/exe", unix.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open nsmount's own executable: %w", err)
+	}
+	env = append(env[:len(env):len(env)], envFD+"="+strconv.Itoa(selfFD), envPath+"="+self)
+	err = unix.Exec("/proc/self/fd/"+strconv.Itoa(fd), args, env)
+	unix.Close(selfFD)
+	return fmt.Errorf("run the full binary: %w", err)
+}
+
+// Launcher is what the product binary tells the full binary it runs.
+type Launcher struct {
+	// Helper is the product binary as an executable path that stays the
+	// same file while this process runs (/proc/self/fd/N): the mount
+	// helper to start. "" when not run by a launcher.
+	Helper string
+	// Path is the product binary's path, for what names nsmount to others
+	// (the hooks' binary). "" when not run by a launcher.
+	Path string
+}
+
+// FromLauncher reads what Exec passed in the environment, and removes it
+// from the environment so that no child inherits it. Without it, it
+// returns the zero Launcher.
+func FromLauncher() (Launcher, error) {
+	v, ok := os.LookupEnv(envFD)
+	if !ok {
+		return Launcher{}, nil
+	}
+	path := os.Getenv(envPath)
+	os.Unsetenv(envFD)
+	os.Unsetenv(envPath)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return Launcher{}, fmt.Errorf("%s=%q: not a descriptor", envFD, v)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return Launcher{}, fmt.Errorf("%s=%d: not an open regular file (%v)", envFD, fd, err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+		return Launcher{}, fmt.Errorf("%s=%d: %w", envFD, fd, err)
+	}
+	if !filepath.IsAbs(path) {
+		return Launcher{}, fmt.Errorf("%s=%q: not an absolute path", envPath, path)
+	}
+	return Launcher{Helper: "/proc/self/fd/" + strconv.Itoa(fd), Path: path}, nil
+}
