@@ -335,3 +335,39 @@ func TestRouterCloseTwice(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+func TestNFSNullInNetNS(t *testing.T) {
+	setupLab(t)
+	listen(t, ns2, "192.0.2.1:2049") // accepts and closes: not an NFS server
+	r1, r2 := newRouter(t, ns1), newRouter(t, ns2)
+	ap := netip.MustParseAddrPort
+	tests := []struct {
+		name    string
+		r       *routing.Router
+		dst     string
+		wantErr error // nil: any error but these three
+	}{
+		{name: "refused", r: r1, dst: "192.0.2.1:2050", wantErr: routing.ErrRefused},
+		{name: "no route", r: r2, dst: "203.0.113.1:2049", wantErr: routing.ErrNoRoute},
+		{name: "unanswered", r: r1, dst: "192.0.2.77:2049", wantErr: routing.ErrTimeout},
+		{name: "not an NFS server", r: r1, dst: "192.0.2.1:2049"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			err := tt.r.NFSNull(context.Background(), ap(tt.dst), 4, 300*time.Millisecond)
+			if err == nil {
+				t.Fatalf("NFSNull(%s) answered", tt.dst)
+			}
+			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Fatalf("NFSNull(%s) = %v, want %v", tt.dst, err, tt.wantErr)
+			}
+			if tt.wantErr == nil && (errors.Is(err, routing.ErrRefused) || errors.Is(err, routing.ErrNoRoute) || errors.Is(err, routing.ErrTimeout)) {
+				t.Fatalf("NFSNull(%s) = %v, want a failed exchange", tt.dst, err)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("NFSNull(%s) took %v with a 300ms timeout", tt.dst, d)
+			}
+		})
+	}
+}

@@ -85,3 +85,52 @@ func TestXDRString(t *testing.T) {
 		t.Errorf("len(xdrString(abcde)) = %d, want 12", got)
 	}
 }
+
+// replier answers one RPC call on c with a reply that reply makes from
+// the call's xid, and returns the call's (prog, vers, proc).
+func replier(t *testing.T, c net.Conn, reply func(xid uint32) []byte) [3]uint32 {
+	t.Helper()
+	var hdr [4]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return [3]uint32{}
+	}
+	call := make([]byte, binary.BigEndian.Uint32(hdr[:])&^0x80000000)
+	io.ReadFull(c, call)
+	w := func(i int) uint32 { return binary.BigEndian.Uint32(call[4*i:]) }
+	if r := reply(w(0)); r != nil {
+		c.Write(append(xdrUint32(0x80000000|uint32(len(r))), r...))
+	}
+	return [3]uint32{w(3), w(4), w(5)}
+}
+
+func TestNFSNull(t *testing.T) {
+	tests := []struct {
+		name  string
+		vers  uint32
+		reply func(xid uint32) []byte
+		ok    bool
+	}{
+		{"v4 answers", 4, func(xid uint32) []byte { return xdrUint32(xid, 1, 0, 0, 0, 0) }, true},
+		{"v3 answers", 3, func(xid uint32) []byte { return xdrUint32(xid, 1, 0, 0, 0, 0) }, true},
+		{"program unavailable", 4, func(xid uint32) []byte { return xdrUint32(xid, 1, 0, 0, 0, 1) }, false},
+		{"version mismatch", 4, func(xid uint32) []byte { return xdrUint32(xid, 1, 0, 0, 0, 2, 2, 3) }, false},
+		{"call denied", 4, func(xid uint32) []byte { return xdrUint32(xid, 1, 1, 1, 0, 0) }, false},
+		{"wrong xid", 4, func(xid uint32) []byte { return xdrUint32(xid+1, 1, 0, 0, 0, 0) }, false},
+		{"closed without a reply", 4, func(uint32) []byte { return nil }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			defer client.Close()
+			got := make(chan [3]uint32, 1)
+			go func() { got <- replier(t, server, tt.reply); server.Close() }()
+			err := nfsNull(client, tt.vers)
+			if (err == nil) != tt.ok {
+				t.Errorf("nfsNull = %v, want ok=%v", err, tt.ok)
+			}
+			if call := <-got; call != [3]uint32{ProgNFS, tt.vers, 0} {
+				t.Errorf("call = %v, want NFS v%d NULL", call, tt.vers)
+			}
+		})
+	}
+}
