@@ -78,6 +78,9 @@ func RunHelper() {
 	if filepath.Base(os.Args[0]) != helperName {
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == proberServeArg {
+		os.Exit(proberServe(3))
+	}
 	os.Exit(helperMain(os.Stdin, os.Stdout))
 }
 

@@ -45,6 +45,14 @@ type FSStats struct {
 	FilesFree uint64 `json:"files_free"`
 }
 
+// EBADHANDLE is the errno the Linux NFS client returns when the server
+// rejects a file handle as malformed (NFS4ERR_BADHANDLE, NFS3ERR_BADHANDLE):
+// 521, a kernel-internal errno without a libc name ("Unknown error 521").
+// Measured in the lab: a mount made against kernel nfsd gets it from
+// NFS-Ganesha serving the same directory at the same address, and the
+// other way round; a server that merely forgot a handle says ESTALE.
+const EBADHANDLE = syscall.Errno(521)
+
 // OK reports that the filesystem answered.
 func (h Health) OK() bool { return h.Errno == 0 && !h.Hung && h.Error == "" }
 
@@ -53,8 +61,13 @@ func (h Health) String() string {
 	switch {
 	case h.Hung:
 		return "hung"
+	case h.Errno == EBADHANDLE:
+		return "EBADHANDLE"
 	case h.Errno != 0:
-		return unix.ErrnoName(h.Errno)
+		if name := unix.ErrnoName(h.Errno); name != "" {
+			return name
+		}
+		return fmt.Sprintf("errno %d", int(h.Errno))
 	case h.Error != "":
 		return "error"
 	}
@@ -71,24 +84,12 @@ func (h Health) String() string {
 // error. The returned error is for failures to probe at all (no such
 // target, not a mount); the filesystem's own answer is in Health.
 func ProbeMount(ctx context.Context, t *Target, target string, mountID uint64, timeout time.Duration) (Health, error) {
-	ctx, cancel := context.WithTimeout(ctx, orDefault(timeout, DefaultProbeMountTimeout))
+	timeout = orDefault(timeout, DefaultProbeMountTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
 	resp, err := callHelper(ctx, t, helperRequest{Op: "probe", Target: target, MountID: mountID})
-	h := Health{Elapsed: time.Since(start)}
-	switch {
-	case errors.Is(err, ErrTimeout):
-		h.Hung = true
-		h.Error = fmt.Sprintf("no answer in %s", orDefault(timeout, DefaultProbeMountTimeout))
-		return h, nil
-	case err != nil && resp != nil && resp.Errno != 0:
-		h.Errno = syscall.Errno(resp.Errno)
-		h.Error = err.Error()
-		return h, nil
-	case err == nil:
-		h.Stats = resp.Stats
-	}
-	return h, err
+	return healthOf(resp, err, timeout, time.Since(start))
 }
 
 // UnmountID unmounts the mount whose ID is mountID from t's mount
