@@ -337,13 +337,26 @@ func orNone(s string) string {
 
 func verdict(ms *MountStatus) (string, string) {
 	h := ms.Health
-	switch {
-	case h != nil && h.Hung:
-		return "hung", "the server does not answer; nsmount remount (or umount --force) once it is back or moved"
-	case h != nil && h.String() == "ESTALE":
-		return "stale", "the server no longer knows this mount's file handles (server moved or re-exported): nsmount remount"
-	case h != nil && !h.OK():
+	if h != nil && !h.OK() {
+		// The TCP check of the server's port is the server's answer here.
+		server := serverReply{Asked: ms.Reachable != nil}
+		if ms.Reachable != nil && !*ms.Reachable {
+			server.Err = errors.New(ms.ReachError)
+		}
+		d := diagnose(*h, server)
+		switch {
+		case h.Hung:
+			return "hung", "the server does not answer; nsmount remount (or umount --force) once it is back or moved"
+		case d.Kind == DiagStale:
+			return "stale", h.String() + ": the server no longer knows this mount's file handles (server moved, replaced or re-exported): nsmount remount"
+		case d.Kind == DiagDead:
+			return "unreachable", "the mount fails (" + h.String() + ") and the server's NFS port does not answer from the container's network: " + ms.ReachError
+		case d.Remount:
+			return "broken", "the mount fails: " + h.Error + "; the server answers, a new mount would not share this one's failure: nsmount remount"
+		}
 		return "broken", "the mount fails: " + h.Error
+	}
+	switch {
 	case ms.Reachable != nil && !*ms.Reachable:
 		return "unreachable", "the server's NFS port does not answer from the container's network: " + ms.ReachError
 	case len(ms.Drift) > 0:

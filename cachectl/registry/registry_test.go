@@ -735,3 +735,45 @@ func BenchmarkRegistryView200(b *testing.B) {
 		}
 	}
 }
+
+// Every Put and Remove changes the Stamp; reading does not.
+func TestStamp(t *testing.T) {
+	r, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamp := func() Stamp {
+		t.Helper()
+		s, err := r.Stamp()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	e := testEntry("a")
+	steps := []struct {
+		name string
+		op   func() error
+		same bool
+	}{
+		{"put", func() error { return r.Put(e) }, false},
+		{"view", func() error { return r.View(func(*State) error { return nil }) }, true},
+		{"put again", func() error { return r.Put(e) }, false},
+		{"remove", func() error { _, err := r.Remove("a"); return err }, false},
+		{"remove missing", func() error { _, err := r.Remove("a"); return err }, true},
+	}
+	for _, st := range steps {
+		before := stamp()
+		time.Sleep(2 * stampTick) // past the coarse clock's tick
+		if err := st.op(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		after := stamp()
+		if (after == before) != st.same {
+			t.Errorf("%s: stamp %v -> %v, want same=%v", st.name, before, after, st.same)
+		}
+		if after.Fresh(time.Now()) != (time.Since(after.Changed) < stampTick) {
+			t.Errorf("%s: Fresh wrong", st.name)
+		}
+	}
+}

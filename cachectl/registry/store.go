@@ -118,6 +118,34 @@ func (r *Registry) ViewNetNS(ns nsmount.NSID, fn func(*State) error) error {
 	})
 }
 
+// Stamp summarizes the registry's entries for a reader that wants to know
+// whether they changed without reading them: the entries directory's
+// change time and size (every Put and Remove renames or removes a file in
+// it). File timestamps come from a coarse clock (a jiffy), so a change in
+// the same tick as the last one may leave the same Stamp: Fresh says when
+// a Stamp cannot be trusted yet.
+type Stamp struct {
+	Changed time.Time
+	Size    int64
+}
+
+// Stamp returns the registry's Stamp now: one stat, no lock.
+func (r *Registry) Stamp() (Stamp, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(r.dir, entriesDir), &st); err != nil {
+		return Stamp{}, fmt.Errorf("stat registry: %w", &os.PathError{Op: "stat", Path: filepath.Join(r.dir, entriesDir), Err: err})
+	}
+	return Stamp{Changed: time.Unix(st.Ctim.Unix()), Size: st.Size}, nil
+}
+
+// stampTick bounds the coarse clock's tick (4 ms at HZ=250, 10 ms at
+// HZ=100), generously.
+const stampTick = 100 * time.Millisecond
+
+// Fresh reports whether another change could still hide behind s: s was
+// taken less than a clock tick after the change it shows, at taken.
+func (s Stamp) Fresh(taken time.Time) bool { return taken.Sub(s.Changed) < stampTick }
+
 // Update calls fn with the current state and stores what fn changed:
 // entries added or changed are written, entries removed are deleted; the
 // others are not touched, so a concurrent Update of other entries is never
