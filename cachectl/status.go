@@ -146,7 +146,11 @@ func (m *Manager) Status(ctx context.Context, o StatusOptions) (*Report, error) 
 			for k := c; k < len(nss); k += par {
 				mine = append(mine, nss[k])
 			}
-			vs := m.netnsViews(w, mine)
+			pids := make([]int, len(mine))
+			for k, ns := range mine {
+				pids[k], _ = w.NetPID(ns)
+			}
+			vs := m.netnsViews(pids, true)
 			mu.Lock()
 			for k, ns := range mine {
 				views[ns] = vs[k]
@@ -197,23 +201,26 @@ func (v *netnsView) close() {
 	}
 }
 
-// netnsViews opens a router and reads the identity of each of nss, on one
-// thread that enters them in turn (nsmount.DoEach).
-func (m *Manager) netnsViews(w *World, nss []nsmount.NSID) []*netnsView {
-	views := make([]*netnsView, len(nss))
+// netnsViews opens a router in the network namespace of each of pids (0:
+// none, the view says so) and, with identity, reads its NFSv4 identity, on
+// one thread that enters them in turn (nsmount.DoEach).
+func (m *Manager) netnsViews(pids []int, identity bool) []*netnsView {
+	views := make([]*netnsView, len(pids))
 	var targets []*nsmount.Target
 	var of []int
-	for k, ns := range nss {
+	for k, pid := range pids {
 		v := &netnsView{}
 		views[k] = v
-		pid, ok := w.NetPID(ns)
-		if !ok {
+		if pid == 0 {
 			v.err = errors.New("no process in the network namespace to check through")
 			continue
 		}
-		if v.t, v.err = m.openPID(pid); v.err == nil {
+		var err error
+		if v.t, err = m.openPID(pid); err == nil {
 			targets = append(targets, v.t)
 			of = append(of, k)
+		} else {
+			v.err = err
 		}
 	}
 	inside := true // while DoEach visits the namespaces
@@ -232,7 +239,9 @@ func (m *Manager) netnsViews(w *World, nss []nsmount.NSID) []*netnsView {
 		if v.router, err = routing.NewRouter(in); err != nil {
 			return err
 		}
-		v.id, _ = kernel.IdentityHere()
+		if identity {
+			v.id, _ = kernel.IdentityHere()
+		}
 		return nil
 	})
 	inside = false
@@ -247,7 +256,8 @@ func (m *Manager) netnsViews(w *World, nss []nsmount.NSID) []*netnsView {
 // mountStatus checks one mount (its route now; with o.Probe its server and
 // the mount itself).
 func (m *Manager) mountStatus(ctx context.Context, w *World, e registry.Entry, o StatusOptions) MountStatus {
-	views := m.netnsViews(w, []nsmount.NSID{e.Target.NetNS})
+	pid, _ := w.NetPID(e.Target.NetNS)
+	views := m.netnsViews([]int{pid}, false)
 	defer views[0].close()
 	ms := MountStatus{Entry: e}
 	m.mountStatusWith(ctx, w, views[0], &ms, o)

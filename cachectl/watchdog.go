@@ -118,9 +118,21 @@ type watchdog struct {
 	// had received something (or the first); last the last sample.
 	base, last map[string]sample
 	sampling   bool
+	// cursor is where the next sample starts in the sorted namespaces.
+	cursor int
 	// confirm is the wait between the two samples of a server line.
 	confirm time.Duration
 }
+
+// sampleBudget bounds the mount namespaces one sample reads (each read is
+// two mountinfo and one mountstats reads and a parse: about 4 ms of CPU
+// under TCG). Up to that many, every namespace is sampled every time
+// (every 2 s); beyond, they take turns: with 200 mounts in 200 containers
+// each is sampled every 20 s, at about 4% of a CPU instead of 40%.
+// Evidence older than the outage's start misses more often, and a line is
+// then ambiguous rather than attributed (all its candidates are probed
+// either way).
+const sampleBudget = 20
 
 func newWatchdog(w *watcher) (*watchdog, error) {
 	r, err := nfsstat.NewReader(nfsstat.Options{Proc: w.m.proc, Timeout: w.o.Timeout})
@@ -233,25 +245,8 @@ func (d *watchdog) act(ctx context.Context, wg *sync.WaitGroup, world *World, s 
 				d.w.event(ctx, WatchEvent{Time: time.Now(), Kind: "unresponsive", Mountpoint: e.Mountpoint, Source: e.Source, NetNS: e.Target.NetNS, Dev: e.Dev, Container: e.Target.Container, Detail: "kernel: " + rep.Message.Text})
 			}
 		}
-		d.checkNow(ctx, wg, world, *e)
+		d.w.probeNow(e.ID)
 	}
-}
-
-// checkNow starts a check with a probe of e, unless one is running.
-func (d *watchdog) checkNow(ctx context.Context, wg *sync.WaitGroup, world *World, e registry.Entry) {
-	w := d.w
-	w.mu.Lock()
-	if w.busy[e.ID] {
-		w.mu.Unlock()
-		return
-	}
-	w.busy[e.ID] = true
-	w.last[e.ID] = time.Now()
-	w.mu.Unlock()
-	wg.Go(func() {
-		defer func() { w.mu.Lock(); delete(w.busy, e.ID); w.mu.Unlock() }()
-		w.check(ctx, world, e, true)
-	})
 }
 
 // candidate is a superblock of the server a message names.
@@ -465,9 +460,9 @@ func toSample(st *kernel.NFSStats) sample {
 }
 
 // sample refreshes, in the background, the samples of every NFS
-// superblock mounted in a mount namespace of world (unless the last
-// refresh still runs).
-func (d *watchdog) sample(ctx context.Context, wg *sync.WaitGroup, world *World) {
+// superblock mounted in the mount namespaces nss (each with a process in
+// it), unless the last refresh still runs.
+func (d *watchdog) sample(ctx context.Context, wg *sync.WaitGroup, nss map[nsmount.NSID]int) {
 	d.mu.Lock()
 	if d.sampling {
 		d.mu.Unlock()
@@ -475,20 +470,24 @@ func (d *watchdog) sample(ctx context.Context, wg *sync.WaitGroup, world *World)
 	}
 	d.sampling = true
 	d.mu.Unlock()
-	nfs := map[nsmount.NSID]int{} // mount namespaces with NFS mounts
-	for _, refs := range world.Mounts {
-		for _, r := range refs {
-			nfs[r.MountNS] = r.PID
-		}
+	order := make([]nsmount.NSID, 0, len(nss))
+	for ns := range nss {
+		order = append(order, ns)
+	}
+	sort.Slice(order, func(i, j int) bool { return order[i].Ino < order[j].Ino })
+	if len(order) > sampleBudget {
+		start := d.cursor % len(order)
+		order = append(order[start:], order[:start]...)[:sampleBudget]
+		d.cursor = start + sampleBudget
 	}
 	wg.Go(func() {
 		defer func() { d.mu.Lock(); d.sampling = false; d.mu.Unlock() }()
 		seen := map[string]bool{}
-		for ns, pid := range nfs {
+		for _, ns := range order {
 			if ctx.Err() != nil {
 				return
 			}
-			stats, err := d.stats.Namespace(ctx, ns, pid)
+			stats, err := d.stats.Namespace(ctx, ns, nss[ns])
 			if err != nil {
 				continue
 			}
@@ -502,6 +501,18 @@ func (d *watchdog) sample(ctx context.Context, wg *sync.WaitGroup, world *World)
 			d.mu.Unlock()
 		}
 	})
+}
+
+// nfsNamespaces returns the mount namespaces of world with an NFS mount,
+// each with a process in it.
+func nfsNamespaces(world *World) map[nsmount.NSID]int {
+	out := map[nsmount.NSID]int{}
+	for _, refs := range world.Mounts {
+		for _, r := range refs {
+			out[r.MountNS] = r.PID
+		}
+	}
+	return out
 }
 
 // record keeps a sample of dev (d.mu held): the base moves when the

@@ -56,7 +56,7 @@ func newDogFixture(t *testing.T) *dogFixture {
 	other := entry("c3", 300, f.NS("m3"), f.NS("n3"), 90, "0:60")
 	fx.s = &registry.State{Entries: []registry.Entry{fx.c1, fx.c2, other}}
 	fx.events = make(chan WatchEvent, 100)
-	w := &watcher{m: m, o: WatchOptions{Timeout: time.Second}, events: fx.events, busy: map[string]bool{}, dead: map[string]bool{}, unresp: map[string]bool{}, last: map[string]time.Time{}}
+	w := newWatcher(m, WatchOptions{Timeout: time.Second}, fx.events)
 	d, err := newWatchdog(w)
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func newDogFixture(t *testing.T) *dogFixture {
 func (fx *dogFixture) sampleNow(t *testing.T) {
 	t.Helper()
 	var wg sync.WaitGroup
-	fx.d.sample(context.Background(), &wg, fx.world(t))
+	fx.d.sample(context.Background(), &wg, nfsNamespaces(fx.world(t)))
 	wg.Wait()
 }
 
@@ -223,5 +223,46 @@ func TestWatchdogRecord(t *testing.T) {
 		if d.base["0:40"] != st.wantBase {
 			t.Errorf("step %d: base %+v, want %+v", i, d.base["0:40"], st.wantBase)
 		}
+	}
+}
+
+// Beyond sampleBudget mount namespaces, samples take turns: with 2.5
+// budgets' worth of namespaces, every one is sampled within three samples.
+func TestWatchdogSampleBudget(t *testing.T) {
+	f := kerneltest.New(t)
+	mi := string(kerneltest.Captured(t, "mountinfo-6.1.txt"))
+	ms := string(kerneltest.Captured(t, "mountstats-6.1.txt"))
+	nss := map[nsmount.NSID]int{}
+	n := sampleBudget * 5 / 2
+	for i := range n {
+		pid := 1000 + i
+		dev := func(text string) string {
+			return strings.NewReplacer("0:40", "7:"+strconv.Itoa(3*i), "0:41", "7:"+strconv.Itoa(3*i+1), "0:42", "7:"+strconv.Itoa(3*i+2)).Replace(text)
+		}
+		name := "m" + strconv.Itoa(i)
+		f.Add(pid, kerneltest.Process{Mnt: name, Net: "n" + strconv.Itoa(i), Start: uint64(pid), Mountinfo: dev(mi), Mountstats: ms})
+		nss[f.NS(name)] = pid
+	}
+	m := openManager(t, f.Proc())
+	d, err := newWatchdog(newWatcher(m, WatchOptions{Timeout: time.Second}, make(chan WatchEvent, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.close)
+	sampled := func() int {
+		var wg sync.WaitGroup
+		d.sample(context.Background(), &wg, nss)
+		wg.Wait()
+		return len(d.last)
+	}
+	// Three NFS superblocks per namespace.
+	if got := sampled(); got != 3*sampleBudget {
+		t.Errorf("first sample: %d superblocks, want %d", got, 3*sampleBudget)
+	}
+	if got := sampled(); got != 3*2*sampleBudget {
+		t.Errorf("after the second: %d superblocks, want %d", got, 3*2*sampleBudget)
+	}
+	if got := sampled(); got != 3*n {
+		t.Errorf("after the third: %d superblocks, want all %d", got, 3*n)
 	}
 }

@@ -35,6 +35,7 @@ import (
 // A Prober is safe for concurrent use. The zero value is not usable: use
 // NewProber.
 type Prober struct {
+	helper string // the executable started as helper; "": this binary
 	mu     sync.Mutex
 	cur    *proberProc // takes new probes; nil: started on demand
 	live   map[*proberProc]bool
@@ -43,10 +44,11 @@ type Prober struct {
 	started int
 }
 
-// NewProber returns a Prober; it starts its first helper with the first
+// NewProber returns a Prober that starts helper as its helpers (as
+// Target.SetHelper: "" means this binary), the first one with the first
 // probe.
-func NewProber() *Prober {
-	return &Prober{live: map[*proberProc]bool{}}
+func NewProber(helper string) *Prober {
+	return &Prober{helper: helper, live: map[*proberProc]bool{}}
 }
 
 // Started returns how many helper processes the Prober has started.
@@ -103,7 +105,7 @@ func (p *Prober) proc() (*proberProc, error) {
 	if p.cur != nil && !p.cur.exited() {
 		return p.cur, nil
 	}
-	pp, err := startProberProc(func(pp *proberProc) {
+	pp, err := startProberProc(p.helper, func(pp *proberProc) {
 		p.mu.Lock()
 		delete(p.live, pp)
 		if p.cur == pp {
@@ -156,9 +158,12 @@ type proberProc struct {
 	closed   bool // sock is closed
 }
 
-// startProberProc starts a helper in serve mode; gone is called once it
-// has exited.
-func startProberProc(gone func(*proberProc)) (*proberProc, error) {
+// startProberProc starts exe ("": this binary) as a helper in serve mode;
+// gone is called once it has exited.
+func startProberProc(exe string, gone func(*proberProc)) (*proberProc, error) {
+	if exe == "" {
+		exe = "/proc/self/exe"
+	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("prober socket: %w", err)
@@ -166,7 +171,7 @@ func startProberProc(gone func(*proberProc)) (*proberProc, error) {
 	child := os.NewFile(uintptr(fds[1]), "prober")
 	pp := &proberProc{sock: fds[0], reaped: make(chan struct{}), gone: gone, waiting: map[uint64]chan *helperResponse{}}
 	pp.cmd = &exec.Cmd{
-		Path:        "/proc/self/exe",
+		Path:        exe,
 		Args:        []string{helperName, proberServeArg},
 		ExtraFiles:  []*os.File{child},
 		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
@@ -402,6 +407,14 @@ func proberRun(req *helperRequest, files []int, resp *helperResponse) error {
 	defer t.Close()
 	if req.Op != "probe" {
 		return fmt.Errorf("prober serves probes only, not %q", req.Op)
+	}
+	if t.root != nil {
+		// The root descriptor leads into the target's mount namespace
+		// by itself (as /proc/PID/root does), and a probe needs nothing
+		// of the network namespace: no thread to make and no namespace
+		// to enter, which is most of a probe's cost. A goroutine stuck
+		// here dies with the helper.
+		return probeInside(req, t.root, resp)
 	}
 	return t.inside(req, resp, nil)
 }

@@ -87,7 +87,7 @@ func TestProberConcurrent(t *testing.T) {
 	tgt, _ := openTarget(t)
 	dir := tempDir(t)
 	mountTmpfsIn(t, tgt, dir)
-	p := nsmount.NewProber()
+	p := nsmount.NewProber("")
 	defer p.Close()
 	const n = 40
 	errs := make(chan error, n)
@@ -128,7 +128,7 @@ func TestProberHungProbe(t *testing.T) {
 	ok, hung := tempDir(t), tempDir(t)
 	mountTmpfsIn(t, tgt, ok)
 	mountHungFuseIn(t, tgt, hung)
-	p := nsmount.NewProber()
+	p := nsmount.NewProber("")
 	defer p.Close()
 	if _, err := p.Probe(context.Background(), tgt, ok, 0, 5*time.Second); !errors.Is(err, nsmount.ErrNotMounted) {
 		t.Fatalf("Probe of a tmpfs = %v, want ErrNotMounted", err)

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 	"github.com/spf13/cobra"
 
+	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
@@ -113,9 +114,12 @@ exits 0. The next agent finds the mounts in the registry (--state-dir).`,
 	f.DurationVar(&sc.MountTimeout, "mount-timeout", nsmount.DefaultMountTimeout, "bound for one CSI mount or unmount")
 	f.DurationVar(&sc.StatsTimeout, "stats-timeout", csi.DefaultStatsTimeout, "bound for the probe of NodeGetVolumeStats and NodeGetVolumeHealth")
 	f.BoolVar(&sc.NoDiscovery, "no-discovery", false, "never look for a pod's sandbox in the processes' cgroups")
-	f.DurationVar(&c.Watch.Interval, "interval", 2*time.Second, "watch: route check period (route events trigger a check at once)")
+	f.DurationVar(&c.Watch.Interval, "interval", 30*time.Second, "watch: safety net, every route checked and the registry reconciled with the kernel this often (route events, registry changes and mounts found gone act at once)")
 	f.DurationVar(&c.Watch.ProbeInterval, "probe-interval", 5*time.Second, "watch: health probe period")
 	f.DurationVar(&c.Watch.Timeout, "probe-timeout", 3*time.Second, "watch: bound for one probe (a server silent that long is reported dead)")
+	f.IntVar(&c.Watch.ProbeParallel, "probe-parallel", 8, "watch: probes at once")
+	f.Float64Var(&c.Watch.ProbeRate, "probe-rate", 20, "watch: probes started per second in their turn, at most")
+	f.IntVar(&c.Watch.RemountParallel, "remount-parallel", cachectl.DefaultRemountParallel, "watch: remounts at once")
 	f.BoolVar(&c.NoKernelLog, "no-kernel-log", false, "do not read the kernel log (no watchdog)")
 	f.BoolVar(&c.KeepConnections, "keep-connections", false, "watch: after a route change to the same address, do not reset the NFS client's connection before remounting")
 	f.StringVar(&c.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics and health at /healthz (e.g. :9477)")

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/nsmount/nsmount/cachectl"
@@ -21,24 +22,34 @@ func newWatchCommand(l packed.Launcher) *cobra.Command {
 		interval, probeInterval, timeout, duration time.Duration
 		asJSON, keepConns, allOps, noKernelLog     bool
 		metricsAddr                                string
+		probeParallel, remountParallel             int
+		probeRate                                  float64
 		lf                                         logFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "watch [flags]",
 		Short: shortOf("watch"),
-		Long: `watch runs until interrupted (or for --for). It subscribes to route, address
-and link changes inside every network namespace that has nsmount mounts and
-re-checks those mounts at once on a change, and every --interval anyway; it
-probes every mount every --probe-interval (bounded by --timeout, in a helper
-process that is killed if the server hangs). A mount whose route changed, or
-that answers ESTALE, is remounted (as nsmount remount); a server that does
-not answer within --timeout is reported dead. Each mount is handled on its
-own, so a hung server never delays the others.
+		Long: `watch runs until interrupted (or for --for). It probes every mount every
+--probe-interval (a getattr and statfs of the mount root, bounded by
+--timeout, in a long-lived helper process that is replaced if a server
+hangs; at most --probe-parallel at once and --probe-rate per second). A
+mount whose server answers but no longer knows its file handles (ESTALE;
+EBADHANDLE, errno 521: another NFS server at the same address, e.g. kernel
+nfsd replaced by NFS-Ganesha), or that fails with EIO while its server
+answers an NFS NULL call, is remounted (as nsmount remount), at most
+--remount-parallel at once; when one mount of an address turns out stale,
+the others of that address are probed at once. A server that does not
+answer within --timeout is reported dead. It subscribes to route, address
+and link changes inside every network namespace that has nsmount mounts
+and re-checks those mounts' routes at once on a change (a route that
+drifted is followed by a remount). Every --interval, as a safety net, it
+checks every route and reconciles the registry with the kernel; it reads
+the registry again when it changes. A hung server never delays the others.
 
 It also reads the kernel log (/dev/kmsg; --no-kernel-log turns it off): a
 "server X not responding", "timed out", "OK", NFSv4 state manager failure
 or hung task line is attributed to the mounts it is about (or reported as
-ambiguous), which are checked at once. With --metrics-address, Prometheus
+ambiguous), which are probed at once. With --metrics-address, Prometheus
 metrics are served at /metrics (and "ok" at /healthz).
 
 One log line per event on stdout (log/slog: --log-format text or json; the
@@ -73,7 +84,10 @@ message is the event's kind).`,
 					return err
 				}
 			}
-			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout}
+			if probeParallel < 1 || remountParallel < 1 || probeRate <= 0 {
+				return usageError{fmt.Errorf("--probe-parallel, --remount-parallel and --probe-rate must be positive")}
+			}
+			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, ProbeParallel: probeParallel, ProbeRate: probeRate, RemountParallel: remountParallel}
 			if !noKernelLog {
 				o.Kernel = openKernelLog(ctx, log)
 			}
@@ -95,9 +109,12 @@ message is the event's kind).`,
 			}
 		},
 	}
-	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "route check period (route events trigger a check at once)")
+	cmd.Flags().DurationVar(&interval, "interval", 30*time.Second, "safety net: check every route and reconcile the registry with the kernel this often (route events, registry changes and mounts found gone act at once)")
 	cmd.Flags().DurationVar(&probeInterval, "probe-interval", 5*time.Second, "health probe period")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "bound for one probe: a server silent that long is reported dead")
+	cmd.Flags().IntVar(&probeParallel, "probe-parallel", 8, "probes at once (a probe waiting on its server for over a second gives its place up)")
+	cmd.Flags().Float64Var(&probeRate, "probe-rate", 20, "probes started per second in their turn, at most (more mounts than --probe-interval allows at that rate are probed less often; probes that evidence asks for do not wait)")
+	cmd.Flags().IntVar(&remountParallel, "remount-parallel", cachectl.DefaultRemountParallel, "remounts at once (measured: see README, \"Storage migration\")")
 	cmd.Flags().DurationVar(&duration, "for", 0, "stop after this long (default: until interrupted)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event (the same as --log-format json)")
 	cmd.Flags().BoolVar(&keepConns, "keep-connections", false, "after a route change to the same address, do not reset the NFS client's connection to it before remounting")
