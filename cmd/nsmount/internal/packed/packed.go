@@ -97,11 +97,23 @@ func FromLauncher() (Launcher, error) {
 	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return Launcher{}, fmt.Errorf("%s=%d: not an open regular file (%v)", envFD, fd, err)
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
-		return Launcher{}, fmt.Errorf("%s=%d: %w", envFD, fd, err)
-	}
 	if !filepath.IsAbs(path) {
+		unix.Close(fd)
 		return Launcher{}, fmt.Errorf("%s=%q: not an absolute path", envPath, path)
 	}
-	return Launcher{Helper: "/proc/self/fd/" + strconv.Itoa(fd), Path: path}, nil
+	// Moved up, close-on-exec: a helper is started with its descriptors
+	// (namespaces, root, a socket) as ExtraFiles, which the child puts at
+	// 3, 4, 5... before it executes Helper; a low descriptor is one of
+	// them by then (watch's remounts failed with EACCES executing
+	// /proc/self/fd/4, by then the mount namespace's descriptor).
+	hi, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, helperFDMin)
+	unix.Close(fd)
+	if err != nil {
+		return Launcher{}, fmt.Errorf("%s=%d: %w", envFD, fd, err)
+	}
+	return Launcher{Helper: "/proc/self/fd/" + strconv.Itoa(hi), Path: path}, nil
 }
+
+// helperFDMin is the least descriptor Launcher.Helper is kept at: above
+// every ExtraFiles of a helper.
+const helperFDMin = 100

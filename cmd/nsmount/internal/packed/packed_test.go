@@ -2,6 +2,7 @@ package packed
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -13,7 +14,8 @@ import (
 )
 
 // envRole makes the test binary act as the launcher ("launch") or as the
-// launched full binary ("full").
+// launched full binary ("full"), or as a helper the full binary starts
+// ("helper": exits 0).
 const envRole = "NSMOUNT_PACKED_TEST_ROLE"
 
 // TestMain: as "launch", the test binary runs itself, compressed, through
@@ -34,6 +36,8 @@ func TestMain(m *testing.M) {
 		os.Exit(3)
 	case "full":
 		os.Exit(full())
+	case "helper":
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -56,12 +60,22 @@ func full() int {
 	}
 	fd := strings.TrimPrefix(l.Helper, "/proc/self/fd/")
 	flags, _ := os.ReadFile("/proc/self/fdinfo/" + fd)
+	// Started as a mount helper is: with descriptors at 3, 4 and 5.
+	var extra []*os.File
+	for range 3 {
+		f, _ := os.Open("/dev/null")
+		extra = append(extra, f)
+	}
+	helperCmd := &exec.Cmd{Path: l.Helper, Args: []string{"nsmount-helper"}, Env: append(os.Environ(), envRole+"=helper"), ExtraFiles: extra}
+	helperErr := helperCmd.Run()
 	os.Stdout.WriteString(strings.Join([]string{
 		"exe " + exe,
 		"args " + strings.Join(os.Args, " "),
 		"same " + boolText(helper.Ino == launcher.Ino && helper.Dev == launcher.Dev),
 		"env " + os.Getenv(envFD) + os.Getenv(envPath),
 		"fdinfo " + strings.Fields(strings.SplitN(string(flags), "flags:", 2)[1])[0],
+		"fd " + fd,
+		"helper " + fmt.Sprint(helperErr),
 	}, "\n") + "\n")
 	return 0
 }
@@ -102,6 +116,12 @@ func TestExec(t *testing.T) {
 	}
 	if got["env"] != "" {
 		t.Errorf("launcher environment left for children: %q", got["env"])
+	}
+	if n, err := strconv.Atoi(got["fd"]); err != nil || n < helperFDMin {
+		t.Errorf("Launcher.Helper at descriptor %s, want at least %d", got["fd"], helperFDMin)
+	}
+	if got["helper"] != "<nil>" {
+		t.Errorf("Launcher.Helper started with three ExtraFiles: %s", got["helper"])
 	}
 	// O_CLOEXEC is 02000000 in fdinfo's octal flags.
 	if f := got["fdinfo"]; len(f) < 7 || f[len(f)-7] != '2' && f[len(f)-7] != '3' {
