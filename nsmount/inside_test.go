@@ -4,8 +4,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -240,6 +242,61 @@ func TestOpenInRootMkdirHostEscape(t *testing.T) {
 			}
 			if names := dirEntries(t, outside); len(names) != 0 {
 				t.Errorf("created %q OUTSIDE the root", names)
+			}
+		})
+	}
+}
+
+// TestUnmountBusyRetry: an unmount waits out a mount held for a moment (a
+// probe's GETATTR), and reports EBUSY for one held past busyFor. It runs
+// on a thread of its own in a private mount namespace.
+func TestUnmountBusyRetry(t *testing.T) {
+	tests := []struct {
+		name    string
+		holdFor time.Duration // -1: not held; 0: held throughout
+		busyFor time.Duration
+		want    error
+	}{
+		{"not held", -1, time.Second, nil},
+		{"held by a probe", 80 * time.Millisecond, time.Second, nil},
+		{"held by an open file", 0, 150 * time.Millisecond, unix.EBUSY},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			errc := make(chan error, 1)
+			go func() {
+				// The thread leaves with its mount namespace (no unlock).
+				runtime.LockOSThread()
+				if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+					errc <- err
+					return
+				}
+				if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+					errc <- err
+					return
+				}
+				if err := unix.Mount("nsmt-busy", dir, "tmpfs", 0, "size=64k"); err != nil {
+					errc <- err
+					return
+				}
+				defer unix.Unmount(dir, unix.MNT_DETACH)
+				if tt.holdFor >= 0 {
+					fd, err := unix.Open(dir, unix.O_PATH|unix.O_CLOEXEC, 0)
+					if err != nil {
+						errc <- err
+						return
+					}
+					if tt.holdFor > 0 {
+						time.AfterFunc(tt.holdFor, func() { unix.Close(fd) })
+					} else {
+						defer unix.Close(fd)
+					}
+				}
+				errc <- unmountBusyRetry(dir, unix.UMOUNT_NOFOLLOW, tt.busyFor)
+			}()
+			if err := <-errc; !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Errorf("unmountBusyRetry = %v, want %v", err, tt.want)
 			}
 		})
 	}

@@ -208,8 +208,31 @@ func umountIDInside(req *helperRequest, root, proc *os.File) error {
 	if id != req.MountID {
 		return withClass(ErrMountFailed, fmt.Errorf("umount %s: covered by mount %d, not %d", m.Mountpoint, id, req.MountID))
 	}
-	if err := unix.Unmount(m.Mountpoint, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
+	if err := unmountBusyRetry(m.Mountpoint, req.Umount|unix.UMOUNT_NOFOLLOW, umountBusyFor); err != nil {
 		return withClass(ErrMountFailed, fmt.Errorf("umount %s (%s): %w", m.Mountpoint, m.Source, err))
 	}
 	return nil
+}
+
+// umountBusyFor is how long an unmount retries EBUSY. A probe (nsmount
+// watch's, status's) holds the mount for the milliseconds of its GETATTR
+// and statfs, and a mount made busy by that alone must still unmount; a
+// mount that stays busy longer (a process has files open on it) is
+// reported busy, as umount(8) would.
+const umountBusyFor = time.Second
+
+// unmountBusyRetry unmounts path with flags, trying again while the
+// kernel answers EBUSY, for at most busyFor (waits of 10 ms, doubling, at
+// most 200 ms).
+func unmountBusyRetry(path string, flags int, busyFor time.Duration) error {
+	deadline := time.Now().Add(busyFor)
+	wait := 10 * time.Millisecond
+	for {
+		err := unix.Unmount(path, flags)
+		if !errors.Is(err, unix.EBUSY) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 200*time.Millisecond)
+	}
 }
