@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
+	"path"
 	"slices"
 	"sync"
 	"time"
@@ -168,6 +170,32 @@ func (m *Manager) lockServer(ctx context.Context, ns nsmount.NSID, server netip.
 
 func serverLockName(ns nsmount.NSID, server netip.Addr) string {
 	return fmt.Sprintf("netns-%d-%s", ns.Ino, server.Unmap())
+}
+
+// mountLockName names the lock of the mount point mountpoint in mount
+// namespace mntns (of a process in network namespace netns, whose teardown
+// removes it with the server locks). A probe holds it shared while it
+// holds the mount (openat, GETATTR, statfs), an unmount exclusively: the
+// unmount waits for the probes in flight instead of failing with EBUSY.
+// The name holds a hash of the cleaned path: an unmount by another path to
+// the same mount (a symlink) does not wait, and is left to its EBUSY retry.
+func mountLockName(netns, mntns nsmount.NSID, mountpoint string) string {
+	h := fnv.New64a()
+	h.Write([]byte(path.Clean(mountpoint)))
+	return fmt.Sprintf("netns-%d-mount-%d-%016x", netns.Ino, mntns.Ino, h.Sum64())
+}
+
+// lockMountShared takes e's mount lock shared, waiting at most timeout; nil
+// when it cannot be had (the probe goes on without: the lock only spares
+// an unmount its EBUSY retries).
+func (m *Manager) lockMountShared(ctx context.Context, e *registry.Entry, timeout time.Duration) *registry.Lock {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	l, err := m.reg.LockShared(ctx, mountLockName(e.Target.NetNS, e.Target.MountNS, e.Mountpoint))
+	if err != nil {
+		return nil
+	}
+	return l
 }
 
 // Shutdowner reads and uses the shutdown knob of NFS superblocks

@@ -308,6 +308,9 @@ func (m *Manager) probeEntry(ctx context.Context, w *World, e registry.Entry, ti
 		return &nsmount.Health{Error: err.Error()}
 	}
 	defer t.Close()
+	if l := m.lockMountShared(ctx, &e, orDefault(timeout, nsmount.DefaultProbeMountTimeout)); l != nil {
+		defer l.Unlock()
+	}
 	h, err := nsmount.ProbeMount(ctx, t, e.Mountpoint, e.MountID, timeout)
 	if err != nil {
 		h.Error = err.Error()

@@ -623,6 +623,9 @@ func (w *watcher) probe(ctx context.Context, e registry.Entry, world *World) wat
 		return r
 	}
 	defer t.Close()
+	if l := w.m.lockMountShared(ctx, &e, w.o.Timeout); l != nil {
+		defer l.Unlock()
+	}
 	if w.prober != nil {
 		r.health, r.err = w.prober.Probe(ctx, t, e.Mountpoint, e.MountID, w.o.Timeout)
 	} else {

@@ -266,12 +266,25 @@ func TestUnmountBusyRetry(t *testing.T) {
 			dir := t.TempDir()
 			errc := make(chan error, 1)
 			go func() {
-				// The thread leaves with its mount namespace (no unlock).
+				// The thread goes back to its mount namespace before it
+				// is unlocked (it may be the main thread, which Go never
+				// ends: it must not stay in the test's namespace).
 				runtime.LockOSThread()
+				orig, err := os.Open("/proc/thread-self/ns/mnt")
+				if err != nil {
+					errc <- err
+					return
+				}
+				defer orig.Close()
 				if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
 					errc <- err
 					return
 				}
+				defer func() {
+					if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNS); err == nil {
+						runtime.UnlockOSThread()
+					}
+				}()
 				if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 					errc <- err
 					return

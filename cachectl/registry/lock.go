@@ -32,6 +32,19 @@ type Lock struct {
 // kernel, woken at once when the holder lets go, not polled. Unlock
 // releases it; a process that dies releases its locks with it.
 func (r *Registry) Lock(ctx context.Context, name string) (*Lock, error) {
+	return r.lock(ctx, name, unix.LOCK_EX)
+}
+
+// LockShared takes the lock called name shared: with other shared holders,
+// never with an exclusive one (Lock). nsmount names one per mount (see
+// cachectl): a probe holds it shared for the moments it holds the mount,
+// an unmount holds it exclusively, and so waits for the probes in flight
+// (each bounded by its timeout) instead of failing with EBUSY.
+func (r *Registry) LockShared(ctx context.Context, name string) (*Lock, error) {
+	return r.lock(ctx, name, unix.LOCK_SH)
+}
+
+func (r *Registry) lock(ctx context.Context, name string, how int) (*Lock, error) {
 	if name == "" || len(name) > 200 || strings.ContainsFunc(name, func(c rune) bool {
 		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_' || c == ':')
 	}) {
@@ -48,7 +61,7 @@ func (r *Registry) Lock(ctx context.Context, name string) (*Lock, error) {
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		f, err := lockFileAt(path, unix.LOCK_EX, max(time.Until(deadline), 0))
+		f, err := lockFileAt(path, how, max(time.Until(deadline), 0))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("lock %s: %w", name, context.Cause(ctx))
@@ -87,6 +100,19 @@ func samePath(f *os.File, path string) bool {
 		return false
 	}
 	return a.Dev == b.Dev && a.Ino == b.Ino
+}
+
+// Remove removes the lock's file and releases the lock (for a lock of
+// something that is gone, as RemoveLock, by its exclusive holder).
+func (l *Lock) Remove() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	defer l.Unlock()
+	if err := os.Remove(l.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove lock %s: %w", filepath.Base(l.path), err)
+	}
+	return nil
 }
 
 // Unlock releases the lock. It is safe to call more than once.

@@ -716,6 +716,62 @@ func TestLockExcludes(t *testing.T) {
 	}
 }
 
+// TestLockShared: shared holders do not exclude each other; an exclusive
+// taker waits for all of them, and while it holds the lock a shared taker
+// waits; Remove takes the file away with the lock.
+func TestLockShared(t *testing.T) {
+	r := openTest(t)
+	ctx := t.Context()
+	const name = "netns-4026532281-mount-4026532282-9a3f"
+	a, err := r.LockShared(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.LockShared(ctx, name)
+	if err != nil {
+		t.Fatalf("second shared holder: %v", err)
+	}
+	short := func() context.Context {
+		c, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		t.Cleanup(cancel)
+		return c
+	}
+	if _, err := r.Lock(short(), name); err == nil {
+		t.Fatal("took exclusively a lock held shared")
+	}
+	a.Unlock()
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := r.Lock(ctx, name)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	time.Sleep(50 * time.Millisecond)
+	b.Unlock()
+	var x *Lock
+	select {
+	case x = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("exclusive waiter not woken when the shared holders let go")
+	}
+	if _, err := r.LockShared(short(), name); err == nil {
+		t.Fatal("took shared a lock held exclusively")
+	}
+	if err := x.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(r.Dir(), locksDir, name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file still there after Remove: %v", err)
+	}
+	if l, err := r.LockShared(short(), name); err != nil {
+		t.Errorf("shared after Remove: %v", err)
+	} else {
+		l.Unlock()
+	}
+}
+
 func BenchmarkRegistryView200(b *testing.B) {
 	r := openTest(b)
 	err := r.Update(func(s *State) error {

@@ -70,6 +70,19 @@ else
 fi
 lab_check_output watch-saw-estale "ESTALE" cat /tmp/watch.log
 
+# Mount and unmount under watch, which probes each new mount at once: an
+# unmount waits for a probe in flight (the mount's lock), never EBUSY
+# (each mount lives 0.1 to 0.4 s: long enough for watch to start a probe).
+mkdir -p /proc/$C1/root/cyc
+T0=$(now)
+CYC=0
+for i in $(seq 1 30); do
+	nsmount mount --pid $C1 -o vers=4.2 $X:/export /cyc >/dev/null 2>>/tmp/cycles.err &&
+		sleep 0.$((i % 4 + 1)) && nsmount umount --pid $C1 /cyc >/dev/null 2>>/tmp/cycles.err && CYC=$((CYC + 1))
+done
+lab_log "30 mount/umount cycles under watch in $(since $T0) s: $CYC whole; $(cat /tmp/cycles.err 2>/dev/null | sort | uniq -c | head -n 3)"
+lab_check cycles-under-watch test "$CYC" = 30
+
 # A dead server (its link goes down): reported within seconds.
 T0=$(now)
 ip -n srvB link set eth0 down
