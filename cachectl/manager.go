@@ -264,6 +264,11 @@ func (m *Manager) reconcile(w *World) ([]Gone, *registry.State, error) {
 		return nil, nil, err
 	}
 	gone := w.Reconcile(s)
+	// A mount that an unmount is taking away (its lock held) is that
+	// unmount's to forget: reported here, it would read as lost.
+	gone = slices.DeleteFunc(gone, func(g Gone) bool {
+		return m.reg.Held(mountLockName(g.Entry.Target.NetNS, g.Entry.Target.MountNS, g.Entry.Mountpoint))
+	})
 	if len(gone) == 0 {
 		return nil, s, nil
 	}

@@ -102,6 +102,18 @@ func samePath(f *os.File, path string) bool {
 	return a.Dev == b.Dev && a.Ino == b.Ino
 }
 
+// Held reports whether the lock called name is held exclusively now (an
+// unmount in progress, for a mount's lock), without waiting and without
+// making its file.
+func (r *Registry) Held(name string) bool {
+	f, err := os.OpenFile(filepath.Join(r.dir, locksDir, strings.ReplaceAll(name, ":", "_")), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	return errors.Is(unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB), unix.EWOULDBLOCK)
+}
+
 // Remove removes the lock's file and releases the lock (for a lock of
 // something that is gone, as RemoveLock, by its exclusive holder).
 func (l *Lock) Remove() error {

@@ -759,15 +759,24 @@ func TestLockShared(t *testing.T) {
 	if _, err := r.LockShared(short(), name); err == nil {
 		t.Fatal("took shared a lock held exclusively")
 	}
+	if !r.Held(name) || r.Held(name+"-other") {
+		t.Errorf("Held = %v for the held lock, %v for another", r.Held(name), r.Held(name+"-other"))
+	}
 	if err := x.Remove(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(r.Dir(), locksDir, name)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("lock file still there after Remove: %v", err)
 	}
+	if r.Held(name) {
+		t.Error("Held after Remove")
+	}
 	if l, err := r.LockShared(short(), name); err != nil {
 		t.Errorf("shared after Remove: %v", err)
 	} else {
+		if r.Held(name) {
+			t.Error("Held while held shared")
+		}
 		l.Unlock()
 	}
 }
