@@ -692,7 +692,7 @@ func (w *watcher) routeCheck(ctx context.Context, ns nsmount.NSID) {
 		if !ok {
 			return
 		}
-		views := w.m.netnsViews([]int{pid}, false)
+		views := w.m.netnsViews([]int{pid}, nil)
 		release()
 		w.report(ctx, watchResult{kind: resultRoutes, ns: ns, drift: drifted(views[0], entries)})
 		views[0].close()
@@ -731,7 +731,7 @@ func (w *watcher) routeCheckAll(ctx context.Context) {
 			minePIDs = append(minePIDs, pids[nss[k]])
 		}
 		w.wg.Go(func() {
-			views := w.m.netnsViews(minePIDs, false)
+			views := w.m.netnsViews(minePIDs, nil)
 			for k, ns := range mine {
 				w.report(ctx, watchResult{kind: resultRoutes, ns: ns, drift: drifted(views[k], byNS[ns])})
 				views[k].close()

@@ -250,8 +250,14 @@ type NetNSState struct {
 	PID         int             `json:"pid"`
 	Clients     []kernel.Client `json:"clients"`
 	Superblocks []Superblock    `json:"superblocks"`
-	// ClientID is the netns's NFSv4 client identity, if read.
+	// ClientID is the netns's NFSv4 client identity, if known: as its
+	// mounts recorded it (ClientIDRecorded), else as read from the kernel.
 	ClientID string `json:"client_id,omitempty"`
+	// ClientIDRecorded reports that ClientID is the one recorded with
+	// the netns's mounts when they were made (nsmount sets it only where
+	// none is set; it changes only if something writes the netns's
+	// /sys/fs/nfs/net/nfs_client/identifier), not read now.
+	ClientIDRecorded bool `json:"client_id_recorded,omitempty"`
 }
 
 // StaleFor returns the stale superblocks whose client talks to server

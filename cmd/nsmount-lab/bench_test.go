@@ -189,7 +189,7 @@ func TestBenchGoals(t *testing.T) {
 		ms("nsmount mount v4.2", 78),                    // 0.65: met
 		ms("nsmount mount v4.2, 100 other mounts", 100), // 1.28: missed
 		ms("nsmount status --no-probe, 100 mounts", 320),
-		{name: "watch goroutines before", n: 1, med: 20, count: true},
+		{name: "watch goroutines at the start", n: 1, med: 20, count: true},
 		{name: "watch goroutines after 1000 cycles", n: 1, med: 21, count: true},
 	}
 	var out bytes.Buffer
@@ -211,7 +211,7 @@ func TestBenchGoals(t *testing.T) {
 	if !strings.HasPrefix(sum, "goals: 3 met, 1 missed (2a), 8 not measured") {
 		t.Errorf("summary %q", sum)
 	}
-	r, ok, err := parseBenchLine("BENCH-COUNT\twatch fds before\t17")
+	r, ok, err := parseBenchLine("BENCH-COUNT\twatch fds at the start\t17")
 	if !ok || err != nil || !r.count || r.med != 17 {
 		t.Errorf("count line = %+v, %v, %v", r, ok, err)
 	}

@@ -48,9 +48,9 @@ var benchGoals = []benchGoal{
 	{"4b", "16 mounts at once <= 1.0 x one after another (2 vCPUs)", "16 mounts at once (2 vCPUs)", "16 mounts one after another (2 vCPUs)", 1.0},
 	{"5a", "route change: the mount reads the new server <= 1000 ms (6.1)", "route change to another server at the same address, under watch", "", 1000},
 	{"5b", "route change: the mount reads the new server <= 1000 ms (6.12)", "route change to another server at the same address, under watch (6.12)", "", 1000},
-	{"6a", "watch, 1000 mount/umount cycles: RSS grows <= 10%", "watch RSS after 1000 cycles", "watch RSS before", 1.1},
-	{"6b", "watch, 1000 mount/umount cycles: goroutines grow <= 10%", "watch goroutines after 1000 cycles", "watch goroutines before", 1.1},
-	{"6c", "watch, 1000 mount/umount cycles: fds grow <= 10%", "watch fds after 1000 cycles", "watch fds before", 1.1},
+	{"6a", "watch, 1000 mount/umount cycles: anonymous RSS grows <= 10%", "watch anonymous RSS after 1000 cycles", "watch anonymous RSS at the start", 1.1},
+	{"6b", "watch, 1000 mount/umount cycles: goroutines grow <= 10%", "watch goroutines after 1000 cycles", "watch goroutines at the start", 1.1},
+	{"6c", "watch, 1000 mount/umount cycles: fds grow <= 10%", "watch fds after 1000 cycles", "watch fds at the start", 1.1},
 }
 
 // goalValue is a goal's value if its measurements are there.

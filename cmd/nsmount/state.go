@@ -160,8 +160,11 @@ func printStatus(cmd *cobra.Command, rep *cachectl.Report) error {
 	}
 	for _, st := range rep.NetNS {
 		id := st.ClientID
-		if id == "" {
+		switch {
+		case id == "":
 			id = "none (derived from the hostname)"
+		case st.ClientIDRecorded:
+			id += " (as recorded at mount)"
 		}
 		fmt.Fprintf(out, "netns %s (pid %d): NFSv4 client identity %s\n", st.NetNS, st.PID, id)
 		for _, c := range st.Clients {
