@@ -22,7 +22,9 @@ DEADLINE=${DEADLINE:-120}
 METRICS=127.0.0.1:9477
 now() { awk '{print $1}' /proc/uptime; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b - a}'; }
-scrape() { nsmount-lab get --timeout 3s http://$METRICS/metrics; }
+# (A scrape reads 50 mount namespaces' mountstats: 1.5 s beside the storm
+# on 1 vCPU, 3.4-3.8 s during the switch.)
+scrape() { nsmount-lab get --timeout 8s http://$METRICS/metrics; }
 mem() { awk '/^MemAvailable/ { printf "%d MiB", $2 / 1024 }' /proc/meminfo; }
 
 lab_netns srv >/dev/null
@@ -81,7 +83,7 @@ scrape >/tmp/scrape-before.txt
 ) >/tmp/switch-metrics.txt 2>/dev/null &
 SCRAPER=$!
 T0=$(now)
-lab_log "the switch begins (wall clock $(date -u +%T.%N))"
+lab_log "the switch begins (wall clock $(date -u +%T))"
 lab_nfsd_stop srv >/dev/null
 lab_log "nfsd stopped $(since $T0) s after the switch began"
 lab_ganesha srv mig >/dev/null
