@@ -109,10 +109,29 @@ done
 kill $SCRAPER
 wait $SCRAPER 2>/dev/null
 NOTBACK=$(echo $left | wc -w)
+scrape >/tmp/scrape-after.txt 2>/dev/null || :
+probes() { awk '/^nsmount_watch_events_total\{kind="probe"\}/ { n = $2 } END { printf "%d", n }' "$1"; }
+lab_log "MIGRATION: watch's probes from just before the switch to the last container back: $(($(probes /tmp/scrape-after.txt) - $(probes /tmp/scrape-before.txt)))"
 if [ -n "$LAST" ]; then
 	lab_log "MIGRATION: last of $((N - NOTBACK)) containers reading again $(awk -v a=$T0 -v b=$LAST 'BEGIN{printf "%.2f", b - a}') s after the switch began ($(awk -v a=$TG -v b=$LAST 'BEGIN{printf "%.2f", b - a}') s after Ganesha answered)"
 fi
 lab_check "every container reads its data and writes after the switch (within ${DEADLINE} s)" test "$NOTBACK" = 0
+if [ "$NOTBACK" != 0 ]; then
+	# What holds them: their NFS clients, the kernel's NFS messages, the
+	# stacks of the tasks waiting in the kernel.
+	for i in $left; do
+		_p=$(sed -n "$((i + 1))p" /tmp/pids)
+		echo "c$i (pid $_p, netns $(readlink /proc/$_p/ns/net)) not back:"
+		cat /proc/$_p/net/nfsfs/servers /proc/$_p/net/nfsfs/volumes
+	done
+	dmesg | grep -iE 'nfs|rpc|lockd' | tail -n 30
+	for s in /proc/[0-9]*/stat; do
+		_d=${s%/stat}
+		[ "$(awk '{print $3}' $s 2>/dev/null)" = D ] || continue
+		echo "D task ${_d#/proc/} $(cat $_d/comm 2>/dev/null):"
+		head -n 12 $_d/stack 2>/dev/null | sed 's/^/    /'
+	done | head -n 80
+fi
 sleep 1
 REMOUNTS=$(grep -c 'msg=remounted ' /tmp/watch.log)
 RFAILED=$(grep -c 'msg=remount-failed ' /tmp/watch.log)
@@ -126,6 +145,7 @@ lab_log "MIGRATION: remount durations (detection to new mount): $(grep 'msg=remo
 lab_log "MIGRATION: watch events: $(sed -n 's/.* msg=\([a-z-]*\) .*/\1/p' /tmp/watch.log | sort | uniq -c | awk '{ printf "%s %s, ", $2, $1 }')"
 lab_log "MIGRATION: watch's metrics during the switch (s after it began; scrape time; unresponsive gauge summed; c0's GETATTRs completed and failed, on its superblock of the time; watch's remounted and dead events):"
 awk -v t0=$T0 '{ if ($3 == 0) printf "  %5.1f s  scrape failed after %s s\n", $1 - t0, $2; else printf "  %5.1f s  scrape %4.2f s  unresponsive %3d  GETATTR %6d  errors %4d  remounted %3d  dead %3d\n", $1 - t0, $2, $4, $5, $6, $7, $8 }' /tmp/switch-metrics.txt | awk 'NR % 2 == 1 || /failed/' | head -n 50
+grep -E 'msg=(remount-failed|error) ' /tmp/watch.log | head -n 10
 lab_check "no remount failed" test "$RFAILED" = 0
 lab_check "all $N remounted" test "$REMOUNTS" -ge "$N"
 lab_check "no mount stale or broken afterwards" sh -c "! nsmount status 2>&1 | grep -Eq ' (stale|broken|hung)\$'"
