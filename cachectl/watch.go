@@ -61,12 +61,16 @@ type WatchOptions struct {
 }
 
 // DefaultRemountParallel is how many remounts Watch runs at once unless
-// told otherwise. Measured in the lab (1 vCPU under TCG, the new server
-// in the same VM, kernel nfsd replaced by NFS-Ganesha under 50 and 200
-// mounts; see README, "Storage migration"): 4 at once moved 200 mounts
-// in the least time; 8 and 16 were no faster and made the slowest
-// remount slower, 1 and 2 took longer.
-const DefaultRemountParallel = 4
+// told otherwise. Measured in the lab (nsmount/testdata/lab/
+// remount_parallel.sh: 1 vCPU under TCG, the server in the same VM
+// switched between kernel nfsd and NFS-Ganesha at the same address, every
+// mount then remounted; README, "Storage migration"): with 200 mounts the
+// last remount came 246, 102, 90, 56 and 53 s after the new server
+// answered with 1, 2, 4, 8 and 16 at once; with 50, 8.4, 8.4, 8.1, 5.9
+// and 7.5 s. 8 was as fast as 16 at 200 and the fastest at 50, with half
+// the new server's load at once and each remount quicker (median 1.2 s
+// against 1.9-2.4 s).
+const DefaultRemountParallel = 8
 
 // probeHold is how long a probe keeps its place among the ProbeParallel
 // before it waits apart (it waits for its server, not for the CPU).
@@ -157,6 +161,10 @@ type watched struct {
 	// now: the next probe was asked for by evidence, not by the clock
 	// (it does not wait for ProbeRate).
 	now bool
+	// started is when the running (or last) probe started; goodAt the
+	// last time the mount is known to have worked: the start of its last
+	// good probe, or when it was made.
+	started, goodAt time.Time
 }
 
 // watcher is Watch's state. The fields after mu belong to the loop
@@ -176,7 +184,8 @@ type watcher struct {
 	poke   chan struct{}   // urgent has news
 
 	mounts   map[string]*watched
-	world    *World // the last full observation
+	changed  map[string]time.Time // server address -> when a change of its server was first seen (staleWave)
+	world    *World               // the last full observation
 	stamp    registry.Stamp
 	stampAt  time.Time
 	subs     map[nsmount.NSID]context.CancelFunc
@@ -218,7 +227,7 @@ func newWatcher(m *Manager, o WatchOptions, events chan<- WatchEvent) *watcher {
 	return &watcher{
 		m: m, o: o, events: events,
 		dead: map[string]bool{}, unresp: map[string]bool{}, urgent: map[string]bool{}, poke: make(chan struct{}, 1),
-		mounts: map[string]*watched{}, subs: map[nsmount.NSID]context.CancelFunc{},
+		mounts: map[string]*watched{}, changed: map[string]time.Time{}, subs: map[nsmount.NSID]context.CancelFunc{},
 		routing: map[nsmount.NSID]bool{}, again: map[nsmount.NSID]bool{},
 		probeSlots: make(chan struct{}, o.ProbeParallel), remountSlots: make(chan struct{}, o.RemountParallel),
 		deadSlots: make(chan struct{}, o.RemountParallel),
@@ -401,7 +410,7 @@ func (w *watcher) schedule(ctx context.Context, now time.Time) {
 			}
 			w.tokens--
 		}
-		mt.probing, mt.now = true, false
+		mt.probing, mt.now, mt.started = true, false, now
 		mt.next = now.Add(jitter(w.o.ProbeInterval))
 		e, world := mt.e, w.world
 		w.wg.Go(func() { w.report(ctx, w.probe(ctx, e, world)) })
@@ -478,7 +487,7 @@ func (w *watcher) take(ctx context.Context, s *registry.State, now time.Time) {
 			mt.e, mt.gone = *e, false
 		} else {
 			// The first probe soon, spread over a second.
-			w.mounts[e.ID] = &watched{e: *e, next: now.Add(rand.N(time.Second))}
+			w.mounts[e.ID] = &watched{e: *e, next: now.Add(rand.N(time.Second)), goodAt: e.Created}
 		}
 		if first[e.Target.NetNS] == nil {
 			first[e.Target.NetNS] = e
@@ -830,6 +839,7 @@ func (w *watcher) probed(ctx context.Context, r watchResult, now time.Time) {
 		delete(w.unresp, e.ID)
 		w.mu.Unlock()
 		mt.broken, mt.failed, mt.backoff = "", "", 0
+		mt.goodAt = mt.started
 		if was {
 			w.event(ctx, eventOf(e, "recovered", "server answers again"))
 		}
@@ -851,12 +861,8 @@ func (w *watcher) probed(ctx context.Context, r watchResult, now time.Time) {
 		}
 	case DiagStale:
 		w.event(ctx, eventOf(e, "stale", d.Why))
-		// The server at this address changed or re-exported: its other
-		// mounts are probed now rather than in their turn.
-		for _, o := range w.mounts {
-			if o != mt && o.e.Address == e.Address && !o.probing {
-				o.next, o.now = now, true
-			}
+		for _, o := range w.staleWave(mt, now) {
+			o.next, o.now = now, true
 		}
 	case DiagBroken:
 		if mt.broken != d.Why {
@@ -931,15 +937,41 @@ func (w *watcher) remounted(ctx context.Context, r watchResult, now time.Time) {
 		return
 	}
 	n := r.remounted.New
+	made := now.Add(-r.took) // the new mount works from here on at least
 	done := eventOf(e, "remounted", fmt.Sprintf("%s; now %s via %s src %s, dev %s", r.why, n.Address, n.Route.Iface, n.Route.Source, n.Dev))
 	done.Elapsed = r.took
 	w.event(ctx, done)
 	w.forgetEntry(e.ID)
 	if nt := w.mounts[n.ID]; nt != nil {
-		nt.next = now.Add(jitter(w.o.ProbeInterval)) // already read from the registry
+		nt.next, nt.goodAt = now.Add(jitter(w.o.ProbeInterval)), made // already read from the registry
 	} else {
-		w.mounts[n.ID] = &watched{e: n, next: now.Add(jitter(w.o.ProbeInterval))}
+		w.mounts[n.ID] = &watched{e: n, next: now.Add(jitter(w.o.ProbeInterval)), goodAt: made}
 	}
+}
+
+// staleWave returns the mounts to probe at once because mt, a mount of
+// their server's address, was found stale at now: the server there
+// changed or re-exported, so the others of that address are probed now
+// rather than in their turn, but only those not known to have worked
+// since the change was first seen. A server change makes N mounts stale
+// one probe after another; asking again on each of them for every mount
+// of the address (those already remounted included) made O(N²) probes,
+// which took the CPU the remounts needed. A mount that worked after the
+// change was seen and is now stale tells of a new change.
+func (w *watcher) staleWave(mt *watched, now time.Time) []*watched {
+	addr := mt.e.Address
+	since, ok := w.changed[addr]
+	if !ok || mt.goodAt.After(since) {
+		since = now
+		w.changed[addr] = since
+	}
+	var out []*watched
+	for _, o := range w.mounts {
+		if o != mt && o.e.Address == addr && !o.probing && !o.remounting && o.goodAt.Before(since) {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // sampleTargets are the mount namespaces the watchdog samples, each with

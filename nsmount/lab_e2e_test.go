@@ -122,6 +122,20 @@ func TestLabGanesha(t *testing.T) {
 	labtest.RunT(t, labScript(t, "ganesha.sh"), testenv.WithGanesha())
 }
 
+// TestLabMigration moves 50 containers' NFSv4.2 mounts from kernel nfsd to
+// NFS-Ganesha at the same address, exporting the same directory, under
+// nsmount watch: every old mount gets errno 521 (EBADHANDLE), watch tells
+// the answering server from a dead one and remounts each from its own
+// container's network; each container then reads what it wrote before the
+// switch and writes anew, with no failure. A container looping stat() (a
+// GETATTR storm) is named first by nsmount top before and after the
+// switch. The script prints the time from the switch to the last container
+// reading again, remounts per second, and watch's metrics during it.
+func TestLabMigration(t *testing.T) {
+	t.Parallel()
+	labtest.RunT(t, labScript(t, "migration.sh"), testenv.WithGanesha(), testenv.WithMemory(1024))
+}
+
 // TestLabContainerd runs containerd and runc in the VM: a container whose
 // spec carries the annotation and the nsmount hook gets its mount at
 // createRuntime from its own (CNI-made) netns and its own process reads and

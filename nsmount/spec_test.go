@@ -3,11 +3,12 @@ package nsmount
 import (
 	"errors"
 	"fmt"
-	"github.com/nsmount/nsmount/routing"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/nsmount/nsmount/routing"
 
 	"golang.org/x/sys/unix"
 )

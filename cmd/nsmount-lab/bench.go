@@ -28,20 +28,29 @@ var benchSMPScript string
 //go:embed bench_612.sh
 var bench612Script string
 
+//go:embed bench_migration.sh
+var benchMigrationScript string
+
 // benchRun is one VM of the bench.
 type benchRun struct {
 	script        string
 	vcpus         int    // 0: the configured number
 	kernelPackage string // "": the configured kernel
+	memory        int    // MiB; 0: the configured amount
+	// opts are the run's options (NFS-Ganesha for the migration).
+	opts []testenv.RunOption
 }
 
 // benchRuns are the bench's VMs, run one after another: the main run, the
-// same concurrency figure with 2 vCPUs, and the route change on Debian
-// 12's newer kernel. Each script runs after the functions they share.
+// same concurrency figure with 2 vCPUs, the route change on Debian 12's
+// newer kernel, and the storage migration of 200 mounts from kernel nfsd
+// to NFS-Ganesha (1024 MiB: 200 containers, Ganesha and watch). Each
+// script runs after the functions they share.
 var benchRuns = []benchRun{
 	{script: benchLib + benchScript},
 	{script: benchLib + benchSMPScript, vcpus: 2},
 	{script: benchLib + bench612Script, kernelPackage: testenv.NewerKernelPackage},
+	{script: benchLib + benchMigrationScript, memory: 1024, opts: []testenv.RunOption{testenv.WithGanesha()}},
 }
 
 // benchTimeout is the default bound of each bench VM run (the lab's usual
@@ -81,7 +90,10 @@ func runBench(ctx context.Context, cfg testenv.Config, verbose bool) error {
 		if r.kernelPackage != "" {
 			rcfg.KernelVersion, rcfg.KernelPackage = "", r.kernelPackage
 		}
-		d, err := runBenchVM(ctx, rcfg, r.script, report)
+		if r.memory != 0 {
+			rcfg.Memory = r.memory
+		}
+		d, err := runBenchVM(ctx, rcfg, r.script, report, r.opts...)
 		vmTime += d
 		if err != nil {
 			return err
@@ -104,8 +116,8 @@ func benchNsmount(cfg testenv.Config) string {
 	return os.Getenv("NSMOUNT_LAB_NSMOUNT")
 }
 
-// runBenchVM runs one bench script in one VM.
-func runBenchVM(ctx context.Context, cfg testenv.Config, script string, report *benchReport) (time.Duration, error) {
+// runBenchVM runs one bench script in one VM, with opts.
+func runBenchVM(ctx context.Context, cfg testenv.Config, script string, report *benchReport, opts ...testenv.RunOption) (time.Duration, error) {
 	start := time.Now()
 	lab, err := newLab(ctx, cfg)
 	if err != nil {
@@ -118,7 +130,7 @@ func runBenchVM(ctx context.Context, cfg testenv.Config, script string, report *
 	defer lab.Close()
 	fmt.Printf("nsmount-lab bench: kernel %s, %d vCPU, %d MiB, timeout %v; lab ready after %v\n",
 		lab.KernelVersion(), cfg.VCPUs, cfg.Memory, cfg.Timeout, time.Since(start).Round(100*time.Millisecond))
-	res, err := lab.Run(ctx, script, report, testenv.WithLog(os.Stderr))
+	res, err := lab.Run(ctx, script, report, append(opts, testenv.WithLog(os.Stderr))...)
 	report.flush()
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -8,9 +8,11 @@ bench_step() { echo "BENCH-STEP $1"; }
 # bench_progress MSG: a line the host shows as progress within a step.
 bench_progress() { echo "BENCH-PROGRESS $*"; }
 # bench_seconds NAME SECONDS: one BENCH line of a time the script measured.
+# (%.0f, not %d: the guest's busybox awk prints any %d past 2^31-1 as
+# -2147483648, i.e. every time over 2.15 s.)
 bench_seconds() {
 	case $2 in not*) echo "NOTE $1: $2 s"; return ;; esac
-	awk -v n="$1" -v s="$2" 'BEGIN{ns = int(s * 1e9); printf "BENCH\t%s\t1\t%d\t%d\t%d\t%d\n", n, ns, ns, ns, ns}'
+	awk -v n="$1" -v s="$2" 'BEGIN{ns = s * 1e9; printf "BENCH\t%s\t1\t%.0f\t%.0f\t%.0f\t%.0f\n", n, ns, ns, ns, ns}'
 }
 
 # bench_concurrency SUFFIX: 16 light containers (k0..k15, each its own
