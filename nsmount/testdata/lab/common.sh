@@ -178,3 +178,37 @@ EOF
 ]}
 EOF
 }
+
+# mount_read NAME PID SERVER EXPECTED OPTS: mount SERVER:/export at /m/NAME in
+# PID's namespaces, check the server's name through the mount, unmount.
+mount_read() {
+	_n=$1 _pid=$2 _srv=$3 _want=$4 _opts=$5
+	lab_check mount-$_n nsmount mount --pid $_pid --mkdir -o $_opts $_srv:/export /m/$_n
+	lab_check_output read-$_n $_want cat /proc/$_pid/root/m/$_n/whoami
+	lab_check umount-$_n nsmount umount --pid $_pid /m/$_n
+}
+
+# three_levels X: the three-level routing case. The VM ($LAPTOP), kvm ($KVM)
+# and c1 ($C1) each reach a server of their own at address X (srvL, srvK,
+# srvC); NFSv4.2 and v3, one mount after another in an order that would
+# reuse a client if any were shared, then all three at once: three clients
+# for one address, one per netns.
+three_levels() {
+	for _v in 4.2 3; do
+		_o=vers=$_v
+		[ $_v = 3 ] && _o=vers=3,nolock
+		mount_read laptop-first-v$_v $LAPTOP $1 srvL $_o
+		mount_read kvm-second-v$_v $KVM $1 srvK $_o
+		mount_read c1-third-v$_v $C1 $1 srvC $_o
+		mount_read c1-first-v$_v $C1 $1 srvC $_o
+		mount_read kvm-then-v$_v $KVM $1 srvK $_o
+		mount_read laptop-last-v$_v $LAPTOP $1 srvL $_o
+		for _who in laptop:$LAPTOP kvm:$KVM c1:$C1; do
+			lab_check mount-all-${_who%%:*}-v$_v nsmount mount --pid ${_who#*:} --mkdir -o $_o $1:/export /all
+		done
+		lab_check_output all-laptop-v$_v srvL cat /proc/$LAPTOP/root/all/whoami
+		lab_check_output all-kvm-v$_v srvK cat /proc/$KVM/root/all/whoami
+		lab_check_output all-c1-v$_v srvC cat /proc/$C1/root/all/whoami
+		for _p in $LAPTOP $KVM $C1; do nsmount umount --pid $_p /all >/dev/null; done
+	done
+}

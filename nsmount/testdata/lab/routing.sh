@@ -30,33 +30,7 @@ KVM=$(lab_pid kvm)
 C1=$(lab_pid c1)
 X=203.0.113.10
 
-# mount_read NAME PID SERVER EXPECTED OPTS: mount SERVER:/export at /m/NAME in
-# PID's namespaces, check the server's name through the mount, unmount.
-mount_read() {
-	_n=$1 _pid=$2 _srv=$3 _want=$4 _opts=$5
-	lab_check mount-$_n nsmount mount --pid $_pid --mkdir -o $_opts $_srv:/export /m/$_n
-	lab_check_output read-$_n $_want cat /proc/$_pid/root/m/$_n/whoami
-	lab_check umount-$_n nsmount umount --pid $_pid /m/$_n
-}
-for v in 4.2 3; do
-	o=vers=$v
-	[ $v = 3 ] && o=vers=3,nolock
-	mount_read laptop-first-v$v $LAPTOP $X srvL $o
-	mount_read kvm-second-v$v $KVM $X srvK $o
-	mount_read c1-third-v$v $C1 $X srvC $o
-	mount_read c1-first-v$v $C1 $X srvC $o
-	mount_read kvm-then-v$v $KVM $X srvK $o
-	mount_read laptop-last-v$v $LAPTOP $X srvL $o
-	# All three at once: three clients for one address, one per netns.
-	for who in laptop:$LAPTOP:srvL kvm:$KVM:srvK c1:$C1:srvC; do
-		n=${who%%:*} rest=${who#*:}
-		lab_check mount-all-$n-v$v nsmount mount --pid ${rest%%:*} --mkdir -o $o $X:/export /all
-	done
-	lab_check_output all-laptop-v$v srvL cat /proc/$LAPTOP/root/all/whoami
-	lab_check_output all-kvm-v$v srvK cat /proc/$KVM/root/all/whoami
-	lab_check_output all-c1-v$v srvC cat /proc/$C1/root/all/whoami
-	for p in $LAPTOP $KVM $C1; do nsmount umount --pid $p /all; done
-done
+three_levels $X
 
 # Names: the container's resolver (its resolv.conf, its DNS server, queried
 # through its network) vs the VM's own /etc/hosts.
