@@ -70,8 +70,9 @@ func Exec(zst []byte, args, env []string) error {
 // Launcher is what the product binary tells the full binary it runs.
 type Launcher struct {
 	// Helper is the product binary as an executable path that stays the
-	// same file while this process runs (/proc/self/fd/N): the mount
-	// helper to start. "" when not run by a launcher.
+	// same file while this process runs (/proc/PID/fd/N, this process's
+	// PID): the mount helper to start, from this process. "" when not run
+	// by a launcher.
 	Helper string
 	// Path is the product binary's path, for what names nsmount to others
 	// (the hooks' binary). "" when not run by a launcher.
@@ -111,7 +112,14 @@ func FromLauncher() (Launcher, error) {
 	if err != nil {
 		return Launcher{}, fmt.Errorf("%s=%d: %w", envFD, fd, err)
 	}
-	return Launcher{Helper: "/proc/self/fd/" + strconv.Itoa(hi), Path: path}, nil
+	// Named through this process's pid, not /proc/self: a child resolves
+	// the path after it has shuffled its descriptors, and Go's fork puts
+	// its exec-error pipe at one past the highest ExtraFiles descriptor,
+	// whatever is there: a helper started with descriptors up to N-1 saw
+	// the pipe at N and failed with EACCES executing /proc/self/fd/N (1 of
+	// ~250 remounts in the 50-container migration, where watch has a
+	// hundred descriptors open). /proc/PID/fd/N is this process's table.
+	return Launcher{Helper: "/proc/" + strconv.Itoa(os.Getpid()) + "/fd/" + strconv.Itoa(hi), Path: path}, nil
 }
 
 // helperFDMin is the least descriptor Launcher.Helper is kept at: above

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,12 +59,20 @@ func full() int {
 		os.Stderr.WriteString(err.Error() + "\n")
 		return 5
 	}
-	fd := strings.TrimPrefix(l.Helper, "/proc/self/fd/")
+	fd := filepath.Base(l.Helper)
 	flags, _ := os.ReadFile("/proc/self/fdinfo/" + fd)
-	// Started as a mount helper is: with descriptors at 3, 4 and 5.
+	// Started as a mount helper is: with descriptors at 3, 4 and 5 in the
+	// child; the last of them here just below Helper's descriptor, where
+	// Go's fork puts its exec-error pipe at one past the highest.
+	n, _ := strconv.Atoi(fd)
 	var extra []*os.File
-	for range 3 {
+	for k := range 3 {
 		f, _ := os.Open("/dev/null")
+		if k == 2 {
+			unix.Dup3(int(f.Fd()), n-1, unix.O_CLOEXEC)
+			f.Close()
+			f = os.NewFile(uintptr(n-1), "/dev/null")
+		}
 		extra = append(extra, f)
 	}
 	helperCmd := &exec.Cmd{Path: l.Helper, Args: []string{"nsmount-helper"}, Env: append(os.Environ(), envRole+"=helper"), ExtraFiles: extra}
@@ -75,6 +84,7 @@ func full() int {
 		"env " + os.Getenv(envFD) + os.Getenv(envPath),
 		"fdinfo " + strings.Fields(strings.SplitN(string(flags), "flags:", 2)[1])[0],
 		"fd " + fd,
+		"path " + l.Helper,
 		"helper " + fmt.Sprint(helperErr),
 	}, "\n") + "\n")
 	return 0
@@ -121,7 +131,10 @@ func TestExec(t *testing.T) {
 		t.Errorf("Launcher.Helper at descriptor %s, want at least %d", got["fd"], helperFDMin)
 	}
 	if got["helper"] != "<nil>" {
-		t.Errorf("Launcher.Helper started with three ExtraFiles: %s", got["helper"])
+		t.Errorf("Launcher.Helper started with three ExtraFiles, the last just below it: %s", got["helper"])
+	}
+	if !strings.HasPrefix(got["path"], "/proc/") || strings.HasPrefix(got["path"], "/proc/self/") {
+		t.Errorf("Launcher.Helper %q: want /proc/PID/fd/N (a child resolves /proc/self in its own descriptor table)", got["path"])
 	}
 	// O_CLOEXEC is 02000000 in fdinfo's octal flags.
 	if f := got["fdinfo"]; len(f) < 7 || f[len(f)-7] != '2' && f[len(f)-7] != '3' {
