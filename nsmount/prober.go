@@ -145,7 +145,11 @@ const proberMaxMessage = 64 << 10
 
 // proberProc is one long-lived probe helper.
 type proberProc struct {
-	sock   int // our end of the SOCK_SEQPACKET pair
+	sock int // our end of the SOCK_SEQPACKET pair
+	// sockMu is held shared by each send on sock and exclusively by its
+	// close: a send never goes to a descriptor number closed meanwhile,
+	// and perhaps by then another socket of this process.
+	sockMu sync.RWMutex
 	cmd    *exec.Cmd
 	reaped chan struct{} // closed once the process is reaped
 	gone   func(*proberProc)
@@ -155,7 +159,7 @@ type proberProc struct {
 	waiting  map[uint64]chan *helperResponse
 	retiring bool
 	dead     bool // the socket failed or the process was killed
-	closed   bool // sock is closed
+	closed   bool // sock is closed (set holding both sockMu and mu)
 }
 
 // startProberProc starts exe ("": this binary) as a helper in serve mode;
@@ -227,7 +231,13 @@ func (pp *proberProc) call(ctx context.Context, t *Target, req helperRequest) (*
 	pp.mu.Unlock()
 	body, err := json.Marshal(proberMessage{ID: id, Req: &req})
 	if err == nil {
-		err = unix.Sendmsg(pp.sock, body, unix.UnixRights(files...), nil, 0)
+		pp.sockMu.RLock()
+		if pp.closed {
+			err = errors.New("prober helper has exited")
+		} else {
+			err = unix.Sendmsg(pp.sock, body, unix.UnixRights(files...), nil, 0)
+		}
+		pp.sockMu.RUnlock()
 		runtime.KeepAlive(t)
 	}
 	if err != nil {
@@ -319,6 +329,7 @@ func (pp *proberProc) read() {
 			ch <- msg.Resp
 		}
 	}
+	pp.sockMu.Lock() // after the sends in flight (a shut-down or dead peer ends them)
 	pp.mu.Lock()
 	pp.dead = true
 	for id, ch := range pp.waiting {
@@ -328,6 +339,7 @@ func (pp *proberProc) read() {
 	pp.closed = true
 	unix.Close(pp.sock)
 	pp.mu.Unlock()
+	pp.sockMu.Unlock()
 	pp.cmd.Process.Kill()
 	go func() {
 		<-pp.reaped
