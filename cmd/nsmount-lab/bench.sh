@@ -87,6 +87,8 @@ watch_stat() {
 }
 watch_counts() {
 	printf 'BENCH-COUNT\twatch anonymous RSS %s\t%s\n' "$1" "$(awk '$1 == "RssAnon:" { print $2 * 1024 }' /proc/$WATCH/status)"
+	printf 'BENCH-COUNT\twatch heap in use %s\t%s\n' "$1" "$(watch_stat go_memstats_heap_inuse_bytes)"
+	printf 'BENCH-COUNT\twatch threads %s\t%s\n' "$1" "$(watch_stat go_threads)"
 	printf 'BENCH-COUNT\twatch RSS %s\t%s\n' "$1" "$(watch_stat process_resident_memory_bytes)"
 	printf 'BENCH-COUNT\twatch goroutines %s\t%s\n' "$1" "$(watch_stat go_goroutines)"
 	printf 'BENCH-COUNT\twatch fds %s\t%s\n' "$1" "$(watch_stat process_open_fds)"
