@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"time"
 )
@@ -21,13 +20,7 @@ import (
 func (r *Router) NFSNull(ctx context.Context, dst netip.AddrPort, vers uint32, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var conn net.Conn
-	err := r.in(func() error {
-		var d net.Dialer
-		var err error
-		conn, err = d.DialContext(ctx, "tcp", dst.String())
-		return err
-	})
+	conn, err := r.dialTCP(ctx, dst)
 	if err != nil {
 		return fmt.Errorf("nfs v%d null call to %s: %w", vers, dst, Classify(ctx, err))
 	}

@@ -176,15 +176,7 @@ func routeType(t int) string {
 func (r *Router) Probe(ctx context.Context, dst netip.AddrPort, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var conn net.Conn
-	err := r.in(func() error {
-		// The socket is created on this thread, inside the namespace; the
-		// non-blocking connect then completes on the runtime's poller.
-		var d net.Dialer
-		var err error
-		conn, err = d.DialContext(ctx, "tcp", dst.String())
-		return err
-	})
+	conn, err := r.dialTCP(ctx, dst)
 	if err == nil {
 		conn.Close()
 		return nil
@@ -214,4 +206,18 @@ func unwrapErrno(err error) error {
 		return errno
 	}
 	return err
+}
+
+// dialTCP connects to dst over TCP from inside the namespace, until ctx is
+// done. The socket is created on the namespace's thread; the non-blocking
+// connect then completes on the runtime's poller.
+func (r *Router) dialTCP(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	var conn net.Conn
+	err := r.in(func() error {
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", dst.String())
+		return err
+	})
+	return conn, err
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -35,13 +34,7 @@ func (r *Router) PortmapGetPort(ctx context.Context, server netip.Addr, prog, ve
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	dst := netip.AddrPortFrom(server, 111)
-	var conn net.Conn
-	err := r.in(func() error {
-		var d net.Dialer
-		var err error
-		conn, err = d.DialContext(ctx, "tcp", dst.String())
-		return err
-	})
+	conn, err := r.dialTCP(ctx, dst)
 	if err != nil {
 		return 0, fmt.Errorf("portmapper %s: %w", dst, Classify(ctx, err))
 	}
