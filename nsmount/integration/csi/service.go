@@ -23,6 +23,7 @@ import (
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
+	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
 )
 
 // DriverName is the CSI driver's name, as the CSIDriver object and
@@ -604,7 +605,7 @@ func (s *Service) mountLocked(ctx context.Context, r *Record, sb Sandbox) Volume
 	vr.Warnings = append(vr.Warnings, res.Warnings...)
 	if res.Flushed != nil {
 		for _, a := range res.Flushed.Actions {
-			log.Info("flushed stale NFS state first: " + lineOf(a.String()))
+			log.Info("flushed stale NFS state first: " + report.OneLine(a.String()))
 		}
 	}
 	mnt := res.Mounted
@@ -697,11 +698,11 @@ func (s *Service) unmountLocked(ctx context.Context, r *Record) ([]string, error
 	}
 	if rep != nil {
 		for _, w := range rep.Warnings {
-			warnings = append(warnings, lineOf(w))
+			warnings = append(warnings, report.OneLine(w))
 		}
 		for _, f := range rep.Flushes {
 			for _, a := range f.Actions {
-				s.log.Info("flushed: "+lineOf(a.String()), "volume", r.Volume.ID)
+				s.log.Info("flushed: "+report.OneLine(a.String()), "volume", r.Volume.ID)
 			}
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
+	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
 )
 
 // Volume context keys: the volume's attributes (a PersistentVolume's
@@ -335,7 +336,4 @@ func printable(s string) string {
 }
 
 // oneLine joins an error's text onto one line.
-func oneLine(err error) string { return lineOf(err.Error()) }
-
-// lineOf joins text onto one line.
-func lineOf(s string) string { return strings.Join(strings.Fields(s), " ") }
+func oneLine(err error) string { return report.OneLine(err.Error()) }

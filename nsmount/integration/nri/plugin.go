@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
-	nrilog "github.com/containerd/nri/pkg/log"
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/nsmount/nsmount/cachectl"
@@ -31,6 +30,7 @@ import (
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/admission"
 	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
+	"github.com/nsmount/nsmount/nsmount/integration/nri/nriconn"
 	"github.com/nsmount/nsmount/nsmount/integration/ocihook"
 )
 
@@ -121,7 +121,7 @@ func Run(ctx context.Context, c Config) error {
 	var once sync.Once
 	opts := []stub.Option{
 		stub.WithSocketPath(c.Socket),
-		stub.WithLogger(stubLogger{p.log}),
+		stub.WithLogger(nriconn.StubLogger(p.log)),
 		stub.WithOnClose(func() { once.Do(func() { close(closed) }) }),
 	}
 	// A plugin that the runtime started gets its name and index in the
@@ -134,7 +134,7 @@ func Run(ctx context.Context, c Config) error {
 		return nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("nri plugin: %s", report.OneLine(err.Error())))
 	}
 	if err := s.Start(ctx); err != nil {
-		return startError(c.Socket, err)
+		return nriconn.StartError(c.Socket, err)
 	}
 	p.log.Info("registered with the runtime", "plugin", c.Idx+"-"+c.Name, "nri", s.RuntimeNRIVersion(), "hooks", c.Nsmount)
 	select {
@@ -147,22 +147,6 @@ func Run(ctx context.Context, c Config) error {
 	s.Wait()
 	p.Wait()
 	return nil
-}
-
-// startError classifies a failure to connect or register.
-func startError(socket string, err error) error {
-	if os.Getenv(api.PluginSocketEnvVar) == "" {
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("NRI socket %s does not exist (is NRI enabled in the runtime?)", socket))
-		case errors.Is(err, syscall.ECONNREFUSED):
-			return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("NRI socket %s: nobody listens (is the runtime running?)", socket))
-		}
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return nsmount.WithClass(nsmount.ErrTimeout, fmt.Errorf("register with the runtime at %s: %w", socket, err))
-	}
-	return fmt.Errorf("register with the runtime at %s: %s", socket, report.OneLine(err.Error()))
 }
 
 // Wait waits for the cleanups in the background to end.
@@ -475,19 +459,4 @@ func PodNetNS(pod *api.PodSandbox) string {
 		}
 	}
 	return ""
-}
-
-// stubLogger passes the NRI stub's warnings and errors on to the plugin's
-// logger; its chatter (debug, info) is dropped.
-type stubLogger struct{ log *slog.Logger }
-
-var _ nrilog.Logger = stubLogger{}
-
-func (stubLogger) Debugf(context.Context, string, ...any) {}
-func (stubLogger) Infof(context.Context, string, ...any)  {}
-func (l stubLogger) Warnf(_ context.Context, format string, args ...any) {
-	l.log.Warn(report.OneLine(fmt.Sprintf(format, args...)), "source", "nri")
-}
-func (l stubLogger) Errorf(_ context.Context, format string, args ...any) {
-	l.log.Error(report.OneLine(fmt.Sprintf(format, args...)), "source", "nri")
 }

@@ -14,21 +14,19 @@ package csinri
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
-	nrilog "github.com/containerd/nri/pkg/log"
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/integration/csi"
+	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
+	"github.com/nsmount/nsmount/nsmount/integration/nri/nriconn"
 )
 
 // Defaults of a Config.
@@ -98,17 +96,13 @@ func (p *Plugin) Run(ctx context.Context) error {
 	var once sync.Once
 	s, err := stub.New(p,
 		stub.WithSocketPath(p.c.Socket), stub.WithPluginName(p.c.Name), stub.WithPluginIdx(p.c.Idx),
-		stub.WithLogger(stubLogger{p.log}),
+		stub.WithLogger(nriconn.StubLogger(p.log)),
 		stub.WithOnClose(func() { once.Do(func() { close(closed) }) }))
 	if err != nil {
-		return nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("csi nri plugin: %s", oneLine(err.Error())))
+		return nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("csi nri plugin: %s", report.OneLine(err.Error())))
 	}
 	if err := s.Start(ctx); err != nil {
-		switch {
-		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
-			return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("NRI socket %s: %s (is NRI enabled in the runtime?)", p.c.Socket, oneLine(err.Error())))
-		}
-		return fmt.Errorf("register with the runtime at %s: %s", p.c.Socket, oneLine(err.Error()))
+		return nriconn.StartError(p.c.Socket, err)
 	}
 	p.log.Info("registered with the runtime", "plugin", p.c.Idx+"-"+p.c.Name, "nri", s.RuntimeNRIVersion())
 	select {
@@ -175,7 +169,7 @@ func (p *Plugin) StopPodSandbox(ctx context.Context, pod *api.PodSandbox) error 
 		log := p.log.With("event", "stop", "pod", pod.GetNamespace()+"/"+pod.GetName(), "netns", sb.NetNS, "elapsed", time.Since(start).Round(time.Millisecond))
 		switch {
 		case err != nil:
-			log.Warn("unmounts failed", "error", oneLine(err.Error()))
+			log.Warn("unmounts failed", "error", report.OneLine(err.Error()))
 		case len(rep.Volumes) > 0:
 			log.Info("volumes unmounted before the pod's network goes", "volumes", len(rep.Volumes))
 		}
@@ -277,7 +271,7 @@ func (p *Plugin) start(pod *api.PodSandbox, why string) {
 			return
 		}
 		if err != nil {
-			log.Warn("mounts failed", "error", oneLine(err.Error()), "elapsed", time.Since(start).Round(time.Millisecond))
+			log.Warn("mounts failed", "error", report.OneLine(err.Error()), "elapsed", time.Since(start).Round(time.Millisecond))
 			return
 		}
 		log.Info("volumes mounted", "volumes", len(rep.Volumes), "elapsed", time.Since(start).Round(time.Millisecond))
@@ -299,20 +293,4 @@ func (p *Plugin) wait(ctx context.Context, uid string) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
-}
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-// stubLogger passes the NRI stub's warnings and errors on.
-type stubLogger struct{ log *slog.Logger }
-
-var _ nrilog.Logger = stubLogger{}
-
-func (stubLogger) Debugf(context.Context, string, ...any) {}
-func (stubLogger) Infof(context.Context, string, ...any)  {}
-func (l stubLogger) Warnf(_ context.Context, format string, args ...any) {
-	l.log.Warn(oneLine(fmt.Sprintf(format, args...)), "source", "nri")
-}
-func (l stubLogger) Errorf(_ context.Context, format string, args ...any) {
-	l.log.Error(oneLine(fmt.Sprintf(format, args...)), "source", "nri")
 }

@@ -12,22 +12,19 @@ package nriconn
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
-	nrilog "github.com/containerd/nri/pkg/log"
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/nsmount/nsmount/nsmount"
+	"github.com/nsmount/nsmount/nsmount/integration/internal/report"
 )
 
 // Defaults of a Config.
@@ -115,7 +112,7 @@ func New(handler any, c Config) (*Conn, error) {
 	}
 	cn := &Conn{handler: handler, c: c, log: log, st: State{Since: time.Now()}}
 	if _, err := stub.New(handler, cn.options(nil, nil)...); err != nil {
-		return nil, nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("nri plugin: %s", oneLine(err.Error())))
+		return nil, nsmount.WithClass(nsmount.ErrInvalidArgument, fmt.Errorf("nri plugin: %s", report.OneLine(err.Error())))
 	}
 	return cn, nil
 }
@@ -161,17 +158,17 @@ func (cn *Conn) Run(ctx context.Context) error {
 		}
 		cn.mu.Lock()
 		cn.st.Failures++
-		cn.st.LastError = oneLine(err.Error())
+		cn.st.LastError = report.OneLine(err.Error())
 		failures := cn.st.Failures
 		cn.mu.Unlock()
 		switch {
 		case failingSince.IsZero():
 			failingSince, lastLogged = now, now
-			cn.log.Warn("cannot register with the runtime: trying again", "socket", cn.c.Socket, "error", oneLine(err.Error()))
+			cn.log.Warn("cannot register with the runtime: trying again", "socket", cn.c.Socket, "error", report.OneLine(err.Error()))
 		case now.Sub(lastLogged) >= stillFailingEvery:
 			lastLogged = now
 			cn.log.Warn("still not registered with the runtime", "socket", cn.c.Socket, "for", now.Sub(failingSince).Round(time.Second).String(),
-				"attempts", failures, "error", oneLine(err.Error()))
+				"attempts", failures, "error", report.OneLine(err.Error()))
 		}
 		delay = min(max(2*delay, cn.c.MinDelay), cn.c.MaxDelay)
 	}
@@ -218,7 +215,7 @@ func (cn *Conn) session(ctx context.Context) (registered bool, err error) {
 	select {
 	case err := <-started:
 		if err != nil {
-			return false, cn.startError(err)
+			return false, StartError(cn.c.Socket, err)
 		}
 	case <-t.C:
 		abandon()
@@ -256,7 +253,7 @@ func (cn *Conn) options(dial func(string) (net.Conn, error), onClose func()) []s
 		stub.WithSocketPath(cn.c.Socket),
 		stub.WithPluginName(cn.c.Name),
 		stub.WithPluginIdx(cn.c.Idx),
-		stub.WithLogger(stubLogger{cn.log}),
+		stub.WithLogger(StubLogger(cn.log)),
 	}
 	if dial != nil {
 		opts = append(opts, stub.WithDialer(dial))
@@ -265,32 +262,4 @@ func (cn *Conn) options(dial func(string) (net.Conn, error), onClose func()) []s
 		opts = append(opts, stub.WithOnClose(onClose))
 	}
 	return opts
-}
-
-// startError words a failure to connect or register.
-func (cn *Conn) startError(err error) error {
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("NRI socket %s does not exist (is the runtime running, with NRI enabled?)", cn.c.Socket))
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return nsmount.WithClass(nsmount.ErrTargetNotFound, fmt.Errorf("NRI socket %s: nobody listens (is the runtime running?)", cn.c.Socket))
-	}
-	return fmt.Errorf("register with the runtime at %s: %s", cn.c.Socket, oneLine(err.Error()))
-}
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-// stubLogger passes the NRI stub's warnings and errors on; its chatter
-// (debug, info) is dropped.
-type stubLogger struct{ log *slog.Logger }
-
-var _ nrilog.Logger = stubLogger{}
-
-func (stubLogger) Debugf(context.Context, string, ...any) {}
-func (stubLogger) Infof(context.Context, string, ...any)  {}
-func (l stubLogger) Warnf(_ context.Context, format string, args ...any) {
-	l.log.Warn(oneLine(fmt.Sprintf(format, args...)), "source", "nri")
-}
-func (l stubLogger) Errorf(_ context.Context, format string, args ...any) {
-	l.log.Error(oneLine(fmt.Sprintf(format, args...)), "source", "nri")
 }
