@@ -179,6 +179,36 @@ EOF
 EOF
 }
 
+# three_level_net: the three-level routing case's network. The VM's own
+# netns is the "laptop", kvm a container behind it, c1 a container behind
+# kvm; each reaches a server netns of its own at 203.0.113.10 (srvL, srvK,
+# srvC, their NFS servers left to the caller), and kvm has 192.0.2.53 for
+# a DNS server. Sets LAPTOP, KVM, C1 and X (the shared address).
+#
+#   laptop (the VM's netns) --- srvL 203.0.113.10
+#     | 198.51.100.1/.2
+#   kvm (container) ----------- srvK 203.0.113.10, 192.0.2.53 for DNS
+#     | 192.0.2.1/.10
+#   c1 (container) ------------ srvC 203.0.113.10
+three_level_net() {
+	lab_netns srvL
+	lab_netns srvK
+	lab_netns srvC
+	lab_container kvm
+	lab_container c1
+	lab_veth srvL eth0 203.0.113.10/24 - lab0 203.0.113.1/24
+	lab_veth - lab1 198.51.100.1/24 kvm eth0 198.51.100.2/24
+	lab_veth srvK eth0 203.0.113.10/24 kvm eth1 203.0.113.1/24
+	lab_veth kvm eth2 192.0.2.1/24 c1 eth0 192.0.2.10/24
+	lab_veth srvC eth0 203.0.113.10/24 c1 eth1 203.0.113.2/24
+	ip -n kvm addr add 192.0.2.53/24 dev eth2
+	lab_route c1 default 192.0.2.1
+	LAPTOP=$$
+	KVM=$(lab_pid kvm)
+	C1=$(lab_pid c1)
+	X=203.0.113.10
+}
+
 # mount_read NAME PID SERVER EXPECTED OPTS: mount SERVER:/export at /m/NAME in
 # PID's namespaces, check the server's name through the mount, unmount.
 mount_read() {

@@ -7,29 +7,13 @@
 #     | 192.0.2.1/.10
 #   c1 (container) ------------ srvC 203.0.113.10
 set -u
-lab_netns srvL
-lab_netns srvK
-lab_netns srvC
-lab_container kvm
-lab_container c1
-lab_veth srvL eth0 203.0.113.10/24 - lab0 203.0.113.1/24
-lab_veth - lab1 198.51.100.1/24 kvm eth0 198.51.100.2/24
-lab_veth srvK eth0 203.0.113.10/24 kvm eth1 203.0.113.1/24
-lab_veth kvm eth2 192.0.2.1/24 c1 eth0 192.0.2.10/24
-lab_veth srvC eth0 203.0.113.10/24 c1 eth1 203.0.113.2/24
-ip -n kvm addr add 192.0.2.53/24 dev eth2
-lab_route c1 default 192.0.2.1
+three_level_net
 lab_nfsd srvL srvL
 lab_nfsd srvK srvK
 lab_nfsd srvC srvC
 lab_dns kvm 192.0.2.53 nfs.lab.test=203.0.113.10 only-host.lab.test=203.0.113.10
 # The VM's own resolver says the name is somewhere else entirely.
 echo "198.51.100.99 nfs.lab.test" >> /etc/hosts
-LAPTOP=$$
-KVM=$(lab_pid kvm)
-C1=$(lab_pid c1)
-X=203.0.113.10
-
 three_levels $X
 
 # Names: the container's resolver (its resolv.conf, its DNS server, queried
