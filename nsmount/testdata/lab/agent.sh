@@ -85,22 +85,6 @@ publish() {
 		--context csi.storage.k8s.io/pod.uid="$3" --context csi.storage.k8s.io/pod.name="$4" \
 		--context csi.storage.k8s.io/pod.namespace=lab --context csi.storage.k8s.io/ephemeral=false
 }
-# create POD NAME ARGS...: CreateContainer as kubelet does, retried while
-# the agent holds the container back (the pod's CSI mounts not made yet).
-create() {
-	_try=0
-	while [ $_try -lt 10 ]; do
-		_try=$((_try + 1))
-		if _id=$($CRI create "$@" 2>/tmp/create.err); then
-			[ $_try = 1 ] || lab_log "CreateContainer: held back $((_try - 1)) time(s)" >&2
-			echo "$_id"
-			return 0
-		fi
-		sleep 1
-	done
-	cat /tmp/create.err >&2
-	return 1
-}
 
 A0=$(uptime_s)
 start_agent
@@ -134,7 +118,7 @@ set -- $($CRI inspectp "$POD1")
 PODPID1=${2:-0} PODNETNS1=${3:-}
 t1_in_pod1() { in_volumes $PODPID1 "$(target_dev $T1)"; }
 lab_check "RunPodSandbox: the CSI volume mounted from the pod's netns" wait_for 30 t1_in_pod1
-APP1=$(create --mount $T1:/vol "$POD1" app -- sh -c 'cat /data/whoami; echo app1-data >/data/app1.txt; echo app1-vol >/vol/app1v.txt; exec sleep 3600')
+APP1=$(cri_create --mount $T1:/vol "$POD1" app -- sh -c 'cat /data/whoami; echo app1-data >/data/app1.txt; echo app1-vol >/vol/app1v.txt; exec sleep 3600')
 lab_check "nri - CreateContainer of app: hooks added" wait_for 5 says 1 '"msg":"hooks added"'
 lab_check "cri - StartContainer of app (the hook mounts /data)" $CRI start "$APP1"
 set -- $($CRI inspect "$APP1")
@@ -203,7 +187,7 @@ lab_check "cri - RunPodSandbox of web2 after the restart" test -n "$POD2"
 [ -n "$POD2" ] || { cat /tmp/err; tail -n 30 /run/lab/log/containerd.log; exit 1; }
 set -- $($CRI inspectp "$POD2")
 PODPID2=${2:-0}
-APP2=$(create --mount $T2:/vol "$POD2" app -- sh -c 'echo app2-data >/data/app2.txt; echo app2-vol >/vol/app2v.txt; exec sleep 3600')
+APP2=$(cri_create --mount $T2:/vol "$POD2" app -- sh -c 'echo app2-data >/data/app2.txt; echo app2-vol >/vol/app2v.txt; exec sleep 3600')
 lab_check "cri - StartContainer of web2's app" $CRI start "$APP2"
 set -- $($CRI inspect "$APP2")
 PID2=${2:-0}

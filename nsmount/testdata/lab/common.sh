@@ -179,6 +179,24 @@ EOF
 EOF
 }
 
+# cri_create ARGS...: CreateContainer (nsmount-lab cri create ARGS) as
+# kubelet does, retried for up to 10 s while the plugin holds the container
+# back (the pod's mounts not made yet); prints the container's ID.
+cri_create() {
+	_try=0
+	while [ $_try -lt 10 ]; do
+		_try=$((_try + 1))
+		if _id=$(nsmount-lab cri create "$@" 2>/tmp/create.err); then
+			[ $_try = 1 ] || lab_log "CreateContainer: held back $((_try - 1)) time(s): $(cat /tmp/create.err)" >&2
+			echo "$_id"
+			return 0
+		fi
+		sleep 1
+	done
+	cat /tmp/create.err >&2
+	return 1
+}
+
 # three_level_net: the three-level routing case's network. The VM's own
 # netns is the "laptop", kvm a container behind it, c1 a container behind
 # kvm; each reaches a server netns of its own at 203.0.113.10 (srvL, srvK,

@@ -100,22 +100,6 @@ server_clients_status() {
 	nsenter -t "$SRVPID" -m sh -c 'cat /proc/fs/nfsd/clients/*/info' |
 		awk -F'"' '/^address: / { split($2, a, ":"); addr = a[1] } /^status: / { print addr, $0 }' | sed 's/ status: / /'
 }
-# create POD NAME ARGS...: CreateContainer as kubelet does, retried while
-# the plugin holds the container back (the pod's mounts not made yet).
-create() {
-	_try=0
-	while [ $_try -lt 10 ]; do
-		_try=$((_try + 1))
-		if _id=$($CRI create "$@" 2>/tmp/create.err); then
-			[ $_try = 1 ] || lab_log "CreateContainer: held back $((_try - 1)) time(s): $(cat /tmp/create.err)" >&2
-			echo "$_id"
-			return 0
-		fi
-		sleep 1
-	done
-	cat /tmp/create.err >&2
-	return 1
-}
 
 # --- NodePublishVolume, before the sandbox ----------------------------------
 
@@ -164,7 +148,7 @@ lab_check "with its admission (namespace lab)" registry_has '"namespace": *"lab"
 
 # --- CreateContainer with the target path as a bind mount -------------------
 
-APP=$(create --mount $T1:/data "$POD" app -- sh -c 'cat /data/whoami; echo from-app >/data/app.txt; cat /data/app.txt; exec sleep 3600')
+APP=$(cri_create --mount $T1:/data "$POD" app -- sh -c 'cat /data/whoami; echo from-app >/data/app.txt; cat /data/app.txt; exec sleep 3600')
 lab_check "cri - CreateContainer of app, the target path as /data" test -n "$APP"
 lab_check "cri - StartContainer of app" $CRI start "$APP"
 set -- $($CRI inspect "$APP")
@@ -251,7 +235,7 @@ done
 lab_check "one NFS mount per target, none stranded" test "$(all_nfs_mounts)" = 3
 lab_check "the server sees the new pod's address" wait_for 5 server_sees "$PODIP2"
 lab_check "cri - RemovePodSandbox of the old sandbox" $CRI rmp "$POD"
-APP2=$(create --mount $T1:/data "$POD2" app2 -- sh -c 'cat /data/app.txt; echo from-app2 >/data/app2.txt; exec sleep 3600')
+APP2=$(cri_create --mount $T1:/data "$POD2" app2 -- sh -c 'cat /data/app.txt; echo from-app2 >/data/app2.txt; exec sleep 3600')
 lab_check "cri - CreateContainer and start app2 in the new sandbox" $CRI start "$APP2"
 lab_check "app2 reads the file app wrote, writes its own" wait_for 20 sh -c "grep -qx from-app2 /srv/srv1/app2.txt && grep -q ' from-app$' $LOGS/app2.log"
 
