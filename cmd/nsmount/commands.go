@@ -114,6 +114,15 @@ func newRoot(l packed.Launcher) *cobra.Command {
 		Short:         "Mount NFS into a container from the container's own network",
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		// A short-lived command's timers may fire late by up to
+		// shortLivedSlack; a long-lived one keeps the kernel's default
+		// (and so does the full binary it runs from in a split build:
+		// timer slack survives exec).
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			if !isLongLived(topLevel(cmd).Name()) {
+				relaxTimers(shortLivedSlack)
+			}
+		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("state-dir", stateDirDefault(), "registry of nsmount's mounts (env NSMOUNT_STATE_DIR)")
