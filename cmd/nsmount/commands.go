@@ -114,13 +114,13 @@ func newRoot(l packed.Launcher) *cobra.Command {
 		Short:         "Mount NFS into a container from the container's own network",
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		// A short-lived command's timers may fire late by up to
-		// shortLivedSlack; a long-lived one keeps the kernel's default
+		// A short-lived command is batch work for the scheduler
+		// (batchwork.go); a long-lived one keeps the kernel's defaults
 		// (and so does the full binary it runs from in a split build:
-		// timer slack survives exec).
+		// both settings survive exec).
 		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
 			if !isLongLived(topLevel(cmd).Name()) {
-				relaxTimers(shortLivedSlack)
+				asBatchWork(shortLivedSlack)
 			}
 		},
 	}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// threadSlacks reads the timer slack of every thread of this process.
+func threadSlacks(t *testing.T) map[string]int64 {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/timerslack_ns")
+		if os.IsNotExist(err) {
+			continue // ended meanwhile
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = v
+	}
+	return out
+}
+
+// threadPolicies reads the scheduling policy of every thread of this
+// process.
+func threadPolicies(t *testing.T) map[string]uint32 {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]uint32{}
+	for _, e := range ents {
+		tid, _ := strconv.Atoi(e.Name())
+		attr, err := unix.SchedGetAttr(tid, 0)
+		if err == unix.ESRCH {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = attr.Policy
+	}
+	return out
+}
+
+// restoreDefaults gives every thread of the test process the kernel's
+// defaults back: 50 µs of slack, SCHED_OTHER.
+func restoreDefaults(t *testing.T) {
+	ents, _ := os.ReadDir("/proc/self/task")
+	for _, e := range ents {
+		os.WriteFile("/proc/"+e.Name()+"/timerslack_ns", []byte("50000"), 0)
+		tid, _ := strconv.Atoi(e.Name())
+		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy == unix.SCHED_BATCH {
+			attr.Policy, attr.Flags = unix.SCHED_NORMAL, 0
+			unix.SchedSetAttr(tid, attr, 0)
+		}
+	}
+	unix.Prctl(unix.PR_SET_TIMERSLACK, 50000, 0, 0, 0)
+}
+
+// TestAsBatchWork: every thread that exists, and one that the runtime
+// creates afterwards, has the slack and SCHED_BATCH, with its nice value
+// kept; the test process gets the defaults back at the end.
+func TestAsBatchWork(t *testing.T) {
+	if unix.Geteuid() != 0 {
+		t.Fatal("needs root (CAP_SYS_NICE sets another thread's timer slack)")
+	}
+	// Threads of their own, parked, so that there are several to set.
+	stop := make(chan struct{})
+	defer close(stop)
+	for range 3 {
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			<-stop
+		}()
+	}
+	time.Sleep(10 * time.Millisecond)
+	const d = 7 * time.Millisecond
+	nice, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := asBatchWork(d); err != nil {
+		t.Fatal(err)
+	}
+	defer restoreDefaults(t)
+	for tid, p := range threadPolicies(t) {
+		if p != unix.SCHED_BATCH {
+			t.Errorf("thread %s: policy %d, want SCHED_BATCH (%d)", tid, p, unix.SCHED_BATCH)
+		}
+	}
+	if n, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err != nil || n != nice {
+		t.Errorf("nice %d (%v) after, %d before", n, err, nice)
+	}
+	before := threadSlacks(t)
+	if len(before) < 4 {
+		t.Fatalf("%d threads, want at least 4", len(before))
+	}
+	for tid, v := range before {
+		if v != d.Nanoseconds() {
+			t.Errorf("thread %s: slack %d ns, want %d", tid, v, d.Nanoseconds())
+		}
+	}
+	// A thread created now (a locked goroutine ending takes its thread
+	// with it, so the next locked one needs a new thread).
+	type later struct {
+		slack  int64
+		policy uint32
+	}
+	got := make(chan later, 1)
+	go func() {
+		runtime.LockOSThread() // and never unlocked: the thread ends
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(unix.Gettid()) + "/timerslack_ns")
+		v, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		var p uint32
+		if attr, err := unix.SchedGetAttr(0, 0); err == nil {
+			p = attr.Policy
+		}
+		got <- later{v, p}
+	}()
+	if l := <-got; l.slack != d.Nanoseconds() || l.policy != unix.SCHED_BATCH {
+		t.Errorf("a later thread: slack %d ns, policy %d; want %d, SCHED_BATCH", l.slack, l.policy, d.Nanoseconds())
+	}
+}
+
+// TestTopLevel: the slack is decided by the command right under the
+// root, whatever the depth.
+func TestTopLevel(t *testing.T) {
+	root := newRootCommand()
+	for _, tc := range []struct {
+		args []string
+		want string
+		long bool
+	}{
+		{[]string{"mount"}, "mount", false},
+		{[]string{"watch"}, "watch", true},
+		{[]string{"agent"}, "agent", true},
+		{[]string{"version"}, "version", false},
+	} {
+		cmd, _, err := root.Find(tc.args)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := topLevel(cmd).Name(); got != tc.want || isLongLived(got) != tc.long {
+			t.Errorf("%v: top level %q (long-lived %v), want %q (%v)", tc.args, got, isLongLived(got), tc.want, tc.long)
+		}
+	}
+}
+
+// TestBatchPolicyKeepsOthers: a thread that runs another policy than
+// SCHED_OTHER (here SCHED_IDLE, as an operator's `chrt -i` gives) keeps
+// it.
+func TestBatchPolicyKeepsOthers(t *testing.T) {
+	type result struct {
+		policy uint32
+		err    error
+	}
+	got := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with it
+		tid := unix.Gettid()
+		attr, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		attr.Policy, attr.Flags = unix.SCHED_IDLE, 0
+		if err := unix.SchedSetAttr(tid, attr, 0); err != nil {
+			got <- result{err: err}
+			return
+		}
+		if err := batchPolicy(tid); err != nil {
+			got <- result{err: err}
+			return
+		}
+		attr, err = unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		got <- result{policy: attr.Policy}
+	}()
+	r := <-got
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.policy != unix.SCHED_IDLE {
+		t.Errorf("policy %d after batchPolicy, want SCHED_IDLE (%d) kept", r.policy, unix.SCHED_IDLE)
+	}
+}
