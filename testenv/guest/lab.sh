@@ -590,3 +590,22 @@ lab_check_output() {
 lab_oneline() {
 	printf '%s\n' "$1" | tail -n 3 | tr '\n' ' ' | sed 's/ *$//'
 }
+
+# lab_nfs_stuck PID...: what holds the NFS mounts of processes PID...: each
+# one's netns NFS clients and volumes, its NFS mounts' transports
+# (mountstats), the kernel's NFS messages, and the
+# stacks of the tasks waiting in the kernel (uninterruptible sleep).
+lab_nfs_stuck() {
+	for _p in "$@"; do
+		echo "pid $_p (netns $(readlink /proc/$_p/ns/net)):"
+		cat /proc/$_p/net/nfsfs/servers /proc/$_p/net/nfsfs/volumes 2>&1
+		grep -E '^device .* nfs|xprt:' /proc/$_p/mountstats 2>&1
+	done
+	dmesg | grep -iE 'nfs|rpc|lockd' | tail -n 30
+	for _s in /proc/[0-9]*/stat; do
+		_d=${_s%/stat}
+		[ "$(awk '{print $3}' $_s 2>/dev/null)" = D ] || continue
+		echo "D task ${_d#/proc/} $(cat $_d/comm 2>/dev/null):"
+		head -n 12 $_d/stack 2>/dev/null | sed 's/^/    /'
+	done | head -n 80
+}

@@ -117,20 +117,12 @@ if [ -n "$LAST" ]; then
 fi
 lab_check "every container reads its data and writes after the switch (within ${DEADLINE} s)" test "$NOTBACK" = 0
 if [ "$NOTBACK" != 0 ]; then
-	# What holds them: their NFS clients, the kernel's NFS messages, the
-	# stacks of the tasks waiting in the kernel.
+	_stuck=
 	for i in $left; do
-		_p=$(sed -n "$((i + 1))p" /tmp/pids)
-		echo "c$i (pid $_p, netns $(readlink /proc/$_p/ns/net)) not back:"
-		cat /proc/$_p/net/nfsfs/servers /proc/$_p/net/nfsfs/volumes
+		_stuck="$_stuck $(sed -n "$((i + 1))p" /tmp/pids)"
+		echo "c$i not back"
 	done
-	dmesg | grep -iE 'nfs|rpc|lockd' | tail -n 30
-	for s in /proc/[0-9]*/stat; do
-		_d=${s%/stat}
-		[ "$(awk '{print $3}' $s 2>/dev/null)" = D ] || continue
-		echo "D task ${_d#/proc/} $(cat $_d/comm 2>/dev/null):"
-		head -n 12 $_d/stack 2>/dev/null | sed 's/^/    /'
-	done | head -n 80
+	lab_nfs_stuck $_stuck
 fi
 sleep 1
 REMOUNTS=$(grep -c 'msg=remounted ' /tmp/watch.log)
