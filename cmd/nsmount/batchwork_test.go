@@ -11,42 +11,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// threadSlacks reads the timer slack of every thread of this process.
-func threadSlacks(t *testing.T) map[string]int64 {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]int64{}
-	for _, e := range ents {
-		b, err := os.ReadFile("/proc/" + e.Name() + "/timerslack_ns")
-		if os.IsNotExist(err) {
-			continue // ended meanwhile
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[e.Name()] = v
-	}
-	return out
+// threadState is what asBatchWork sets on a thread.
+type threadState struct {
+	slack  int64 // ns
+	policy uint32
 }
 
-// threadPolicies reads the scheduling policy of every thread of this
-// process.
-func threadPolicies(t *testing.T) map[string]uint32 {
+// threadStates reads the timer slack and scheduling policy of every
+// thread of this process (a thread that ends meanwhile is left out).
+func threadStates(t *testing.T) map[string]threadState {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]uint32{}
+	out := map[string]threadState{}
 	for _, e := range ents {
 		tid, _ := strconv.Atoi(e.Name())
+		b, err := os.ReadFile("/proc/" + e.Name() + "/timerslack_ns")
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		slack, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
 		attr, err := unix.SchedGetAttr(tid, 0)
 		if err == unix.ESRCH {
 			continue
@@ -54,7 +46,7 @@ func threadPolicies(t *testing.T) map[string]uint32 {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[e.Name()] = attr.Policy
+		out[e.Name()] = threadState{slack, attr.Policy}
 	}
 	return out
 }
@@ -101,21 +93,16 @@ func TestAsBatchWork(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer restoreDefaults(t)
-	for tid, p := range threadPolicies(t) {
-		if p != unix.SCHED_BATCH {
-			t.Errorf("thread %s: policy %d, want SCHED_BATCH (%d)", tid, p, unix.SCHED_BATCH)
-		}
-	}
 	if n, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err != nil || n != nice {
 		t.Errorf("nice %d (%v) after, %d before", n, err, nice)
 	}
-	before := threadSlacks(t)
-	if len(before) < 4 {
-		t.Fatalf("%d threads, want at least 4", len(before))
+	states := threadStates(t)
+	if len(states) < 4 {
+		t.Fatalf("%d threads, want at least 4", len(states))
 	}
-	for tid, v := range before {
-		if v != d.Nanoseconds() {
-			t.Errorf("thread %s: slack %d ns, want %d", tid, v, d.Nanoseconds())
+	for tid, st := range states {
+		if st != (threadState{d.Nanoseconds(), unix.SCHED_BATCH}) {
+			t.Errorf("thread %s: slack %d ns, policy %d; want %d, SCHED_BATCH", tid, st.slack, st.policy, d.Nanoseconds())
 		}
 	}
 	// A thread created now (a locked goroutine ending takes its thread
