@@ -77,9 +77,9 @@ echo "NOTE migration: watch's probes from the switch to the last container readi
 echo "NOTE migration: failures $((RFAILED + NOTBACK)) ($RFAILED remount-failed, $NOTBACK containers not reading again)"
 echo "NOTE migration: watch events: $(sed -n 's/.* msg=\([a-z-]*\) .*/\1/p' /tmp/mig-watch.log | grep -v '^probe$' | sort | uniq -c | awk '{ printf "%s %s, ", $2, $1 }')"
 grep 'msg=remount-failed ' /tmp/mig-watch.log | head -n 5 | sed 's/^/NOTE migration: /'
-# What holds the containers not reading again (a flake, not understood yet,
-# seen twice, once in TestLabMigration and once here: one container's
-# remount timing out again and again).
+# What holds the containers not reading again (a flake, not understood yet:
+# once here, one container's remount timing out again and again;
+# TestLabMigration saw something like it once in nine runs).
 if [ "$NOTBACK" != 0 ]; then
 	_stuck=
 	for i in $left; do _stuck="$_stuck $(sed -n "$((i + 1))p" /tmp/mig-pids)"; done
