@@ -246,9 +246,15 @@ func (r *Reader) readNS(ctx context.Context, ns nsmount.NSID, pid int) reading {
 	r.mu.Unlock()
 	done := make(chan reading, 1)
 	go func() {
-		defer func() { r.mu.Lock(); delete(r.busy, ns); r.mu.Unlock() }()
-		stats, errs, err := r.o.Proc.NFSMountStats(pid, r.parser)
-		done <- reading{pid: pid, stats: stats, errs: errs, err: err}
+		// The namespace is free again before the result is handed over:
+		// a Read that follows at once must not find it busy.
+		var res reading
+		func() {
+			defer func() { r.mu.Lock(); delete(r.busy, ns); r.mu.Unlock() }()
+			stats, errs, err := r.o.Proc.NFSMountStats(pid, r.parser)
+			res = reading{pid: pid, stats: stats, errs: errs, err: err}
+		}()
+		done <- res
 	}()
 	t := time.NewTimer(r.o.Timeout)
 	defer t.Stop()

@@ -176,3 +176,19 @@ func TestRates(t *testing.T) {
 		t.Errorf("%d rates with a reused device, want 2", len(got))
 	}
 }
+
+// TestReadAgainAtOnce: a reading that has returned no longer counts as
+// busy, even when the next one starts at once (the reading's goroutine
+// used to mark its namespace free only after handing its result over, so
+// a Read right after a Read could find it busy).
+func TestReadAgainAtOnce(t *testing.T) {
+	fs := kerneltest.New(t)
+	fs.Add(100, kerneltest.Process{Mnt: "mnt1", Net: "net1", Start: 50, Mountinfo: string(kerneltest.Captured(t, "mountinfo-6.1.txt")), Mountstats: string(kerneltest.Captured(t, "mountstats-6.1.txt"))})
+	s := &registry.State{Entries: []registry.Entry{entry("a", 100, 50, fs.NS("mnt1"), fs.NS("net1"), 92, "0:40", "/data")}}
+	r := newReader(t, fs, 5*time.Second)
+	for i := range 2000 {
+		if snap := r.Read(context.Background(), s); len(snap.Failures) != 0 {
+			t.Fatalf("read %d: failures %+v", i+1, snap.Failures)
+		}
+	}
+}
