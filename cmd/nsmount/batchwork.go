@@ -103,16 +103,6 @@ func batchPolicy(tid int) error {
 	return nil
 }
 
-// isLongLived reports whether name is one of the long-lived commands.
-func isLongLived(name string) bool {
-	for _, c := range longLived {
-		if c.name == name {
-			return true
-		}
-	}
-	return false
-}
-
 // topLevel is the command right under the root that cmd is or is under.
 func topLevel(cmd *cobra.Command) *cobra.Command {
 	for cmd.HasParent() && cmd.Parent().HasParent() {

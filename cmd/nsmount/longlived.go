@@ -21,14 +21,30 @@ var longLived = []struct{ name, short string }{
 	{"agent", "The node agent: NRI plugin, CSI node service, watch with metrics, in one process"},
 }
 
-// shortOf returns the one-line description of long-lived command name.
-func shortOf(name string) string {
+// longLivedShort returns the one-line description of long-lived command
+// name, and whether name is one.
+func longLivedShort(name string) (string, bool) {
 	for _, c := range longLived {
 		if c.name == name {
-			return c.short
+			return c.short, true
 		}
 	}
-	panic("no long-lived command " + name)
+	return "", false
+}
+
+// shortOf returns the one-line description of long-lived command name.
+func shortOf(name string) string {
+	s, ok := longLivedShort(name)
+	if !ok {
+		panic("no long-lived command " + name)
+	}
+	return s
+}
+
+// isLongLived reports whether name is one of the long-lived commands.
+func isLongLived(name string) bool {
+	_, ok := longLivedShort(name)
+	return ok
 }
 
 // selfPath is the path of the nsmount binary that the user runs: the
