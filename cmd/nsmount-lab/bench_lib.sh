@@ -17,8 +17,9 @@ bench_seconds() {
 
 # bench_concurrency SUFFIX: 16 light containers (k0..k15, each its own
 # netns routed to srv1's 192.0.2.1) and their mounts timed one after
-# another and all at once, 6 runs each, interleaved; SUFFIX ends the measurements'
-# names (e.g. " (2 vCPUs)").
+# another and all at once, 6 runs each, interleaved, and the kernel's own
+# mount the same way; SUFFIX ends the measurements' names (e.g.
+# " (2 vCPUs)").
 bench_concurrency() {
 	ip -n srv1 addr add 192.0.2.1/32 dev lo 2>/dev/null || true
 	mkdir -p /data

@@ -593,8 +593,8 @@ lab_oneline() {
 
 # lab_nfs_stuck PID...: what holds the NFS mounts of processes PID...: each
 # one's netns NFS clients and volumes, its NFS mounts' transports
-# (mountstats), the kernel's NFS messages, and the
-# stacks of the tasks waiting in the kernel (uninterruptible sleep).
+# (mountstats), the kernel's NFS messages, and the stacks of the tasks
+# waiting in the kernel (uninterruptible sleep).
 lab_nfs_stuck() {
 	for _p in "$@"; do
 		echo "pid $_p (netns $(readlink /proc/$_p/ns/net)):"
