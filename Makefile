@@ -43,13 +43,25 @@ test: deps vet build
 # Every fuzz target of every package, FUZZTIME each (their seed vectors,
 # testdata/fuzz included, also run in every plain `go test`). What a fuzzer
 # finds goes to the package's testdata/fuzz/FuzzX/ and stays as a vector.
+# A run that fails only with "context deadline exceeded" and writes no
+# failing input is Go 1.26's coordinator racing its own -fuzztime deadline
+# (golang/go#75804; seen once in CI here, FuzzParseConfig): it runs once
+# more. A count (-fuzztime Nx) would avoid the race, but the targets run
+# from 330 to 80000 inputs a second.
 FUZZTIME ?= 5s
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "fuzz $$f ($$pkg, $(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg >/tmp/nsmount-fuzz.log 2>&1 || \
-				{ cat /tmp/nsmount-fuzz.log; exit 1; }; \
+			for try in 1 2; do \
+				if $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg >/tmp/nsmount-fuzz.log 2>&1; then break; fi; \
+				if [ $$try = 1 ] && grep -qx '    context deadline exceeded' /tmp/nsmount-fuzz.log && \
+					! grep -q 'Failing input written' /tmp/nsmount-fuzz.log; then \
+					echo "  Go's fuzz coordinator failed on its own -fuzztime deadline, no failing input (golang/go#75804, fixed in Go 1.27): once more"; \
+					continue; \
+				fi; \
+				cat /tmp/nsmount-fuzz.log; exit 1; \
+			done; \
 		done; \
 	done
 
