@@ -37,7 +37,6 @@ func cniExit(e *types.Error) int {
 // the CNI error JSON goes to stdout, warnings and what DEL flushed to
 // stderr.
 func runCNIPlugin() {
-	asBatchWork(shortLivedSlack) // a short-lived command (batchwork.go)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	funcs := skel.CNIFuncs{
 		Add:   cniCommand(ctx, cni.Add, os.Stdout, os.Stderr),

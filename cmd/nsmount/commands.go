@@ -114,15 +114,6 @@ func newRoot(l packed.Launcher) *cobra.Command {
 		Short:         "Mount NFS into a container from the container's own network",
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		// A short-lived command is batch work for the scheduler
-		// (batchwork.go); a long-lived one keeps the kernel's defaults
-		// (and so does the full binary it runs from in a split build:
-		// both settings survive exec).
-		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
-			if !isLongLived(topLevel(cmd).Name()) {
-				asBatchWork(shortLivedSlack)
-			}
-		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("state-dir", stateDirDefault(), "registry of nsmount's mounts (env NSMOUNT_STATE_DIR)")

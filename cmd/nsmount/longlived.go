@@ -41,12 +41,6 @@ func shortOf(name string) string {
 	return s
 }
 
-// isLongLived reports whether name is one of the long-lived commands.
-func isLongLived(name string) bool {
-	_, ok := longLivedShort(name)
-	return ok
-}
-
 // selfPath is the path of the nsmount binary that the user runs: the
 // product binary's when this one runs from inside it (l), else this one's.
 // Hooks are given it.

@@ -30,6 +30,7 @@ import (
 	"strings"
 	"syscall"
 
+	_ "github.com/nsmount/nsmount/cmd/nsmount/internal/batchwork"
 	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
 )

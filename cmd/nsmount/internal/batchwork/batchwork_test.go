@@ -1,7 +1,9 @@
-package main
+package batchwork
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -11,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// threadState is what asBatchWork sets on a thread.
+// threadState is what Apply sets on a thread.
 type threadState struct {
 	slack  int64 // ns
 	policy uint32
@@ -66,10 +68,10 @@ func restoreDefaults(t *testing.T) {
 	unix.Prctl(unix.PR_SET_TIMERSLACK, 50000, 0, 0, 0)
 }
 
-// TestAsBatchWork: every thread that exists, and one that the runtime
+// TestApply: every thread that exists, and one that the runtime
 // creates afterwards, has the slack and SCHED_BATCH, with its nice value
 // kept; the test process gets the defaults back at the end.
-func TestAsBatchWork(t *testing.T) {
+func TestApply(t *testing.T) {
 	if unix.Geteuid() != 0 {
 		t.Fatal("needs root (CAP_SYS_NICE sets another thread's timer slack)")
 	}
@@ -89,7 +91,7 @@ func TestAsBatchWork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := asBatchWork(d); err != nil {
+	if err := Apply(d); err != nil {
 		t.Fatal(err)
 	}
 	defer restoreDefaults(t)
@@ -127,28 +129,105 @@ func TestAsBatchWork(t *testing.T) {
 	}
 }
 
-// TestTopLevel: the slack is decided by the command right under the
-// root, whatever the depth.
-func TestTopLevel(t *testing.T) {
-	root := newRootCommand()
+// TestShortLived: which command lines are batch work from the start.
+func TestShortLived(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"nsmount", "mount", "--pid", "1", "srv:/x", "/data"}, true},
+		{[]string{"/usr/local/bin/nsmount", "status", "--json"}, true},
+		{[]string{"nsmount"}, true},
+		{[]string{"/opt/cni/bin/nsmount-cni"}, true},
+		{[]string{"nsmount", "watch", "--interval", "1s"}, false},
+		{[]string{"nsmount", "--state-dir", "/run/x", "agent"}, false},
+		{[]string{"nsmount", "help", "csi"}, false}, // looks long-lived: the safe side
+		{[]string{"nsmount", "top"}, false},
+		{[]string{"nsmount-helper"}, false},
+		{[]string{"batchwork.test", "-test.v"}, false},
+		{[]string{"/usr/bin/nsmount-v2", "mount"}, false},
+		{nil, false},
+	} {
+		if got := ShortLived(tc.args); got != tc.want {
+			t.Errorf("ShortLived(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}
+
+// TestInit runs this test binary again as "nsmount" (so that the
+// package's init decides as in the product binary) and reads what the
+// child's threads run with: batch work for a short-lived command line,
+// the defaults it was started with for a long-lived one.
+func TestInit(t *testing.T) {
+	if os.Getenv("BATCHWORK_CHILD") != "" {
+		return // the child's report is printed by TestMain
+	}
+	if unix.Geteuid() != 0 {
+		t.Fatal("needs root (CAP_SYS_NICE sets another thread's timer slack)")
+	}
+	// The child is started from a thread with the defaults (a slack of
+	// 50 µs, SCHED_OTHER), whatever other tests did to this process.
+	runtime.LockOSThread() // and never unlocked: the thread ends with the test
+	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, 50000, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	attr, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attr.Policy != unix.SCHED_NORMAL {
+		attr.Policy, attr.Flags = unix.SCHED_NORMAL, 0
+		if err := unix.SchedSetAttr(0, attr, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
-		long bool
 	}{
-		{[]string{"mount"}, "mount", false},
-		{[]string{"watch"}, "watch", true},
-		{[]string{"agent"}, "agent", true},
-		{[]string{"version"}, "version", false},
+		{[]string{"nsmount", "mount"}, fmt.Sprintf("%d %d", Slack.Nanoseconds(), unix.SCHED_BATCH)},
+		{[]string{"nsmount", "watch"}, fmt.Sprintf("50000 %d", unix.SCHED_NORMAL)},
 	} {
-		cmd, _, err := root.Find(tc.args)
+		cmd := exec.Command("/proc/self/exe", "-test.run=^TestInit$")
+		cmd.Args = append(tc.args, "-test.run=^TestInit$")
+		cmd.Env = append(os.Environ(), "BATCHWORK_CHILD=1")
+		out, err := cmd.CombinedOutput()
 		if err != nil {
-			t.Fatalf("%v: %v", tc.args, err)
+			t.Fatalf("%q: %v: %s", tc.args, err, out)
 		}
-		if got := topLevel(cmd).Name(); got != tc.want || isLongLived(got) != tc.long {
-			t.Errorf("%v: top level %q (long-lived %v), want %q (%v)", tc.args, got, isLongLived(got), tc.want, tc.long)
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) < 2 {
+			t.Fatalf("%q: child printed %q, want a line per thread", tc.args, out)
+		}
+		for _, l := range lines {
+			if l != tc.want {
+				t.Errorf("%q: a child thread runs with %q (slack ns, policy), want %q; all: %q", tc.args, l, tc.want, lines)
+			}
 		}
 	}
+}
+
+// TestMain prints, in the child of TestInit, one line per thread: its
+// timer slack and scheduling policy, as the package's init left them.
+func TestMain(m *testing.M) {
+	if os.Getenv("BATCHWORK_CHILD") != "" {
+		ents, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		for _, e := range ents {
+			b, _ := os.ReadFile("/proc/" + e.Name() + "/timerslack_ns")
+			tid, _ := strconv.Atoi(e.Name())
+			attr, err := unix.SchedGetAttr(tid, 0)
+			if err != nil {
+				continue // ended meanwhile
+			}
+			fmt.Printf("%s %d\n", strings.TrimSpace(string(b)), attr.Policy)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }
 
 // TestBatchPolicyKeepsOthers: a thread that runs another policy than
