@@ -427,7 +427,7 @@ func anyEntry(ms []KernelMount) bool {
 }
 
 // read samples the transports of the candidates' superblocks (each read
-// in a mount namespace where it is mounted).
+// in a mount namespace where it is mounted), after the call.
 func (d *watchdog) read(ctx context.Context, world *World, cands []candidate) map[string]sample {
 	want := map[string]bool{}
 	for _, c := range cands {
@@ -441,7 +441,10 @@ func (d *watchdog) read(ctx context.Context, world *World, cands []candidate) ma
 	}
 	out := map[string]sample{}
 	for ns, pid := range targets {
-		stats, err := d.stats.Namespace(ctx, ns, pid)
+		// Now, not maybe busy: the background sampler may be reading
+		// the same namespace, and a candidate without this sample could
+		// not be blamed (the line would go to all of them).
+		stats, err := d.stats.NamespaceNow(ctx, ns, pid)
 		if err != nil {
 			continue
 		}

@@ -80,7 +80,7 @@ type Reader struct {
 	o      Options
 	parser *kernel.MountStatsParser
 	mu     sync.Mutex
-	busy   map[nsmount.NSID]time.Time // mount namespace -> reading since
+	busy   map[nsmount.NSID]*inflight // mount namespace -> its reading under way
 }
 
 // NewReader returns a Reader; Close releases it.
@@ -95,7 +95,7 @@ func NewReader(o Options) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{o: o, parser: p, busy: map[nsmount.NSID]time.Time{}}, nil
+	return &Reader{o: o, parser: p, busy: map[nsmount.NSID]*inflight{}}, nil
 }
 
 // Close releases the Reader's parser.
@@ -130,7 +130,7 @@ func (r *Reader) Read(ctx context.Context, s *registry.State) *Snapshot {
 			select {
 			case sem <- struct{}{}:
 				defer func() { <-sem }()
-				results[i] = r.readNS(ctx, ns, pids[ns])
+				results[i] = r.readNS(ctx, ns, pids[ns], false)
 			case <-ctx.Done():
 				results[i] = reading{err: fmt.Errorf("not read: %w", ctx.Err())}
 			}
@@ -230,19 +230,41 @@ func (r *Reader) pids(byNS map[nsmount.NSID][]registry.Entry) map[nsmount.NSID]i
 // returned.
 var errBusy = errors.New("still reading it since an earlier reading")
 
+// inflight is a reading of a mount namespace under way.
+type inflight struct {
+	since time.Time
+	done  chan struct{} // closed when it returns
+}
+
 // readNS reads mount namespace ns through pid within the timeout. A read
 // that does not return in time is left running; ns stays busy until it
-// returns.
-func (r *Reader) readNS(ctx context.Context, ns nsmount.NSID, pid int) reading {
+// returns. A caller that finds ns busy gets errBusy at once, or with wait
+// waits for that reading to return (within the same timeout) and reads ns
+// again: what it gets was read after its call.
+func (r *Reader) readNS(ctx context.Context, ns nsmount.NSID, pid int, wait bool) reading {
 	if pid == 0 {
 		return reading{err: fmt.Errorf("mount namespace %s has no process to read it through", ns)}
 	}
+	t := time.NewTimer(r.o.Timeout)
+	defer t.Stop()
 	r.mu.Lock()
-	if since, ok := r.busy[ns]; ok {
+	for r.busy[ns] != nil {
+		cur := r.busy[ns]
 		r.mu.Unlock()
-		return reading{pid: pid, err: fmt.Errorf("mountstats of pid %d: %w (%s ago)", pid, errBusy, time.Since(since).Round(time.Millisecond))}
+		if !wait {
+			return reading{pid: pid, err: fmt.Errorf("mountstats of pid %d: %w (%s ago)", pid, errBusy, time.Since(cur.since).Round(time.Millisecond))}
+		}
+		select {
+		case <-cur.done:
+		case <-t.C:
+			return reading{pid: pid, err: fmt.Errorf("mountstats of pid %d: %w (%s ago), for %s", pid, errBusy, time.Since(cur.since).Round(time.Millisecond), r.o.Timeout)}
+		case <-ctx.Done():
+			return reading{pid: pid, err: fmt.Errorf("mountstats of pid %d: %w", pid, ctx.Err())}
+		}
+		r.mu.Lock()
 	}
-	r.busy[ns] = time.Now()
+	fl := &inflight{since: time.Now(), done: make(chan struct{})}
+	r.busy[ns] = fl
 	r.mu.Unlock()
 	done := make(chan reading, 1)
 	go func() {
@@ -250,14 +272,12 @@ func (r *Reader) readNS(ctx context.Context, ns nsmount.NSID, pid int) reading {
 		// a Read that follows at once must not find it busy.
 		var res reading
 		func() {
-			defer func() { r.mu.Lock(); delete(r.busy, ns); r.mu.Unlock() }()
+			defer func() { r.mu.Lock(); delete(r.busy, ns); close(fl.done); r.mu.Unlock() }()
 			stats, errs, err := r.o.Proc.NFSMountStats(pid, r.parser)
 			res = reading{pid: pid, stats: stats, errs: errs, err: err}
 		}()
 		done <- res
 	}()
-	t := time.NewTimer(r.o.Timeout)
-	defer t.Stop()
 	select {
 	case res := <-done:
 		return res
@@ -273,6 +293,15 @@ func (r *Reader) readNS(ctx context.Context, ns nsmount.NSID, pid int) reading {
 // Reader's timeout (and ctx). A superblock mounted several times there
 // gives one NFSStats per mount. Records that did not parse are left out.
 func (r *Reader) Namespace(ctx context.Context, ns nsmount.NSID, pid int) ([]kernel.NFSStats, error) {
-	res := r.readNS(ctx, ns, pid)
+	res := r.readNS(ctx, ns, pid, false)
+	return res.stats, res.err
+}
+
+// NamespaceNow is Namespace for a caller that needs a reading made after
+// its call (evidence for something that just happened): a reading of ns
+// already under way, which Namespace would report as busy, is waited for
+// and ns read again, all within the Reader's timeout (and ctx).
+func (r *Reader) NamespaceNow(ctx context.Context, ns nsmount.NSID, pid int) ([]kernel.NFSStats, error) {
+	res := r.readNS(ctx, ns, pid, true)
 	return res.stats, res.err
 }

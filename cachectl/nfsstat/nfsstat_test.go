@@ -192,3 +192,64 @@ func TestReadAgainAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// While a reading of a namespace is under way (here blocked on a FIFO),
+// Namespace reports it busy at once, and NamespaceNow waits for that
+// reading and reads the namespace again: it answers with what is there
+// after its call. Without that the watchdog, whose background sampler
+// reads the same namespaces every 250 ms, missed a mount's evidence and
+// sent a kernel line to every mount of the server (TestLabObserve, once
+// in a fresh-clone CI run).
+func TestNamespaceNowWaits(t *testing.T) {
+	fs := kerneltest.New(t)
+	mountinfo := string(kerneltest.Captured(t, "mountinfo-6.1.txt"))
+	mountstats := kerneltest.Captured(t, "mountstats-6.1.txt")
+	fs.Add(100, kerneltest.Process{Mnt: "mnt1", Net: "net1", Start: 50, Mountinfo: mountinfo})
+	fifo := filepath.Join(fs.Root(), "100", "mountstats")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns := fs.NS("mnt1")
+	r := newReader(t, fs, 5*time.Second)
+	// A reading that its caller gave up on: it stays under way.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := r.Namespace(ctx, ns, 100); err == nil {
+		t.Fatal("a reading of a FIFO nobody writes returned")
+	}
+	if _, err := r.Namespace(context.Background(), ns, 100); err == nil || !strings.Contains(err.Error(), "still reading") {
+		t.Fatalf("Namespace during a reading: %v, want busy", err)
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	now := make(chan result, 1)
+	go func() {
+		stats, err := r.NamespaceNow(context.Background(), ns, 100)
+		now <- result{len(stats), err}
+	}()
+	select {
+	case res := <-now:
+		t.Fatalf("NamespaceNow returned during the other reading: %+v", res)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// The reading under way ends with an empty text, and the file is a
+	// regular one with the capture from now on: NamespaceNow answers
+	// with the capture's superblocks only if it read again.
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(fifo)
+	fs.Write(fifo, string(mountstats))
+	w.Close()
+	select {
+	case res := <-now:
+		if res.err != nil || res.n == 0 {
+			t.Fatalf("NamespaceNow: %d superblocks, %v", res.n, res.err)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("NamespaceNow did not answer after the other reading returned")
+	}
+}
