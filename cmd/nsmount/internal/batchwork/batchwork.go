@@ -1,8 +1,8 @@
 // Package batchwork makes a short-lived nsmount process (a mount, a hook,
 // a status, the CNI plugin) batch work for the scheduler from its start.
-// The nsmount command imports it for that effect: its init runs early
-// among the packages' (it imports little), before most of the process's
-// start-up.
+// The nsmount command imports it for that effect: its init runs among the
+// first packages' (it imports only os, syscall, strconv and time, so
+// it is ready as soon as os is), before most of the process's start-up.
 //
 // Nobody types into such a process, and when many start at once (a node
 // starting its pods) they compete for the CPU. Two settings tell the
@@ -32,13 +32,11 @@
 package batchwork
 
 import (
-	"fmt"
 	"os"
 	"strconv"
-	"strings"
+	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
+	"unsafe"
 )
 
 // Slack is how late a short-lived process's timed sleeps may end.
@@ -92,44 +90,72 @@ func ShortLived(args []string) bool {
 	return false
 }
 
-// base is path/filepath.Base for an argv[0] (that package is left out
-// to keep this one's init early).
+// base is path/filepath.Base for an argv[0].
 func base(p string) string {
-	return p[strings.LastIndexByte(p, '/')+1:]
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
 }
+
+// Error is a failure of Apply: what it did, to which thread (0: the
+// process), and the errno.
+type Error struct {
+	Op  string
+	TID int
+	Err error
+}
+
+func (e *Error) Error() string {
+	if e.TID == 0 {
+		return e.Op + ": " + e.Err.Error()
+	}
+	return e.Op + " of thread " + strconv.Itoa(e.TID) + ": " + e.Err.Error()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Scheduling policies and prctl options (sched(7), prctl(2)).
+const (
+	schedNormal      = 0
+	schedBatch       = 3
+	schedResetOnFork = 0x40000000
+	prSetTimerslack  = 29
+)
 
 // Apply makes every thread of this process batch work: timer slack d, and
 // SCHED_BATCH if it runs SCHED_OTHER (a real-time or idle policy that an
-// operator gave it is kept). The calling thread is set through prctl, the
-// others through /proc/TID/timerslack_ns (that needs CAP_SYS_NICE) and
-// sched_setattr.
+// operator gave it is kept, and so is its nice value). The calling thread
+// is set through prctl, the others through /proc/TID/timerslack_ns (that
+// needs CAP_SYS_NICE) and sched_setscheduler.
 func Apply(d time.Duration) error {
-	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(d.Nanoseconds()), 0, 0, 0); err != nil {
-		return fmt.Errorf("set timer slack: %w", err)
+	if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, prSetTimerslack, uintptr(d.Nanoseconds()), 0); e != 0 {
+		return &Error{Op: "set timer slack", Err: e}
 	}
 	val := []byte(strconv.FormatInt(d.Nanoseconds(), 10))
+	self := syscall.Gettid()
 	// A thread that was being created while the list was read may have
 	// inherited the old settings: read the list again until it holds no
 	// thread not yet set (the runtime creates few threads).
-	done := map[int]bool{}
+	var done []int
 	for range 3 {
-		names, err := threads()
+		tids, err := threads()
 		if err != nil {
-			return fmt.Errorf("list threads: %w", err)
+			return err
 		}
 		fresh := false
-		for _, name := range names {
-			tid, err := strconv.Atoi(name)
-			if err != nil || done[tid] {
+		for _, tid := range tids {
+			if contains(done, tid) {
 				continue
 			}
-			fresh, done[tid] = true, true
-			if tid != unix.Gettid() {
-				if err := os.WriteFile("/proc/"+name+"/timerslack_ns", val, 0); err != nil {
-					if os.IsNotExist(err) {
-						continue // ended meanwhile
-					}
-					return fmt.Errorf("set timer slack of thread %d: %w", tid, err)
+			fresh, done = true, append(done, tid)
+			if tid != self {
+				if err := writeFile("/proc/"+strconv.Itoa(tid)+"/timerslack_ns", val); err == syscall.ENOENT {
+					continue // ended meanwhile
+				} else if err != nil {
+					return &Error{Op: "set timer slack", TID: tid, Err: err}
 				}
 			}
 			if err := batchPolicy(tid); err != nil {
@@ -143,33 +169,71 @@ func Apply(d time.Duration) error {
 	return nil
 }
 
-// threads lists the thread IDs of this process.
-func threads() ([]string, error) {
-	f, err := os.Open("/proc/self/task")
-	if err != nil {
-		return nil, err
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
 	}
-	defer f.Close()
-	return f.Readdirnames(-1)
+	return false
 }
 
-// batchPolicy switches thread tid from SCHED_OTHER to SCHED_BATCH,
-// keeping its nice value; another policy is left alone.
+// threads lists the thread IDs of this process.
+func threads() ([]int, error) {
+	fd, err := syscall.Open("/proc/self/task", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &Error{Op: "list threads", Err: err}
+	}
+	defer syscall.Close(fd)
+	var tids []int
+	buf := make([]byte, 4096)
+	for {
+		n, err := syscall.ReadDirent(fd, buf)
+		if err != nil {
+			return nil, &Error{Op: "list threads", Err: err}
+		}
+		if n <= 0 {
+			return tids, nil
+		}
+		_, _, names := syscall.ParseDirent(buf[:n], -1, nil)
+		for _, name := range names {
+			if tid, err := strconv.Atoi(name); err == nil {
+				tids = append(tids, tid)
+			}
+		}
+	}
+}
+
+// writeFile writes b to the existing file path.
+func writeFile(path string, b []byte) error {
+	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = syscall.Write(fd, b)
+	if cerr := syscall.Close(fd); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// batchPolicy switches thread tid from SCHED_OTHER to SCHED_BATCH (its nice
+// value and reset-on-fork flag kept); another policy is left alone.
 func batchPolicy(tid int) error {
-	attr, err := unix.SchedGetAttr(tid, 0)
-	if err == unix.ESRCH {
+	p, _, e := syscall.RawSyscall(syscall.SYS_SCHED_GETSCHEDULER, uintptr(tid), 0, 0)
+	if e == syscall.ESRCH {
 		return nil // ended meanwhile
 	}
-	if err != nil {
-		return fmt.Errorf("scheduling policy of thread %d: %w", tid, err)
+	if e != 0 {
+		return &Error{Op: "scheduling policy", TID: tid, Err: e}
 	}
-	if attr.Policy != unix.SCHED_NORMAL {
+	if p&^schedResetOnFork != schedNormal {
 		return nil
 	}
-	attr.Policy = unix.SCHED_BATCH
-	attr.Flags = 0
-	if err := unix.SchedSetAttr(tid, attr, 0); err != nil && err != unix.ESRCH {
-		return fmt.Errorf("SCHED_BATCH for thread %d: %w", tid, err)
+	var param struct{ priority int32 } // struct sched_param: 0 for SCHED_BATCH
+	_, _, e = syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, uintptr(tid), schedBatch|(p&schedResetOnFork), uintptr(unsafe.Pointer(&param)))
+	if e != 0 && e != syscall.ESRCH {
+		return &Error{Op: "SCHED_BATCH", TID: tid, Err: e}
 	}
 	return nil
 }
