@@ -10,22 +10,35 @@
 //
 //   - timer slack (PR_SET_TIMERSLACK, as systemd's TimerSlackNSec=): its
 //     timed sleeps may end up to Slack late. Those commands wait for
-//     seconds at most, so it does not show; what it buys is Go's sysmon
-//     thread, which wakes every 20 µs while the process runs or makes slow
-//     syscalls. Measured in the lab (1 vCPU, TCG): 130-170 of a mount's
-//     ~320 context switches were sysmon's sleeps and the preemptions they
-//     caused, 34 with the slack.
+//     seconds at most, so it does not show.
 //   - SCHED_BATCH (as `chrt -b`, systemd's CPUSchedulingPolicy=batch), for
 //     threads that run SCHED_OTHER: a thread that wakes up does not
 //     preempt the running one, its turn comes at the end of that one's
 //     slice; it is not niced, and on an idle CPU nothing changes.
 //
-// Why from the start: a process spends a third of a mount's time starting
-// (exec, the runtime, the packages' init), and sysmon is busiest then.
-// Among 16 mounts started at once on one vCPU, set at the start rather
-// than when the command ran, sysmon's switches to and from another process
-// went from ~1500 to ~780, and 16 at once went from 1.00 to 0.96 times as
-// long as one after another, in the same VM.
+// Go's sysmon thread gets a slack of its own, SysmonSlack. It is the
+// runtime's watchdog: while its process runs or makes slow syscalls it
+// sleeps 20 µs at a time, to preempt goroutines that ran 10 ms and to take
+// a CPU slot back from a thread blocked in a syscall. In a process that
+// lives a fraction of a second that is mostly wakeups that find nothing to
+// do, and when many such processes share a CPU each wakeup is a switch of
+// address space. With SysmonSlack those duties may come up to 100 ms late:
+// a deadline in a command of one CPU slot (GOMAXPROCS=1) fires that late at
+// worst, while a thread is blocked in the kernel.
+//
+// Measured with ftrace sched_switch in the lab (1 vCPU, TCG), among 16
+// mounts started at once, switches from one process's address space to
+// another's, and among them sysmon's sleeps:
+//
+//	no settings, or set when the command ran   2330-2480  1380-1540
+//	set here, 10 ms for every thread           1610-1740   780-890
+//	and 100 ms for sysmon                        ~1070       ~240
+//	the bare kernel mount (nsenter + mount)       ~550
+//
+// and 16 at once against one after another, in the same VMs: 1.00 set when
+// the command ran, 0.96 set here (10 ms); 1.02 with 10 ms for every
+// thread, 0.96 with 100 ms for sysmon. Starting is a third of a mount (24
+// of ~75 ms), which is why the settings are made here.
 //
 // Long-lived commands (the daemons, top) keep the kernel's defaults, and
 // so does a process started under another name (a mount helper, a test).
@@ -42,6 +55,9 @@ import (
 // Slack is how late a short-lived process's timed sleeps may end.
 const Slack = 10 * time.Millisecond
 
+// SysmonSlack is how late its Go runtime's sysmon thread's sleeps may end.
+const SysmonSlack = 100 * time.Millisecond
+
 // Names a short-lived process may be started as: the command, and its CNI
 // plugin (a link named so in a CNI bin directory).
 const (
@@ -54,8 +70,29 @@ var longLived = []string{"watch", "top", "nri", "csi", "agent"}
 
 func init() {
 	if ShortLived(os.Args) {
-		Apply(Slack) // an optimisation: nothing to do if it fails
+		// An optimisation: nothing to do if it fails.
+		if Apply(Slack) == nil {
+			QuietSysmon(SysmonSlack)
+		}
 	}
+}
+
+// QuietSysmon gives the Go runtime's sysmon thread of this process a timer
+// slack of d. sysmon is the process's second thread: the kernel lists a
+// process's threads in the order they were created, and runtime.main
+// starts sysmon before anything else can start a thread.
+func QuietSysmon(d time.Duration) error {
+	tids, err := threads()
+	if err != nil {
+		return err
+	}
+	if len(tids) < 2 {
+		return &Error{Op: "find sysmon", Err: syscall.ESRCH}
+	}
+	if err := writeFile("/proc/"+strconv.Itoa(tids[1])+"/timerslack_ns", []byte(strconv.FormatInt(d.Nanoseconds(), 10))); err != nil {
+		return &Error{Op: "set timer slack of sysmon", TID: tids[1], Err: err}
+	}
+	return nil
 }
 
 // LongLived reports whether name is one of nsmount's long-lived commands.

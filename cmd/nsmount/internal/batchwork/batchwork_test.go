@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -157,7 +158,9 @@ func TestShortLived(t *testing.T) {
 // TestInit runs this test binary again as "nsmount" (so that the
 // package's init decides as in the product binary) and reads what the
 // child's threads run with: batch work for a short-lived command line,
-// the defaults it was started with for a long-lived one.
+// sysmon's own slack for its second thread, which is sysmon (it sleeps in
+// nanosleep while the child's main goroutine runs); the defaults it was
+// started with for a long-lived one.
 func TestInit(t *testing.T) {
 	if os.Getenv("BATCHWORK_CHILD") != "" {
 		return // the child's report is printed by TestMain
@@ -181,12 +184,14 @@ func TestInit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	batch := fmt.Sprintf("%d %d", Slack.Nanoseconds(), unix.SCHED_BATCH)
+	defaults := fmt.Sprintf("50000 %d", unix.SCHED_NORMAL)
 	for _, tc := range []struct {
-		args []string
-		want string
+		args         []string
+		want, sysmon string
 	}{
-		{[]string{"nsmount", "mount"}, fmt.Sprintf("%d %d", Slack.Nanoseconds(), unix.SCHED_BATCH)},
-		{[]string{"nsmount", "watch"}, fmt.Sprintf("50000 %d", unix.SCHED_NORMAL)},
+		{[]string{"nsmount", "mount"}, batch, fmt.Sprintf("%d %d", SysmonSlack.Nanoseconds(), unix.SCHED_BATCH)},
+		{[]string{"nsmount", "watch"}, defaults, defaults},
 	} {
 		cmd := exec.Command("/proc/self/exe", "-test.run=^TestInit$")
 		cmd.Args = append(tc.args, "-test.run=^TestInit$")
@@ -196,29 +201,42 @@ func TestInit(t *testing.T) {
 			t.Fatalf("%q: %v: %s", tc.args, err, out)
 		}
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		if len(lines) < 2 {
-			t.Fatalf("%q: child printed %q, want a line per thread", tc.args, out)
+		if len(lines) < 3 || lines[0] != "sysmon in nanosleep: true" {
+			t.Fatalf("%q: child printed %q, want sysmon seen in nanosleep, then a line per thread", tc.args, out)
 		}
-		for _, l := range lines {
-			if l != tc.want {
-				t.Errorf("%q: a child thread runs with %q (slack ns, policy), want %q; all: %q", tc.args, l, tc.want, lines)
+		for i, l := range lines[1:] {
+			want := tc.want
+			if i == 1 {
+				want = tc.sysmon
+			}
+			if l != want {
+				t.Errorf("%q: thread %d runs with %q (slack ns, policy), want %q; all: %q", tc.args, i, l, want, lines)
 			}
 		}
 	}
 }
 
-// TestMain prints, in the child of TestInit, one line per thread: its
-// timer slack and scheduling policy, as the package's init left them.
+// TestMain prints, in the child of TestInit, whether its second thread
+// was seen in nanosleep (sysmon's sleep) while the main goroutine ran for
+// 50 ms, then one line per thread in creation order: its timer slack and
+// scheduling policy, as the package's init left them.
 func TestMain(m *testing.M) {
 	if os.Getenv("BATCHWORK_CHILD") != "" {
-		ents, err := os.ReadDir("/proc/self/task")
-		if err != nil {
-			fmt.Println(err)
+		tids, err := threads()
+		if err != nil || len(tids) < 2 {
+			fmt.Println(tids, err)
 			os.Exit(1)
 		}
-		for _, e := range ents {
-			b, _ := os.ReadFile("/proc/" + e.Name() + "/timerslack_ns")
-			tid, _ := strconv.Atoi(e.Name())
+		seen := false
+		for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+			b, _ := os.ReadFile("/proc/self/task/" + strconv.Itoa(tids[1]) + "/syscall")
+			if f := strings.Fields(string(b)); len(f) > 0 && f[0] == strconv.Itoa(syscall.SYS_NANOSLEEP) {
+				seen = true
+			}
+		}
+		fmt.Println("sysmon in nanosleep:", seen)
+		for _, tid := range tids {
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/timerslack_ns")
 			attr, err := unix.SchedGetAttr(tid, 0)
 			if err != nil {
 				continue // ended meanwhile
