@@ -1,8 +1,9 @@
 // Package batchwork makes a short-lived nsmount process (a mount, a hook,
 // a status, the CNI plugin) batch work for the scheduler from its start.
 // The nsmount command imports it for that effect: its init runs among the
-// first packages' (it imports only os, syscall, strconv and time, so
-// it is ready as soon as os is), before most of the process's start-up.
+// first packages' (it imports only os, slices, syscall, strconv and time,
+// so it is ready as soon as os is), before most of the process's
+// start-up.
 //
 // Nobody types into such a process, and when many start at once (a node
 // starting its pods) they compete for the CPU. Two settings tell the
@@ -46,6 +47,7 @@ package batchwork
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -184,7 +186,7 @@ func Apply(d time.Duration) error {
 		}
 		fresh := false
 		for _, tid := range tids {
-			if contains(done, tid) {
+			if slices.Contains(done, tid) {
 				continue
 			}
 			fresh, done = true, append(done, tid)
@@ -204,15 +206,6 @@ func Apply(d time.Duration) error {
 		}
 	}
 	return nil
-}
-
-func contains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // threads lists the thread IDs of this process.
