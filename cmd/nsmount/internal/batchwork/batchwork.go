@@ -98,14 +98,7 @@ func QuietSysmon(d time.Duration) error {
 }
 
 // LongLived reports whether name is one of nsmount's long-lived commands.
-func LongLived(name string) bool {
-	for _, l := range longLived {
-		if name == l {
-			return true
-		}
-	}
-	return false
-}
+func LongLived(name string) bool { return slices.Contains(longLived, name) }
 
 // ShortLived reports whether a process with the command line args is a
 // short-lived nsmount: started as nsmount with no argument naming a
