@@ -74,7 +74,7 @@ A failing CMD stops it with CMD's output.`,
 				}
 			}
 			for _, sub := range subjects {
-				fmt.Println(benchLine(sub.name, sub.times))
+				fmt.Fprintln(c.OutOrStdout(), benchLine(sub.name, sub.times))
 			}
 			return nil
 		},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,18 +16,9 @@ func TestTimeVersus(t *testing.T) {
 	cmd := timeCmd()
 	cmd.SetArgs([]string{"-n", "4", "--name", "A", "--versus", "echo B >>" + log, "--versus-name", "B",
 		"--", "/bin/sh", "-c", "echo A >>" + log})
-	// The lines go to os.Stdout.
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout := os.Stdout
-	os.Stdout = w
-	err = cmd.Execute()
-	os.Stdout = stdout
-	w.Close()
-	out, _ := io.ReadAll(r)
-	if err != nil {
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	if err := cmd.Execute(); err != nil {
 		t.Fatal(err)
 	}
 	order, err := os.ReadFile(log)
@@ -37,7 +29,7 @@ func TestTimeVersus(t *testing.T) {
 		t.Errorf("order %s, want %s", got, want)
 	}
 	var names []string
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 		res, ok, err := parseBenchLine(line)
 		if !ok || err != nil {
 			t.Fatalf("not a BENCH line: %q (%v)", line, err)
