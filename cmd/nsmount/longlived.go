@@ -21,24 +21,14 @@ var longLived = []struct{ name, short string }{
 	{"agent", "The node agent: NRI plugin, CSI node service, watch with metrics, in one process"},
 }
 
-// longLivedShort returns the one-line description of long-lived command
-// name, and whether name is one.
-func longLivedShort(name string) (string, bool) {
-	for _, c := range longLived {
-		if c.name == name {
-			return c.short, true
-		}
-	}
-	return "", false
-}
-
 // shortOf returns the one-line description of long-lived command name.
 func shortOf(name string) string {
-	s, ok := longLivedShort(name)
-	if !ok {
-		panic("no long-lived command " + name)
+	for _, c := range longLived {
+		if c.name == name {
+			return c.short
+		}
 	}
-	return s
+	panic("no long-lived command " + name)
 }
 
 // selfPath is the path of the nsmount binary that the user runs: the
