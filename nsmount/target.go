@@ -259,50 +259,112 @@ func (t *Target) Close() error {
 	return nil
 }
 
-// Do runs fn on a new OS thread that has entered the selected namespaces of
-// the target, and returns fn's error. Only fn runs there: the thread is locked
-// for its whole life and never unlocked, so when fn returns the Go runtime
-// ends the thread instead of returning it, still inside the container's
-// namespaces, to the pool. Goroutines that fn starts do NOT run in the
-// target's namespaces.
+// Do runs fn on an OS thread that has entered the selected namespaces of
+// the target, and returns fn's error. Goroutines that fn starts do NOT run
+// in the target's namespaces.
 //
-// Entering a mount namespace first detaches the thread's filesystem state
-// (unshare(CLONE_FS)), which setns requires in a multi-threaded process; the
-// thread's root and working directory become the mount namespace's root.
+// With MountNS, fn runs on a new OS thread that is locked for its whole
+// life and never unlocked, so when fn returns the Go runtime ends the
+// thread instead of returning it, still inside the container's namespaces,
+// to the pool. Entering a mount namespace first detaches the thread's
+// filesystem state (unshare(CLONE_FS)), which setns requires in a
+// multi-threaded process; the thread's root and working directory become
+// the mount namespace's root, and fn may change them (chroot, fchdir).
+//
+// With NetNS alone, the network namespace is the only thread state that
+// changes, and it can be put back, as CNI's ns.Do does: fn runs on a
+// locked thread of the pool that enters the target's network namespace and
+// afterwards goes back to its own. Only a thread that is back is unlocked;
+// one whose return fails stays locked, and the runtime ends it. That saves
+// the creation and exit of a thread, and the hand-offs between threads
+// around them, for each network step of a mount (the route lookup, the
+// preflight dial, reading the namespace's NFS volumes). Such an fn must
+// leave the thread's other state alone (mount namespace, root,
+// credentials): the thread goes back to the pool.
 func (t *Target) Do(which Namespaces, fn func() error) error {
 	errc := make(chan error, 1)
-	go t.run(which, fn, errc)
+	if which == NetNS {
+		go offMainThread(func() { errc <- t.visitNet(fn) })
+	} else {
+		go offMainThread(func() { errc <- t.enterForGood(which, fn) })
+	}
 	return <-errc
 }
 
-// run is Do's goroutine. The Go runtime never ends the main thread: a
-// goroutine that exits while locked to it leaves it parked for good, here
-// inside the container's namespaces. So on the main thread run holds the
-// thread and does the work on another goroutine, which then cannot be
-// scheduled there.
-func (t *Target) run(which Namespaces, fn func() error, errc chan<- error) {
+// offMainThread locks the calling goroutine to its thread and runs work
+// there, unless that is the process's main thread: then work runs on
+// another goroutine, locked to another thread, while this one holds the
+// main thread. work returns with its thread still locked; it unlocks it
+// only if the thread is back where it was.
+//
+// The main thread must never enter a target: the Go runtime never ends
+// it (a goroutine that exits locked to it leaves it parked for good, here
+// inside the container's namespaces), and it is the thread that
+// /proc/PID/ns and /proc/PID/mountinfo show to others (the holders scan of
+// another nsmount, an operator's lsns).
+func offMainThread(work func()) {
 	runtime.LockOSThread()
 	if unix.Gettid() == unix.Getpid() {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			t.run(which, fn, errc)
+			offMainThread(work)
 		}()
 		<-done
 		runtime.UnlockOSThread() // this thread never left its namespaces
 		return
 	}
-	// Deliberately no UnlockOSThread from here on: see Do.
+	work()
+}
+
+// visitNet runs fn in the target's network namespace on the calling
+// thread, locked and not the main one, and takes the thread back to its
+// own network namespace afterwards (see Do). It unlocks the thread only
+// once it is back. A panic in fn is returned as an error.
+func (t *Target) visitNet(fn func() error) (err error) {
+	if t.netns == nil {
+		runtime.UnlockOSThread()
+		return errors.New("target is closed")
+	}
+	home, err := os.OpenFile("/proc/thread-self/ns/net", os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open the network namespace to come back to: %w", err)
+	}
+	defer home.Close()
+	if err := unix.Setns(int(t.netns.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread() // it never left
+		return fmt.Errorf("enter netns of %s: %w", t, err)
+	}
+	err = func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic in namespace of %s: %v", t, r)
+			}
+		}()
+		return fn()
+	}()
+	if backErr := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); backErr != nil {
+		// Still locked, the thread ends with its goroutine.
+		return errors.Join(err, fmt.Errorf("leave netns of %s: %w", t, backErr))
+	}
+	runtime.UnlockOSThread()
+	return err
+}
+
+// enterForGood runs fn on the calling thread, locked and not the main one,
+// after it entered the selected namespaces of the target. The thread stays
+// locked, so the runtime ends it with its goroutine (see Do).
+func (t *Target) enterForGood(which Namespaces, fn func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			errc <- fmt.Errorf("panic in namespace of %s: %v", t, r)
+			err = fmt.Errorf("panic in namespace of %s: %v", t, r)
 		}
 	}()
 	if err := t.enter(which); err != nil {
-		errc <- err
-		return
+		return err
 	}
-	errc <- fn()
+	return fn()
 }
 
 // DoEach runs fn(i) for every target in turn on one new OS thread, which
@@ -317,38 +379,15 @@ func DoEach(targets []*Target, which Namespaces, fn func(i int) error) (errs []e
 		return errs
 	}
 	done := make(chan struct{})
-	go doEach(targets, which, fn, errs, done)
+	go offMainThread(func() {
+		// Deliberately no UnlockOSThread: see Do.
+		defer close(done)
+		for i, t := range targets {
+			errs[i] = t.enterForGood(which, func() error { return fn(i) })
+		}
+	})
 	<-done
 	return errs
-}
-
-// doEach is DoEach's goroutine (see run for the main thread's case).
-func doEach(targets []*Target, which Namespaces, fn func(int) error, errs []error, done chan<- struct{}) {
-	runtime.LockOSThread()
-	if unix.Gettid() == unix.Getpid() {
-		inner := make(chan struct{})
-		go doEach(targets, which, fn, errs, inner)
-		<-inner
-		runtime.UnlockOSThread() // this thread never left its namespaces
-		close(done)
-		return
-	}
-	// Deliberately no UnlockOSThread: see Do.
-	defer close(done)
-	for i, t := range targets {
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					errs[i] = fmt.Errorf("panic in namespace of %s: %v", t, r)
-				}
-			}()
-			if err := t.enter(which); err != nil {
-				errs[i] = err
-				return
-			}
-			errs[i] = fn(i)
-		}()
-	}
 }
 
 // enter switches the calling (locked) thread into the selected namespaces.

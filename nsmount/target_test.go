@@ -354,6 +354,59 @@ func TestDoNeverKeepsMainThread(t *testing.T) {
 	waitNoThreadAway(t)
 }
 
+// TestDoThreadAfterwards: a thread that entered only the target's network
+// namespace goes back to the process's own and stays, for the pool; one
+// that entered the mount namespace ends. Neither is the main thread.
+func TestDoThreadAfterwards(t *testing.T) {
+	tgt, _ := openTarget(t)
+	tests := []struct {
+		name      string
+		which     nsmount.Namespaces
+		fn        func() error
+		wantAlive bool
+	}{
+		{"net", nsmount.NetNS, func() error { return nil }, true},
+		{"net, fn fails", nsmount.NetNS, func() error { return errors.New("nsmt-fail") }, true},
+		{"net, fn panics", nsmount.NetNS, func() error { panic("nsmt-boom") }, true},
+		{"net and mnt", nsmount.NetNS | nsmount.MountNS, func() error { return nil }, false},
+		{"mnt", nsmount.MountNS, func() error { return nil }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var tid int
+			tgt.Do(tt.which, func() error {
+				tid = unix.Gettid()
+				return tt.fn()
+			})
+			if tid == os.Getpid() {
+				t.Fatal("fn ran on the main thread")
+			}
+			task := fmt.Sprintf("/proc/self/task/%d/ns/", tid)
+			if !tt.wantAlive {
+				deadline := time.Now().Add(5 * time.Second)
+				for {
+					if _, err := os.Lstat(task); errors.Is(err, os.ErrNotExist) {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("thread %d that entered the mount namespace still exists", tid)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			// A thread that is ending is gone within moments (see above).
+			time.Sleep(50 * time.Millisecond)
+			n, err := os.Readlink(task + "net")
+			if err != nil {
+				t.Fatalf("thread %d that visited the network namespace is gone: %v", tid, err)
+			}
+			if m, _ := os.Readlink(task + "mnt"); n != hostNetNS || m != hostMntNS {
+				t.Fatalf("thread %d is in net %s mnt %s after Do, want the process's net %s mnt %s", tid, n, m, hostNetNS, hostMntNS)
+			}
+		})
+	}
+}
+
 func TestDoPanicIsError(t *testing.T) {
 	tgt, _ := openTarget(t)
 	err := tgt.Do(nsmount.NetNS, func() error { panic("nsmt-boom") })
