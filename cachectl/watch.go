@@ -58,6 +58,10 @@ type WatchOptions struct {
 	// message is attributed to the mounts it is about, or reported as
 	// ambiguous, and those mounts are probed at once (see watchdog.go).
 	Kernel <-chan kmsg.Message
+	// Stats reads the NFS statistics that the watchdog compares to find
+	// which mount a kernel message is about: needed with Kernel, and
+	// read with Proc of this Manager's Config (nfsstat.NewReader).
+	Stats StatsReader
 }
 
 // DefaultRemountParallel is how many remounts Watch runs at once unless
@@ -268,12 +272,10 @@ func (m *Manager) Watch(ctx context.Context, o WatchOptions, events chan<- Watch
 		defer w.prober.Close() // after wg.Wait
 	}
 	if o.Kernel != nil {
-		d, err := newWatchdog(w)
-		if err != nil {
-			return err
+		if o.Stats == nil {
+			return nsmount.WithClass(nsmount.ErrInvalidArgument, errors.New("watch: a kernel log needs a statistics reader (WatchOptions.Stats)"))
 		}
-		defer d.close() // after wg.Wait
-		w.dog = d
+		w.dog = newWatchdog(w, o.Stats)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer w.wg.Wait()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/nsmount/nsmount/cachectl/kernel"
 	"github.com/nsmount/nsmount/cachectl/kmsg"
-	"github.com/nsmount/nsmount/cachectl/nfsstat"
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 )
@@ -112,7 +111,7 @@ type sample struct {
 // watchdog is the state of Watch's kernel log reading.
 type watchdog struct {
 	w     *watcher
-	stats *nfsstat.Reader
+	stats StatsReader
 	mu    sync.Mutex
 	// base is, per superblock, the last sample after which its transport
 	// had received something (or the first); last the last sample.
@@ -134,15 +133,20 @@ type watchdog struct {
 // either way).
 const sampleBudget = 20
 
-func newWatchdog(w *watcher) (*watchdog, error) {
-	r, err := nfsstat.NewReader(nfsstat.Options{Proc: w.m.proc, Timeout: w.o.Timeout})
-	if err != nil {
-		return nil, err
-	}
-	return &watchdog{w: w, stats: r, base: map[string]sample{}, last: map[string]sample{}, confirm: 500 * time.Millisecond}, nil
+// StatsReader reads the NFS statistics of the superblocks mounted in mount
+// namespace ns, through process pid in it: what the watchdog compares
+// (WatchOptions.Stats; package nfsstat's Reader is one).
+type StatsReader interface {
+	// Namespace may fail at once, as busy, while a reading of ns is under
+	// way.
+	Namespace(ctx context.Context, ns nsmount.NSID, pid int) ([]kernel.NFSStats, error)
+	// NamespaceNow waits for a reading under way and reads again.
+	NamespaceNow(ctx context.Context, ns nsmount.NSID, pid int) ([]kernel.NFSStats, error)
 }
 
-func (d *watchdog) close() { d.stats.Close() }
+func newWatchdog(w *watcher, stats StatsReader) *watchdog {
+	return &watchdog{w: w, stats: stats, base: map[string]sample{}, last: map[string]sample{}, confirm: 500 * time.Millisecond}
+}
 
 // batchWait is how long the watchdog waits for more lines of a burst
 // before it handles them together.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nsmount/nsmount/cachectl/kernel/kerneltest"
 	"github.com/nsmount/nsmount/cachectl/kmsg"
+	"github.com/nsmount/nsmount/cachectl/nfsstat"
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
 )
@@ -57,14 +58,21 @@ func newDogFixture(t *testing.T) *dogFixture {
 	fx.s = &registry.State{Entries: []registry.Entry{fx.c1, fx.c2, other}}
 	fx.events = make(chan WatchEvent, 100)
 	w := newWatcher(m, WatchOptions{Timeout: time.Second}, fx.events)
-	d, err := newWatchdog(w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.close)
+	d := newWatchdog(w, statsReader(t, m))
 	d.confirm = 10 * time.Millisecond
 	fx.d = d
 	return fx
+}
+
+// statsReader is the watchdog's nfsstat reader, through m's procfs.
+func statsReader(t *testing.T, m *Manager) *nfsstat.Reader {
+	t.Helper()
+	r, err := nfsstat.NewReader(nfsstat.Options{Proc: m.proc, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
 }
 
 // sampleNow takes the watchdog's round sample and waits for it.
@@ -244,11 +252,7 @@ func TestWatchdogSampleBudget(t *testing.T) {
 		nss[f.NS(name)] = pid
 	}
 	m := openManager(t, f.Proc())
-	d, err := newWatchdog(newWatcher(m, WatchOptions{Timeout: time.Second}, make(chan WatchEvent, 1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.close)
+	d := newWatchdog(newWatcher(m, WatchOptions{Timeout: time.Second}, make(chan WatchEvent, 1)), statsReader(t, m))
 	sampled := func() int {
 		var wg sync.WaitGroup
 		d.sample(context.Background(), &wg, nss)

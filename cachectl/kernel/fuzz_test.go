@@ -1,9 +1,6 @@
 package kernel_test
 
 import (
-	"errors"
-	"reflect"
-	"slices"
 	"strings"
 	"testing"
 
@@ -63,43 +60,6 @@ func FuzzParseNFSMounts(f *testing.F) {
 			if m.FSType != "nfs" && m.FSType != "nfs4" {
 				t.Fatalf("filter let through %q", m.FSType)
 			}
-		}
-	})
-}
-
-// FuzzParseMountStats: mountstats carries sources and mount points that
-// containers chose. Every record is parsed on its own: whatever follows
-// them, the records before are parsed the same.
-func FuzzParseMountStats(f *testing.F) {
-	for _, name := range []string{"mountstats-6.1.txt", "mountstats-6.12.txt", "mountstats-outage-6.12.txt", "mountstats-after-6.1.txt"} {
-		f.Add(kerneltest.Captured(f, name))
-	}
-	f.Add([]byte("device a:/b mounted on /c with fstype nfs statvers=1.1\n\txprt:\tudp 1 2\n\tper-op statistics\n\t NULL: 1 2 3 4 5 6 7 8 9 10\n"))
-	f.Add([]byte("no device mounted on /x\\040y with fstype nfs4 statvers=1.0\n\tage:\t-1\n"))
-	real := string(kerneltest.Captured(f, "mountstats-6.1.txt"))
-	recs := strings.SplitAfter(real, "\n\n")
-	prefix := []byte(recs[0] + recs[1] + "device sep mounted on /sep with fstype tmpfs\n")
-	parser := newParser(f)
-	good, errs := parser.Parse(prefix)
-	if len(good) != 2 || len(errs) != 0 {
-		f.Fatalf("prefix: %d records, %v", len(good), errs)
-	}
-	f.Fuzz(func(t *testing.T, text []byte) {
-		stats, errs := parser.Parse(text)
-		for _, s := range stats {
-			if (s.FSType != "nfs" && s.FSType != "nfs4") || s.Dev != "" {
-				t.Fatalf("accepted %+v", s)
-			}
-		}
-		for _, err := range errs {
-			var re *kernel.RecordError
-			if !errors.As(err, &re) {
-				t.Fatalf("error %v", err)
-			}
-		}
-		after, _ := parser.Parse(append(slices.Clip(prefix), text...))
-		if len(after) < 2 || !reflect.DeepEqual(after[:2], good) {
-			t.Fatalf("records before %q parsed differently", text)
 		}
 	})
 }

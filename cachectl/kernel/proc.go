@@ -1,9 +1,10 @@
 // Package kernel observes the Linux NFS client's state from procfs: which
 // processes are in which network and mount namespaces, each network
 // namespace's NFS superblocks and clients (/proc/PID/net/nfsfs), the NFS
-// mounts of each mount namespace (/proc/PID/mountinfo) and their client
-// statistics (/proc/PID/mountstats, per superblock), and the processes that
-// hold a superblock open. It reads; it changes nothing (the knobs that
+// mounts of each mount namespace (/proc/PID/mountinfo) and the text of
+// their client statistics (/proc/PID/mountstats, per superblock; its types
+// are here, package nfsstat parses it), and the processes that hold a
+// superblock open. It reads; it changes nothing (the knobs that
 // change state are in knobs.go, and the Manager decides when to use them).
 package kernel
 

@@ -464,3 +464,23 @@ func TestBootTicksOrdersWithStartTime(t *testing.T) {
 		t.Errorf("a process started after kernel.BootTicks() = %d has start time %d", before, child)
 	}
 }
+
+func TestMountStatsTexts(t *testing.T) {
+	f := kerneltest.New(t)
+	const stats = "device 198.51.100.1:/export mounted on /m4 with fstype nfs4 statvers=1.1\n"
+	f.Add(7, kerneltest.Process{Mnt: "m", Net: "n", Mountinfo: kerneltest.RealMountinfo, Mountstats: stats})
+	f.Add(8, kerneltest.Process{Mnt: "m2", Net: "n", Mountinfo: kerneltest.RealMountinfo})
+	p := f.Proc()
+	info, text, err := p.MountStatsTexts(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(info) != kerneltest.RealMountinfo || string(text) != stats {
+		t.Errorf("MountStatsTexts = %q, %q", info, text)
+	}
+	for _, pid := range []int{8, 9} { // no mountstats; no process
+		if _, _, err := p.MountStatsTexts(pid); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("MountStatsTexts(%d) = %v, want ErrNotExist", pid, err)
+		}
+	}
+}

@@ -1,8 +1,9 @@
 // Package nfsstat reads the NFS client statistics of nsmount's mounts: for
 // each superblock that a registry entry mounts, the kernel's counters
-// (cachectl/kernel, /proc/PID/mountstats read through a process in the
-// mount's mount namespace) with the entries that use it, and the rates
-// between two readings. A reading never waits long for one mount
+// (/proc/PID/mountstats read through a process in the mount's mount
+// namespace, parsed with prometheus/procfs: Parser) with the entries that
+// use it, and the rates between two readings. Only the long-lived
+// commands link it: procfs's init alone is a millisecond of every start. A reading never waits long for one mount
 // namespace: each is read within a deadline, and one that does not answer
 // in time is reported as failed and left to finish on its own.
 package nfsstat
@@ -78,7 +79,7 @@ type Options struct {
 // Reader is safe for concurrent use.
 type Reader struct {
 	o      Options
-	parser *kernel.MountStatsParser
+	parser *Parser
 	mu     sync.Mutex
 	busy   map[nsmount.NSID]*inflight // mount namespace -> its reading under way
 }
@@ -91,7 +92,7 @@ func NewReader(o Options) (*Reader, error) {
 	if o.Parallel <= 0 {
 		o.Parallel = 8
 	}
-	p, err := kernel.NewMountStatsParser()
+	p, err := NewParser()
 	if err != nil {
 		return nil, err
 	}
@@ -273,7 +274,7 @@ func (r *Reader) readNS(ctx context.Context, ns nsmount.NSID, pid int, wait bool
 		var res reading
 		func() {
 			defer func() { r.mu.Lock(); delete(r.busy, ns); close(fl.done); r.mu.Unlock() }()
-			stats, errs, err := r.o.Proc.NFSMountStats(pid, r.parser)
+			stats, errs, err := ReadMountStats(r.o.Proc, pid, r.parser)
 			res = reading{pid: pid, stats: stats, errs: errs, err: err}
 		}()
 		done <- res

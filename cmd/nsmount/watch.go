@@ -9,6 +9,7 @@ import (
 
 	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/cachectl/metrics"
+	"github.com/nsmount/nsmount/cachectl/nfsstat"
 	"github.com/nsmount/nsmount/cachectl/watchlog"
 	"github.com/nsmount/nsmount/cmd/nsmount/internal/packed"
 	"github.com/nsmount/nsmount/nsmount"
@@ -89,7 +90,12 @@ message is the event's kind).`,
 			}
 			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, ProbeParallel: probeParallel, ProbeRate: probeRate, RemountParallel: remountParallel}
 			if !noKernelLog {
-				o.Kernel = openKernelLog(ctx, log)
+				stats, err := nfsstat.NewReader(nfsstat.Options{Timeout: timeout})
+				if err != nil {
+					return fmt.Errorf("watchdog's statistics reader: %w", err)
+				}
+				defer stats.Close() // after Watch returned (done)
+				o.Kernel, o.Stats = openKernelLog(ctx, log), stats
 			}
 			events := make(chan cachectl.WatchEvent)
 			done := make(chan error, 1)

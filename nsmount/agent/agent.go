@@ -33,6 +33,7 @@ import (
 	"github.com/nsmount/nsmount/cachectl"
 	"github.com/nsmount/nsmount/cachectl/kmsg"
 	"github.com/nsmount/nsmount/cachectl/metrics"
+	"github.com/nsmount/nsmount/cachectl/nfsstat"
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/cachectl/watchlog"
 	"github.com/nsmount/nsmount/nsmount"
@@ -413,11 +414,16 @@ func (a *Agent) watch(ctx context.Context, log *slog.Logger) error {
 	o := a.c.Watch
 	o.Kernel = nil
 	if !a.c.NoKernelLog {
+		stats, err := nfsstat.NewReader(nfsstat.Options{Timeout: o.Timeout})
+		if err != nil {
+			return fmt.Errorf("watchdog's statistics reader: %w", err)
+		}
+		defer stats.Close() // after Watch returned (done)
 		if r, err := kmsg.Open(log); err != nil {
 			log.Warn("kernel log watchdog off", "error", oneLine(err.Error()))
 		} else {
 			ch := make(chan kmsg.Message, 64)
-			o.Kernel = ch
+			o.Kernel, o.Stats = ch, stats
 			wg.Go(func() {
 				if err := r.Run(ctx, ch); err != nil {
 					log.Warn("kernel log watchdog stopped", "error", oneLine(err.Error()))
