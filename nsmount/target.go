@@ -263,10 +263,10 @@ func (t *Target) Close() error {
 // the target, and returns fn's error. Goroutines that fn starts do NOT run
 // in the target's namespaces.
 //
-// With MountNS, fn runs on a new OS thread that is locked for its whole
-// life and never unlocked, so when fn returns the Go runtime ends the
-// thread instead of returning it, still inside the container's namespaces,
-// to the pool. Entering a mount namespace first detaches the thread's
+// With MountNS (or none), fn runs on a new OS thread that is locked for
+// its whole life and never unlocked, so when fn returns the Go runtime
+// ends the thread instead of returning it, still inside the container's
+// namespaces, to the pool. Entering a mount namespace first detaches the thread's
 // filesystem state (unshare(CLONE_FS)), which setns requires in a
 // multi-threaded process; the thread's root and working directory become
 // the mount namespace's root, and fn may change them (chroot, fchdir).
@@ -346,7 +346,11 @@ func (t *Target) visitNet(fn func() error) (err error) {
 	}()
 	if backErr := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); backErr != nil {
 		// Still locked, the thread ends with its goroutine.
-		return errors.Join(err, fmt.Errorf("leave netns of %s: %w", t, backErr))
+		backErr = fmt.Errorf("leave netns of %s: %w", t, backErr)
+		if err != nil {
+			return fmt.Errorf("%w (and %v)", err, backErr)
+		}
+		return backErr
 	}
 	runtime.UnlockOSThread()
 	return err
