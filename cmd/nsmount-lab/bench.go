@@ -22,6 +22,9 @@ var benchLib string
 //go:embed bench.sh
 var benchScript string
 
+//go:embed bench_1vcpu.sh
+var bench1VCPUScript string
+
 //go:embed bench_smp.sh
 var benchSMPScript string
 
@@ -41,13 +44,15 @@ type benchRun struct {
 	opts []testenv.RunOption
 }
 
-// benchRuns are the bench's VMs, run one after another: the main run, the
-// same concurrency figure with 2 vCPUs, the route change on Debian 12's
+// benchRuns are the bench's VMs, run one after another: the main run, 16
+// mounts at once against one after another with 1 and with 2 vCPUs (each
+// in a VM that does nothing else), the route change on Debian 12's
 // newer kernel, and the storage migration of 200 mounts from kernel nfsd
 // to NFS-Ganesha (1024 MiB: 200 containers, Ganesha and watch). Each
 // script runs after the functions they share.
 var benchRuns = []benchRun{
 	{script: benchLib + benchScript},
+	{script: benchLib + bench1VCPUScript, vcpus: 1},
 	{script: benchLib + benchSMPScript, vcpus: 2},
 	{script: benchLib + bench612Script, kernelPackage: testenv.NewerKernelPackage},
 	{script: benchLib + benchMigrationScript, memory: 1024, opts: []testenv.RunOption{testenv.WithGanesha()}},

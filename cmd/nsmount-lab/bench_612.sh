@@ -1,4 +1,4 @@
-# nsmount-lab bench, third run (Debian 12's 6.12 kernel): a route change
+# nsmount-lab bench, fourth run (Debian 12's 6.12 kernel): a route change
 # to another server at the same address under nsmount watch, there and
 # back, as in the main run on 6.1. bench_lib.sh is put before this file.
 set -e

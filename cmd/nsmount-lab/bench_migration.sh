@@ -1,4 +1,4 @@
-# nsmount-lab bench, fourth run (with NFS-Ganesha, 1024 MiB): a storage
+# nsmount-lab bench, fifth run (with NFS-Ganesha, 1024 MiB): a storage
 # migration at node density. 200 light containers, each its own netns,
 # mount NFSv4.2 from kernel nfsd at 198.51.100.1 and write a file; under
 # nsmount watch (default --remount-parallel), nfsd stops and NFS-Ganesha

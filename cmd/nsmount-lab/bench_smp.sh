@@ -1,6 +1,7 @@
-# nsmount-lab bench, second run (2 vCPUs): the concurrency figure of the
-# main run, 16 mounts at once against one after another, on a guest with
-# two virtual CPUs. bench_lib.sh is put before this file.
+# nsmount-lab bench, third run (2 vCPUs): the concurrency figure of the
+# second run (bench_1vcpu.sh), 16 mounts at once against one after
+# another, on a guest with two virtual CPUs. bench_lib.sh is put before
+# this file.
 set -e
 bench_step "2 vCPUs: setup, NFS server"
 lab_netns srv1

@@ -186,8 +186,9 @@ func TestBenchGoals(t *testing.T) {
 	}
 	results := []benchResult{
 		ms("nsenter + mount.nfs v4.2", 120),
-		ms("nsmount mount v4.2", 78),                    // 0.65: met
-		ms("nsmount mount v4.2, 100 other mounts", 100), // 1.28: missed
+		ms("nsmount mount v4.2", 78),                        // 0.65: met
+		ms("nsmount mount v4.2, before the containers", 80), // 2a's and 2b's base
+		ms("nsmount mount v4.2, 100 other mounts", 100),     // 1.25: missed
 		ms("nsmount status --no-probe, 100 mounts", 320),
 		{name: "watch goroutines at the start", n: 1, med: 20, count: true},
 		{name: "watch goroutines after 1000 cycles", n: 1, med: 21, count: true},
@@ -196,7 +197,7 @@ func TestBenchGoals(t *testing.T) {
 	printGoals(&out, results, map[string]bool{})
 	for _, want := range []string{
 		"goal 1   mount <= 0.7 x nsenter + mount.nfs: 0.65, met",
-		"goal 2a  mount with 100 other tracked mounts <= 1.2 x alone: 1.28, MISSED",
+		"goal 2a  mount with 100 other tracked mounts <= 1.2 x alone: 1.25, MISSED",
 		"goal 3a  status --no-probe, 100 mounts <= 500 ms: 320 ms, met",
 		"goal 6b  watch, 1000 mount/umount cycles: goroutines grow <= 10%: 1.05, met",
 	} {
