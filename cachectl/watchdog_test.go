@@ -2,6 +2,7 @@ package cachectl
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -268,5 +269,15 @@ func TestWatchdogSampleBudget(t *testing.T) {
 	}
 	if got := sampled(); got != 3*n {
 		t.Errorf("after the third: %d superblocks, want all %d", got, 3*n)
+	}
+}
+
+// TestWatchKernelNeedsStats: a kernel log without a statistics reader is
+// a caller's mistake, refused before Watch starts.
+func TestWatchKernelNeedsStats(t *testing.T) {
+	m := openManager(t, kerneltest.New(t).Proc())
+	err := m.Watch(t.Context(), WatchOptions{Kernel: make(chan kmsg.Message)}, make(chan WatchEvent, 1))
+	if !errors.Is(err, nsmount.ErrInvalidArgument) {
+		t.Fatalf("Watch with Kernel and no Stats = %v, want ErrInvalidArgument", err)
 	}
 }
