@@ -89,14 +89,14 @@ func unescapeOctal(s string) string {
 	return b.String()
 }
 
-// Parser parses mountstats texts with prometheus/procfs. procfs
-// reads files only (it has no reader API, as of v0.23), so the parser
-// keeps a private directory in which DIR/1/mountstats is a symlink to an
-// in-memory file (memfd) that every parse rewrites: after
-// NewParser, parsing touches no filesystem (on the ext4 /tmp of
-// the development machine, a temp file per parse cost 12-30 ms; this costs
-// about 0.1 ms per record). It is safe for concurrent use; parses take
-// turns. Close removes the directory.
+// Parser parses mountstats texts with prometheus/procfs. procfs reads
+// files only (it has no reader API, as of v0.23), so the parser keeps a
+// private directory in which DIR/1/mountstats is a symlink to an
+// in-memory file (memfd) that every parse rewrites: after NewParser,
+// parsing touches no filesystem (on the ext4 /tmp of the development
+// machine, a temp file per parse cost 12-30 ms; this costs about 0.1 ms
+// per record). It is safe for concurrent use; parses take turns. Close
+// removes the directory.
 type Parser struct {
 	mu     sync.Mutex
 	dir    string
@@ -105,8 +105,8 @@ type Parser struct {
 	closed bool
 }
 
-// NewParser makes the parser's directory (in os.TempDir) and
-// in-memory file.
+// NewParser makes the parser's directory (in os.TempDir) and in-memory
+// file.
 func NewParser() (_ *Parser, retErr error) {
 	dir, err := os.MkdirTemp("", "nsmount-mountstats-")
 	if err != nil {
@@ -163,8 +163,8 @@ func (p *Parser) Close() error {
 // /proc/PID/mountstats text. procfs fails a whole text on one line it does
 // not know (a format a newer kernel changed, garbage); when it does, each
 // record is parsed on its own, and those that fail are returned as
-// *kernel.RecordError while the others are kept. Dev and MountID are left empty:
-// MatchMounts fills them in.
+// *kernel.RecordError while the others are kept. Dev and MountID are left
+// empty: kernel.MatchMounts fills them in.
 func (p *Parser) Parse(text []byte) ([]kernel.NFSStats, []error) {
 	var nfs []record
 	var all []byte
