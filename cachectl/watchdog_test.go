@@ -3,6 +3,7 @@ package cachectl
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -97,10 +98,15 @@ func (fx *dogFixture) setMountstats(pid int, name string, t *testing.T) {
 	fx.f.Write(fx.f.Root()+"/"+strconv.Itoa(pid)+"/mountstats", string(kerneltest.Captured(t, name)))
 }
 
-// mounts is a report's mounts as "entry dev".
+// mounts is a report's mounts as "entry dev", ordered by device. The
+// report orders them by network namespace inode, which the fake procfs's
+// files get from the filesystem: n1 below n2 mostly, not always (a CI
+// run had c2's mounts first).
 func mounts(rep *KernelReport) string {
+	ms := slices.Clone(rep.Mounts)
+	slices.SortStableFunc(ms, func(a, b KernelMount) int { return strings.Compare(a.Dev, b.Dev) })
 	var out []string
-	for _, m := range rep.Mounts {
+	for _, m := range ms {
 		out = append(out, m.Entry+" "+m.Dev)
 	}
 	return strings.Join(out, ",")
