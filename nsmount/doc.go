@@ -4,8 +4,11 @@
 //
 // A Target pins a container's namespaces by descriptor (OpenPID,
 // OpenPIDRootfs, OpenPaths, OpenNetNS); only code inside Target.Do runs in
-// them, on an OS thread that is never returned to the Go scheduler. A mount
-// is a decision and then its execution, both plain:
+// them: on an OS thread that is never returned to the Go scheduler when it
+// enters a mount namespace, on a pooled thread that goes back to its own
+// network namespace (and only then to the pool) when it enters the network
+// namespace alone. A mount is a decision and then its execution, both
+// plain:
 //
 //	plan, err := nsmount.Explain(ctx, t, req) // resolve, route, check: no side effect
 //	m, err := nsmount.MountPlan(ctx, t, plan) // the kernel mounts, from t's netns
