@@ -3,9 +3,10 @@
 // (/proc/PID/mountstats read through a process in the mount's mount
 // namespace, parsed with prometheus/procfs: Parser) with the entries that
 // use it, and the rates between two readings. Only the long-lived
-// commands link it: procfs's init alone is a millisecond of every start. A reading never waits long for one mount
-// namespace: each is read within a deadline, and one that does not answer
-// in time is reported as failed and left to finish on its own.
+// commands link it: procfs's init alone is a millisecond of every start.
+// A reading never waits long for one mount namespace: each is read within
+// a deadline, and one that does not answer in time is reported as failed
+// and left to finish on its own.
 package nfsstat
 
 import (
