@@ -202,8 +202,17 @@ func TestPolicyMirror(t *testing.T) {
 	if err != nil || fi.Mode() != 0o644 {
 		t.Errorf("the copy: %v, mode %v; want 0644", err, fi.Mode())
 	}
-	code, body := get(t, base+"/healthz")
-	if code != 200 || !strings.Contains(body, "policy: sha256:") || !strings.Contains(body, "nri: not connected since ") || !strings.Contains(body, "does not exist") {
+	// The NRI connector's first attempt runs beside the mirroring: wait
+	// for /healthz to report its failure rather than read it once.
+	var (
+		code int
+		body string
+	)
+	waitFor(t, 2*time.Second, "/healthz to report no runtime", func() bool {
+		code, body = get(t, base+"/healthz")
+		return strings.Contains(body, "does not exist")
+	})
+	if code != 200 || !strings.Contains(body, "policy: sha256:") || !strings.Contains(body, "nri: not connected since ") {
 		t.Errorf("/healthz without a runtime: %d\n%s", code, body)
 	}
 
