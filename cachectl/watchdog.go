@@ -39,6 +39,8 @@ import (
 //     unresponsive, or whose major timeouts rose since the last sample.
 //   - "INFO: task NAME:PID blocked" is attributed to the mounts of the
 //     task's mount namespace (the PID is in the initial PID namespace).
+//   - "nfs4_schedule_state_manager: kthread_run: -N" names no client: it
+//     is ambiguous among all NFSv4 mounts of nsmount's.
 //
 // Every attributed (or ambiguous) mount of nsmount's is probed at once, as
 // a round would (dead, remount). A server line attributed to a mount also
@@ -220,9 +222,12 @@ func (d *watchdog) handle(ctx context.Context, wg *sync.WaitGroup, batch []kmsg.
 	for _, key := range order {
 		g := groups[key]
 		var rep *KernelReport
-		if g.m.Kind == kmsg.HungTask {
+		switch g.m.Kind {
+		case kmsg.HungTask:
 			rep = d.attributeTask(world, s, g.m)
-		} else {
+		case kmsg.StateManagerNotStarted:
+			rep = attributeNotStarted(s, g.m)
+		default:
 			rep = d.attributeServer(ctx, world, s, g.m)
 		}
 		rep.Count = g.n
@@ -334,6 +339,32 @@ func (d *watchdog) unresponsive(s *registry.State, c candidate) bool {
 		}
 	}
 	return false
+}
+
+// attributeNotStarted attributes a state manager that did not start, a
+// line that names no client, to every NFSv4 mount of nsmount's: all are
+// checked, none blamed.
+func attributeNotStarted(s *registry.State, m kmsg.Message) *KernelReport {
+	rep := &KernelReport{Message: m}
+	for _, e := range s.Entries {
+		if e.NFSv4() {
+			rep.Mounts = append(rep.Mounts, KernelMount{NetNS: e.Target.NetNS, Dev: e.Dev, Entry: e.ID, Mountpoint: e.Mountpoint, Container: e.Target.Container})
+		}
+	}
+	if len(rep.Mounts) == 0 {
+		rep.Attribution, rep.Why = Unrelated, "an NFSv4 client's recovery thread did not start; nsmount has no NFSv4 mount"
+		return rep
+	}
+	sort.Slice(rep.Mounts, func(i, j int) bool {
+		a, b := rep.Mounts[i], rep.Mounts[j]
+		if a.NetNS.Ino != b.NetNS.Ino {
+			return a.NetNS.Ino < b.NetNS.Ino
+		}
+		return a.Dev < b.Dev
+	})
+	rep.Attribution = Ambiguous
+	rep.Why = fmt.Sprintf("an NFSv4 client's recovery thread did not start (the line names no client; its mounts may hang, and a remount through it time out, until watch retires it): all %d NFSv4 mounts checked", len(rep.Mounts))
+	return rep
 }
 
 // attributeTask attributes a hung task to the mounts of its mount

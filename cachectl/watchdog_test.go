@@ -287,3 +287,40 @@ func TestWatchKernelNeedsStats(t *testing.T) {
 		t.Fatalf("Watch with Kernel and no Stats = %v, want ErrInvalidArgument", err)
 	}
 }
+
+// A state manager that did not start names no client: every NFSv4 mount of
+// nsmount's is checked at once, none is marked unresponsive.
+func TestWatchdogStateManagerNotStarted(t *testing.T) {
+	fx := newDogFixture(t)
+	fx.s.Entries[1].Version = "3"                                // c2: NFSv3, no state manager
+	fx.s.Entries[2].FSType, fx.s.Entries[2].Version = "nfs4", "" // c3: rebuilt from mountinfo
+	if err := fx.d.w.m.reg.Update(func(s *registry.State) error { *s = *fx.s; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	line, ok := kmsg.Parse("nfs4_schedule_state_manager: kthread_run: -4")
+	if !ok {
+		t.Fatal("line not recognised")
+	}
+	var wg sync.WaitGroup
+	fx.d.handle(context.Background(), &wg, []kmsg.Message{line})
+	var got []string
+	for done := false; !done; {
+		select {
+		case ev := <-fx.events:
+			switch ev.Kind {
+			case "kernel":
+				got = append(got, ev.Kernel.Attribution+" ["+mounts(ev.Kernel)+"]")
+			case "unresponsive":
+				got = append(got, "unresponsive "+ev.Container)
+			}
+		default:
+			done = true
+		}
+	}
+	if want := Ambiguous + " [c1 0:40,c3 0:60]"; strings.Join(got, "|") != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	if !fx.d.w.urgent["c1"] || fx.d.w.urgent["c2"] || !fx.d.w.urgent["c3"] {
+		t.Errorf("probes asked for %v, want c1 and c3", fx.d.w.urgent)
+	}
+}

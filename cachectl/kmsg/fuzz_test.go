@@ -24,6 +24,8 @@ func line(m kmsg.Message) string {
 			sec = ": " + m.Section
 		}
 		return fmt.Sprintf("NFS: state manager%s failed on NFSv4 server %s with error %d", sec, m.Server, m.Errno)
+	case kmsg.StateManagerNotStarted:
+		return fmt.Sprintf("nfs4_schedule_state_manager: kthread_run: -%d", m.Errno)
 	case kmsg.HungTask:
 		return fmt.Sprintf("INFO: task %s:%d blocked for more than %d seconds.", m.Task, m.PID, m.Blocked/time.Second)
 	}
@@ -43,6 +45,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("INFO: task a:1 blocked:77 blocked for more than 120 seconds.")
 	f.Add("NFS: state manager failed on NFSv4 server s with error -5")
 	f.Add("lockd: server [::1] OK\n SUBSYSTEM=x")
+	f.Add("nfs4_schedule_state_manager: kthread_run: -4")
 	f.Fuzz(func(t *testing.T, text string) {
 		m, ok := kmsg.Parse(text)
 		if !ok {
@@ -52,7 +55,7 @@ func FuzzParse(f *testing.F) {
 		if m.Text != first || line(m) != first {
 			t.Fatalf("%q parsed as %+v, which formats as %q", text, m, line(m))
 		}
-		if m.Kind != kmsg.HungTask && (m.Server == "" || strings.ContainsAny(m.Server, " \t")) {
+		if m.Kind != kmsg.HungTask && m.Kind != kmsg.StateManagerNotStarted && (m.Server == "" || strings.ContainsAny(m.Server, " \t")) {
 			t.Fatalf("%q: server %q", text, m.Server)
 		}
 		if m.Kind == kmsg.HungTask && m.PID <= 0 {

@@ -1,7 +1,8 @@
 // Package kmsg reads the kernel log (/dev/kmsg) and recognises the lines
 // that tell of NFS mounts in trouble: an RPC server not responding (still
 // trying, or timed out on a soft mount), answering again (OK), the NFSv4
-// state manager failing, and the hung-task detector's blocked tasks. It
+// state manager failing or not starting, and the hung-task detector's
+// blocked tasks. It
 // turns those lines into typed Messages and nothing more: which mount a
 // message is about is for its reader to decide (the kernel's lines carry
 // no network namespace).
@@ -41,6 +42,14 @@ const (
 	// StateManagerFailed: "NFS: state manager[: SECTION] failed on NFSv4
 	// server SERVER with error N" (fs/nfs/nfs4state.c).
 	StateManagerFailed Kind = "state-manager-failed"
+	// StateManagerNotStarted: "nfs4_schedule_state_manager: kthread_run:
+	// -N" (fs/nfs/nfs4state.c): an NFSv4 client's recovery thread could
+	// not be created, -4 (EINTR) when the task that asked for it had been
+	// sent a fatal signal. The kernel then leaves the client's recovery
+	// undone, and its mounts, new ones of that server in its network
+	// namespace included, may hang (seen on 6.12 under nsmount watch, in a
+	// server switch). The line names neither client nor server.
+	StateManagerNotStarted Kind = "state-manager-not-started"
 	// HungTask: "INFO: task NAME:PID blocked for more than N seconds."
 	// (kernel/hung_task.c). Tasks waiting killably, as most NFS waits do,
 	// are not reported; one waiting on a lock held by such a task, or on
@@ -65,7 +74,8 @@ type Message struct {
 	// mount source (a name or an address), for every kind but HungTask.
 	Server string `json:"server,omitempty"`
 	// Section and Errno are, for StateManagerFailed, what failed ("check
-	// lease") and the error number.
+	// lease") and the error number; Errno is also, for
+	// StateManagerNotStarted, the error kthread_run returned (positive).
 	Section string `json:"section,omitempty"`
 	Errno   int    `json:"errno,omitempty"`
 	// Task, PID and Blocked are, for HungTask, the task's name, its PID
@@ -85,6 +95,8 @@ func Parse(line string) (Message, bool) {
 		return parseHungTask(m)
 	case strings.HasPrefix(line, "NFS: state manager"):
 		return parseStateManager(m)
+	case strings.HasPrefix(line, notStartedPrefix):
+		return parseNotStarted(m)
 	}
 	prog, rest, ok := strings.Cut(line, ": server ")
 	if !ok || !isWord(prog) {
@@ -128,6 +140,19 @@ func parseStateManager(m Message) (Message, bool) {
 		return Message{}, false
 	}
 	m.Kind, m.Section, m.Server, m.Errno = StateManagerFailed, section, srv, n
+	return m, true
+}
+
+// notStartedPrefix begins a StateManagerNotStarted line.
+const notStartedPrefix = "nfs4_schedule_state_manager: kthread_run: -"
+
+func parseNotStarted(m Message) (Message, bool) {
+	errno := strings.TrimPrefix(m.Text, notStartedPrefix)
+	n, err := strconv.Atoi(errno)
+	if err != nil || n <= 0 || strconv.Itoa(n) != errno {
+		return Message{}, false
+	}
+	m.Kind, m.Errno = StateManagerNotStarted, n
 	return m, true
 }
 

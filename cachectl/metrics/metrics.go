@@ -149,7 +149,7 @@ func New(c Config) (*Metrics, error) {
 	})
 	m.kmsgMessages = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nsmount_kmsg_messages_total",
-		Help: "Kernel log messages the watchdog recognised, by kind (not-responding, timed-out, ok, state-manager-failed, hung-task).",
+		Help: "Kernel log messages the watchdog recognised, by kind (not-responding, timed-out, ok, state-manager-failed, state-manager-not-started, hung-task).",
 	}, []string{"kind"})
 	m.kmsgAttrib = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nsmount_kmsg_attributions_total",

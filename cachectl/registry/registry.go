@@ -12,6 +12,7 @@
 package registry
 
 import (
+	"strings"
 	"time"
 
 	"github.com/nsmount/nsmount/nsmount"
@@ -94,6 +95,12 @@ type Entry struct {
 	// Rebuilt marks an entry recovered from mountinfo after the registry
 	// file was found corrupt: only what the kernel shows is known.
 	Rebuilt bool `json:"rebuilt,omitempty"`
+}
+
+// NFSv4 reports whether e's mount speaks NFSv4 (4.0, 4.1, 4.2): its
+// Version says so, or, for an entry rebuilt from mountinfo, its FSType.
+func (e *Entry) NFSv4() bool {
+	return e.FSType == "nfs4" || e.Version == "4" || strings.HasPrefix(e.Version, "4.")
 }
 
 // NeedsAdmission reports whether e was made for an integration that the
