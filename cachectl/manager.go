@@ -51,9 +51,10 @@ type Config struct {
 	// Helper is the executable those targets start as their helper (see
 	// nsmount.Target.SetHelper); "" means this binary.
 	Helper string
-	// KeepConnections: a remount after a route change leaves the NFS
-	// client's connection to the server's address alone, instead of
-	// resetting it (see Manager.Remount).
+	// KeepConnections: a remount leaves the netns's NFS client for the
+	// server's address alone: after a route change its connection is not
+	// reset, and RemountOptions.RetireClient is ignored (see
+	// Manager.Remount).
 	KeepConnections bool
 }
 

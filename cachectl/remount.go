@@ -2,6 +2,7 @@ package cachectl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -21,6 +22,24 @@ type Remounted struct {
 	// Reset is how many TCP connections to the server's address were
 	// reset first (a route change to the same address; see Remount).
 	Reset int `json:"reset,omitempty"`
+	// Retired lists the superblocks shut down first to retire the
+	// netns's NFS client for the server (RemountOptions.RetireClient).
+	Retired []string `json:"retired,omitempty"`
+}
+
+// RemountOptions are the choices of one remount.
+type RemountOptions struct {
+	// RetireClient shuts down, before the new mount, every superblock of
+	// the NFS client that the container's network namespace has for the
+	// server's address (kernel.RetireClient; Linux 6.6+, elsewhere
+	// nothing is done), so that the new mount gets a client of its own.
+	// For a client that no longer makes progress while its server
+	// accepts connections: a mount through it hangs (Linux 6.12 leaves a
+	// client so when its NFSv4 state manager thread cannot be started,
+	// "nfs4_schedule_state_manager: kthread_run: -4" in the kernel log).
+	// Every file open on those superblocks fails with EIO from then on.
+	// A Manager that keeps connections never retires a client.
+	RetireClient bool
 }
 
 // FindEntry returns the entry of the nsmount mount at mountpoint in the
@@ -55,8 +74,9 @@ func (m *Manager) FindEntry(t *nsmount.Target, mountpoint string) (*registry.Ent
 // the client reconnects over the new route at once, and the old mount's
 // open files then talk to whatever answers at the address now (ESTALE or
 // EIO when it is another server: that is what moving to it means). The
-// registry entry is replaced; why is recorded in the result.
-func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*Remounted, error) {
+// registry entry is replaced; why is recorded in the result. o.RetireClient
+// retires the client for the server's address first (see RemountOptions).
+func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o RemountOptions) (*Remounted, error) {
 	start := time.Now()
 	t, err := m.openEntry(&e)
 	if err != nil {
@@ -81,6 +101,24 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 		return nil, err
 	}
 	defer l.Unlock()
+	port := e.Port
+	if port == 0 {
+		port = nsmount.DefaultNFSPort
+	}
+	var retired []string
+	if o.RetireClient && !m.keepConns {
+		version := "v3"
+		if e.NFSv4() {
+			version = "v4"
+		}
+		retired, err = kernel.RetireClient(ctx, t, netip.AddrPortFrom(plan.Address, port), version)
+		switch {
+		case errors.Is(err, kernel.ErrNoShutdown):
+			m.notice("remount %s at %s: the NFS client for %s in %s not retired (no shutdown knob: Linux 6.6+); the new mount shares it", e.Source, e.Mountpoint, plan.Address, t)
+		case err != nil:
+			return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
+		}
+	}
 	reset := 0
 	if !m.keepConns && plan.Address == addrOf(e.Address) && plan.Route != nil && len(drift(e.Route, *plan.Route)) > 0 {
 		// The same address, another route: the netns's NFS client for
@@ -89,10 +127,6 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 		// connection over the old route, and it hangs until the RPC
 		// layer gives up (measured: 18.5 s). Reset, it reconnects at once
 		// over the route the netns has now.
-		port := e.Port
-		if port == 0 {
-			port = nsmount.DefaultNFSPort
-		}
 		n, err := kernel.ResetConnections(ctx, t, netip.AddrPortFrom(plan.Address, port))
 		if err != nil {
 			return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
@@ -100,6 +134,9 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 		reset = n
 	}
 	mnt, err := nsmount.ReplacePlan(ctx, t, plan, e.MountID)
+	if errors.Is(err, nsmount.ErrTimeout) && len(retired) == 0 {
+		return nil, fmt.Errorf("remount %s at %s: %w; %w", e.Source, e.Mountpoint, err, clientHungError(plan.Address))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
 	}
@@ -118,7 +155,7 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string) (*R
 	if err == nil && ne.ID != e.ID {
 		err = m.forget(e.ID)
 	}
-	r := &Remounted{Old: e, New: ne, Mounted: mnt, Elapsed: time.Since(start), Why: why, Reset: reset}
+	r := &Remounted{Old: e, New: ne, Mounted: mnt, Elapsed: time.Since(start), Why: why, Reset: reset, Retired: retired}
 	if err != nil {
 		return r, fmt.Errorf("remounted %s at %s, but recording it failed: %w", e.Source, e.Mountpoint, err)
 	}
@@ -181,4 +218,15 @@ func requestOf(e registry.Entry) (nsmount.Request, error) {
 		Source: source, FSType: fstype, Options: opts, Target: e.Mountpoint,
 		ResolveFrom: e.Request.ResolveFrom,
 	}, nil
+}
+
+// errClientHung marks a remount whose mount timed out although its server
+// had just accepted a connection (the preflight): the mount waited on the
+// netns's NFS client for that address, which then no longer makes
+// progress. The next remount may retire it (RemountOptions.RetireClient).
+var errClientHung = errors.New("the NFS client for the address may be stuck")
+
+// clientHungError is errClientHung about addr, saying how to retire it.
+func clientHungError(addr netip.Addr) error {
+	return fmt.Errorf("%w: %s accepted a connection just before (nsmount remount --retire-client replaces that client)", errClientHung, addr)
 }

@@ -159,6 +159,11 @@ type watched struct {
 	failed  string
 	retryAt time.Time
 	backoff time.Duration
+	// hung: the last remount timed out although the server had just
+	// accepted a connection (its preflight): the netns's NFS client for
+	// the address no longer makes progress, and the next remount retires
+	// it first (RemountOptions.RetireClient).
+	hung bool
 	// gone: the registry no longer has the entry; forgotten once the
 	// work running on it reports.
 	gone bool
@@ -840,7 +845,7 @@ func (w *watcher) probed(ctx context.Context, r watchResult, now time.Time) {
 		delete(w.dead, e.ID)
 		delete(w.unresp, e.ID)
 		w.mu.Unlock()
-		mt.broken, mt.failed, mt.backoff = "", "", 0
+		mt.broken, mt.failed, mt.backoff, mt.hung = "", "", 0, false
 		mt.goodAt = mt.started
 		if was {
 			w.event(ctx, eventOf(e, "recovered", "server answers again"))
@@ -888,7 +893,7 @@ func (w *watcher) remount(ctx context.Context, mt *watched, why, how string, now
 		return
 	}
 	mt.remounting = true
-	e := mt.e
+	e, ro := mt.e, RemountOptions{RetireClient: mt.hung}
 	slots := w.remountSlots
 	if how == DiagDead {
 		slots = w.deadSlots
@@ -901,7 +906,7 @@ func (w *watcher) remount(ctx context.Context, mt *watched, why, how string, now
 		}
 		defer release()
 		start := time.Now()
-		r.remounted, r.err = w.m.Remount(ctx, e, why)
+		r.remounted, r.err = w.m.Remount(ctx, e, why, ro)
 		r.took = time.Since(start)
 		w.report(ctx, r)
 	})
@@ -933,14 +938,18 @@ func (w *watcher) remounted(ctx context.Context, r watchResult, now time.Time) {
 		if r.how != DiagDead || !errors.Is(r.err, nsmount.ErrUnreachable) {
 			w.event(ctx, eventOf(e, "remount-failed", r.err.Error()))
 		}
-		mt.failed = r.how
+		mt.failed, mt.hung = r.how, errors.Is(r.err, errClientHung)
 		mt.backoff = min(max(2*mt.backoff, w.o.ProbeInterval), retryMax)
 		mt.retryAt = now.Add(mt.backoff)
 		return
 	}
 	n := r.remounted.New
 	made := now.Add(-r.took) // the new mount works from here on at least
-	done := eventOf(e, "remounted", fmt.Sprintf("%s; now %s via %s src %s, dev %s", r.why, n.Address, n.Route.Iface, n.Route.Source, n.Dev))
+	detail := fmt.Sprintf("%s; now %s via %s src %s, dev %s", r.why, n.Address, n.Route.Iface, n.Route.Source, n.Dev)
+	if d := r.remounted.Retired; len(d) > 0 {
+		detail += fmt.Sprintf("; the last remount timed out: retired the NFS client for %s first (shut down %s)", n.Address, strings.Join(d, " "))
+	}
+	done := eventOf(e, "remounted", detail)
 	done.Elapsed = r.took
 	w.event(ctx, done)
 	w.forgetEntry(e.ID)

@@ -17,7 +17,7 @@
 // so that nsmount-lab stays free of it. Lab tests run by default: a machine
 // without qemu fails them with the reason, and NSMOUNT_LAB=off skips them
 // explicitly. README.md documents the guest helpers (lab_netns, lab_veth,
-// lab_nfsd, lab_ganesha, lab_dns, lab_container, lab_exec, lab_mount,
+// lab_nfsd, lab_ganesha, lab_dns, lab_proxy, lab_container, lab_exec, lab_mount,
 // lab_check, ...), environment variables and the cache.
 //
 // Containerd in guests: ContainerdGuestFiles are the host's containerd, runc

@@ -3,6 +3,8 @@ package kernel
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/netsysfs"
@@ -83,4 +85,53 @@ func Shutdown(ctx context.Context, t *nsmount.Target, dev string) error {
 		defer fs.Close()
 		return fs.SetShutdown(dev)
 	})
+}
+
+// RetireClient shuts down (as Shutdown) every superblock of t's network
+// namespace that the NFS client for server and version ("v3", "v4") holds:
+// the kernel marks a client unusable once all its superblocks are shut
+// down, and the next mount of that server in the netns gets a client,
+// connection and state of its own instead of waiting on the old one. A
+// superblock already shut down is left as it is. It returns the devices it
+// shut down, in the order of nfsfs/volumes.
+//
+// The superblocks are told apart by what /proc/net/nfsfs/volumes shows
+// (version, address, port); two clients that differ only in NFSv4 minor
+// version or transport are retired together.
+//
+// Without the knob (Linux before 6.6) nothing is changed and the error
+// wraps ErrNoShutdown.
+func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort, version string) ([]string, error) {
+	var done []string
+	err := t.Do(nsmount.NetNS, func() error {
+		vols, err := volumesHere()
+		if err != nil {
+			return err
+		}
+		fs, err := netsysfs.Open()
+		if err != nil {
+			return err
+		}
+		defer fs.Close()
+		for _, v := range vols {
+			if v.Version != version || v.Server != server.Addr().Unmap() || v.Port != server.Port() {
+				continue
+			}
+			switch down, err := fs.Shutdown(v.Dev); {
+			case err != nil:
+				return err
+			case down:
+				continue
+			}
+			if err := fs.SetShutdown(v.Dev); err != nil {
+				return err
+			}
+			done = append(done, v.Dev)
+		}
+		return nil
+	})
+	if err != nil {
+		return done, fmt.Errorf("retire the NFS client for %s in %s: %w", server, t, err)
+	}
+	return done, nil
 }

@@ -381,21 +381,32 @@ func devOf(path string) (string, bool) {
 // VolumesIn returns the NFS superblocks of t's network namespace, read by a
 // thread inside it (for a target without a process, opened by path).
 func VolumesIn(t *nsmount.Target) ([]Volume, error) {
-	var b []byte
+	var vols []Volume
 	err := t.Do(nsmount.NetNS, func() error {
-		f, err := os.Open("/proc/thread-self/net/nfsfs/volumes")
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		b, err = io.ReadAll(io.LimitReader(f, maxProcRead))
+		var err error
+		vols, err = volumesHere()
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("nfs volumes of %s: %w", t, err)
+	}
+	return vols, nil
+}
+
+// volumesHere returns the NFS superblocks of the calling thread's network
+// namespace (it must be locked to it).
+func volumesHere() ([]Volume, error) {
+	f, err := os.Open("/proc/thread-self/net/nfsfs/volumes")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxProcRead))
+	if err != nil {
+		return nil, err
 	}
 	return ParseVolumes(b)
 }

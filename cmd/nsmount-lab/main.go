@@ -6,13 +6,15 @@
 //	nsmount-lab demo [--kernel VER|--kernel-package META] [--cache DIR] [--timeout D] [--memory MB] [--vcpus N] [--nsmount PATH]
 //	nsmount-lab dns --listen ADDR:PORT [--listen ...] [--tcp-only|--truncate] [--silent] NAME=IP...
 //	nsmount-lab get [--timeout D] URL
+//	nsmount-lab proxy --listen ADDR:PORT --to ADDR:PORT
 //
 // run streams the VM console to stdout and exits with the script's exit
 // status; 125 means the lab could not start or the VM failed, 124 that the
 // run timed out. --with installs more in the guest: NFS-Ganesha (for
 // lab_ganesha) or containerd, runc and CNI plugins (for lab_containerd). dns is a DNS server for scenarios (lab_dns runs it in the
 // guest); get is a plain HTTP GET for them (the guest's static busybox
-// wget crashes).
+// wget crashes); proxy is a TCP proxy that freezes its connections on
+// SIGUSR1 (lab_proxy), a fault injector in front of a real server.
 package main
 
 import (
@@ -180,7 +182,7 @@ failure, interrupt), it says in which step and repeats what was measured.`,
 		return runBench(c.Context(), *benchCfg, verbose)
 	}
 	bench.Flags().BoolVarP(&verbose, "verbose", "v", false, "stream the VM console to stderr")
-	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd(), csiCmd(), getCmd())
+	root.AddCommand(run, fetch, demo, bench, dnsCmd(), timeCmd(), criCmd(), ctrCmd(), cniCmd(), csiCmd(), getCmd(), proxyCmd())
 	return root
 }
 

@@ -121,7 +121,7 @@ exits 0. The next agent finds the mounts in the registry (--state-dir).`,
 	f.Float64Var(&c.Watch.ProbeRate, "probe-rate", 20, "watch: probes started per second in their turn, at most")
 	f.IntVar(&c.Watch.RemountParallel, "remount-parallel", cachectl.DefaultRemountParallel, "watch: remounts at once")
 	f.BoolVar(&c.NoKernelLog, "no-kernel-log", false, "do not read the kernel log (no watchdog)")
-	f.BoolVar(&c.KeepConnections, "keep-connections", false, "watch: after a route change to the same address, do not reset the NFS client's connection before remounting")
+	f.BoolVar(&c.KeepConnections, "keep-connections", false, "watch: leave the NFS client of a mount's server alone (no connection reset after a route change, no retiring a client a remount timed out on)")
 	f.StringVar(&c.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics and health at /healthz (e.g. :9477)")
 	f.BoolVar(&c.AllOps, "all-ops", false, "metrics: every NFS operation with requests, not only the usual ones")
 	f.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", agent.DefaultShutdownTimeout, "on SIGTERM, how long the work in flight may take before it is abandoned (mounts stay either way)")

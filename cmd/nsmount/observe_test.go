@@ -31,6 +31,20 @@ func TestObserveUsageErrors(t *testing.T) {
 	}
 }
 
+// remount: the options that exclude each other, and a missing target.
+func TestRemountUsageErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nsmOreg")
+	for _, args := range [][]string{
+		{"remount", "--pid", "1", "--keep-connections", "--retire-client", "/data"},
+		{"remount", "--retire-client"},
+	} {
+		_, stderr, code := runCLI(t, append(args, "--state-dir", dir)...)
+		if code != exitUsage || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("nsmount %v: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
 // nsmount watch --metrics-address serves /metrics and /healthz, with the
 // process's own metrics, on an empty registry.
 func TestWatchServesMetrics(t *testing.T) {

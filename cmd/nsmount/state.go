@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -302,6 +303,7 @@ func newRemountCommand() *cobra.Command {
 		tf        targetFlags
 		asJSON    bool
 		keepConns bool
+		retire    bool
 		timeout   time.Duration
 	)
 	cmd := &cobra.Command{
@@ -313,9 +315,19 @@ new mount on its own superblock (nosharecache), verifies it in the container's
 netns, swaps it in, and detaches the old mount (open files in it stay usable
 until closed). On kernels with MOVE_MOUNT_BENEATH (6.5+) the swap is atomic;
 on older kernels the old mount is detached and the new one attached right
-after (two system calls).`,
+after (two system calls).
+
+The new superblock shares the NFS client that the container's netns has for
+the server's address. If a remount times out although the server accepts
+connections, that client no longer makes progress: --retire-client first
+shuts down every superblock it holds (Linux 6.6+, /sys/fs/nfs/DEV/shutdown
+in the container's netns; files open on them then fail with EIO), so that
+the new mount gets a client of its own.`,
 		Args: exactArgs(1, "TARGET"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if keepConns && retire {
+				return usageError{errors.New("--keep-connections and --retire-client: choose one")}
+			}
 			t, err := tf.open(cmd)
 			if err != nil {
 				return err
@@ -332,7 +344,7 @@ after (two system calls).`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			r, err := mgr.Remount(ctx, *e, "asked")
+			r, err := mgr.Remount(ctx, *e, "asked", cachectl.RemountOptions{RetireClient: retire})
 			printNotices(cmd, mgr)
 			if err != nil {
 				return err
@@ -340,9 +352,15 @@ after (two system calls).`,
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), r)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "remounted %s on %s in %s: was %s via %s src %s (dev %s), now %s via %s src %s (dev %s), %.3fs\n",
+			retired := ""
+			if len(r.Retired) > 0 {
+				retired = fmt.Sprintf(", after retiring the NFS client for %s (shut down %s)", r.New.Address, strings.Join(r.Retired, " "))
+			} else if retire {
+				retired = ", no superblock to shut down"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "remounted %s on %s in %s: was %s via %s src %s (dev %s), now %s via %s src %s (dev %s), %.3fs%s\n",
 				r.New.Source, r.New.Mountpoint, t, r.Old.Address, r.Old.Route.Iface, r.Old.Route.Source, r.Old.Dev,
-				r.New.Address, r.New.Route.Iface, r.New.Route.Source, r.New.Dev, r.Elapsed.Seconds())
+				r.New.Address, r.New.Route.Iface, r.New.Route.Source, r.New.Dev, r.Elapsed.Seconds(), retired)
 			return nil
 		},
 	}
@@ -350,5 +368,6 @@ after (two system calls).`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", nsmount.DefaultMountTimeout, "bound for the whole remount")
 	cmd.Flags().BoolVar(&keepConns, "keep-connections", false, "after a route change to the same address, do not reset the NFS client's connection to it (the new mount then waits for the old connection to time out)")
+	cmd.Flags().BoolVar(&retire, "retire-client", false, "first shut down every superblock of the container netns's NFS client for the server's address, so that the new mount gets a client of its own (Linux 6.6+; for a client a remount timed out on)")
 	return cmd
 }

@@ -123,7 +123,7 @@ message is the event's kind).`,
 	cmd.Flags().IntVar(&remountParallel, "remount-parallel", cachectl.DefaultRemountParallel, "remounts at once (measured: see README, \"Storage migration\")")
 	cmd.Flags().DurationVar(&duration, "for", 0, "stop after this long (default: until interrupted)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event (the same as --log-format json)")
-	cmd.Flags().BoolVar(&keepConns, "keep-connections", false, "after a route change to the same address, do not reset the NFS client's connection to it before remounting")
+	cmd.Flags().BoolVar(&keepConns, "keep-connections", false, "leave the NFS client of a mount's server alone: after a route change to the same address, do not reset its connection before remounting, and after a remount timed out on it, do not retire it")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477)")
 	cmd.Flags().BoolVar(&allOps, "all-ops", false, "metrics: every NFS operation with requests, not only the usual ones")
 	cmd.Flags().BoolVar(&noKernelLog, "no-kernel-log", false, "do not read the kernel log (no watchdog)")

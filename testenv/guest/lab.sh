@@ -298,6 +298,34 @@ lab_dns() {
 	echo "lab: dns $_listen in netns $_ns pid $_pid: $*"
 }
 
+# lab_proxy NS LISTEN TO: start a TCP proxy (nsmount-lab proxy) in netns NS
+# that forwards connections made to LISTEN (ADDR:PORT) to TO; prints its PID.
+# kill -USR1 PID freezes the connections it carries then (they stay open and
+# forward nothing; later ones are forwarded): a fault injector in front of a
+# real server.
+lab_proxy() {
+	[ $# -eq 3 ] || lab_die lab_proxy "usage: lab_proxy NS LISTEN TO" || return
+	[ -e "/run/netns/$1" ] || lab_die lab_proxy "no netns $1" || return
+	_log=$LAB_STATE/log/proxy-$1-$2.log
+	# A simple command, not the lab_in_netns function: dash keeps a copy of
+	# a function's redirected stdout open in the function's children, and
+	# $(lab_proxy ...) would then wait for the proxy to exit.
+	nsenter --net="/run/netns/$1" -- nsmount-lab proxy --listen "$2" --to "$3" >"$_log" 2>&1 </dev/null &
+	_pid=$!
+	_i=0
+	until grep -q '^proxy: ready' "$_log" 2>/dev/null; do
+		if ! kill -0 "$_pid" 2>/dev/null; then
+			cat "$_log" >&2
+			lab_die lab_proxy "proxy on $2 in $1 exited (log $_log)"
+			return
+		fi
+		_i=$((_i + 1))
+		[ $_i -lt 1000 ] || lab_die lab_proxy "proxy on $2 in $1 not ready after 10s" || return
+		sleep 0.01
+	done
+	echo "$_pid"
+}
+
 # lab_container NAME [NETNS]: start a container NAME: a long-lived process
 # (sleep) with its own mount ns (private propagation), UTS ns (hostname
 # NAME) and net ns (a new named netns NAME, or the existing named netns

@@ -9,6 +9,11 @@
 #    container's netns shows. The holder is not ended but gets EIO; the
 #    superblock's NFS client is released at once, status says "shut down",
 #    and the next mount gets its own client through the new route.
+#  - A client that makes no progress while its server accepts connections
+#    (its connection frozen by a proxy in front of srvA's nfsd): a remount
+#    through it times out and says so; remount --retire-client shuts its
+#    superblocks down and the new mount gets a client of its own; watch
+#    does the same by itself at its next attempt after a timed-out one.
 set -u
 two_servers_one_address
 to_b() { ip -n c1 route replace $X/32 via 198.51.100.1 dev eth1; }
@@ -86,3 +91,49 @@ lab_check_output reads-b3 srvB cat /proc/$C1/root/data/whoami
 lab_check remount-within-5s awk -v a=$T0 -v b=$T1 'BEGIN{exit !(b - a < 5)}'
 lab_check umount-b3 nsmount umount --pid $C1 /data
 lab_check no-leaks-3 no_leaks $C1
+
+# --- a client that makes no progress: remount --retire-client, and watch ----
+# A proxy in srvA's netns at $P port 2050 (nfsd has every address's 2049)
+# forwards to srvA's nfsd; kill -USR1 freezes the connections it carries
+# then, the NFS client's among them (timeo=6000: the client does not
+# reconnect by itself within the test). The server still accepts
+# connections, so a remount's preflight passes, and the new superblock
+# would share the frozen client. (A file read before the freeze may still
+# read from the client's cache under nfsd's read delegation: the check that
+# the client hangs creates a file.)
+P=203.0.113.11
+ip -n srvA addr add $P/24 dev eth0
+PROXY=$(lab_proxy srvA $P:2050 $X:2049) || exit 1
+lab_check mount-p nsmount mount --pid $C1 -o vers=4.2,port=2050,timeo=6000 $P:/export /data
+lab_check_output reads-p srvA cat /proc/$C1/root/data/whoami
+DEVP=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
+kill -USR1 $PROXY
+sleep 0.2
+lab_check_fails frozen-client-hangs timeout 3 touch /proc/$C1/root/data/frozen
+check_exit remount-times-out 9 nsmount remount --pid $C1 --timeout 4s /data
+check_says remount-names-the-client "remount --retire-client" nsmount remount --pid $C1 --timeout 4s /data
+check_says remount-retires "after retiring the NFS client for $P (shut down $DEVP" nsmount remount --pid $C1 --retire-client /data
+lab_check_output reads-p-again srvA cat /proc/$C1/root/data/whoami
+DEVQ=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
+lab_check new-superblock test "$DEVQ" != "$DEVP"
+# Shut down, the old superblock fails at once and goes; its client with it.
+lab_check old-client-goes wait_for 10 sh -c "test \"\$(tail -n +2 /proc/$C1/net/nfsfs/servers | grep -c .)\" = 1"
+
+# watch: the same by itself. Its first remount times out (30 s, the mount
+# timeout) and reports the client as stuck; the next retires it.
+kill -USR1 $PROXY
+nsmount watch --interval 5s --probe-interval 1s --timeout 2s --no-kernel-log >/tmp/watch-retire.log 2>&1 &
+WATCH=$!
+T0=$(now)
+retired() { grep -q 'msg=remounted.*retired the NFS client for' /tmp/watch-retire.log; }
+lab_check watch-retires-and-remounts wait_for 120 retired
+T1=$(now)
+lab_log "frozen client -> watch remounted through a client of its own after $(awk -v a=$T0 -v b=$T1 'BEGIN{printf "%.1f", b - a}') s"
+lab_check watch-said-stuck grep -q 'msg=remount-failed.*may be stuck' /tmp/watch-retire.log
+lab_check_output reads-p-watch srvA cat /proc/$C1/root/data/whoami
+kill $WATCH
+wait $WATCH 2>/dev/null
+grep -E 'msg=(dead|remount-failed|remounted)' /tmp/watch-retire.log | cut -c1-400
+lab_check umount-p nsmount umount --pid $C1 /data
+lab_check no-leaks-p wait_for 10 no_leaks $C1
+kill $PROXY
