@@ -127,7 +127,14 @@ fi
 sleep 1
 REMOUNTS=$(grep -c 'msg=remounted ' /tmp/watch.log)
 RFAILED=$(grep -c 'msg=remount-failed ' /tmp/watch.log)
-FAILURES=$((RFAILED + NOTBACK))
+# A remount that timed out on a client left stuck by the kernel (6.12:
+# "nfs4_schedule_state_manager: kthread_run: -4" when the task that asked
+# for recovery had been killed, such as a probe's helper at its deadline)
+# is followed by one that retires that client: not a failure of nsmount's.
+STUCK=$(grep -c 'msg=remount-failed .*may be stuck' /tmp/watch.log)
+RETIRED=$(grep -c 'msg=remounted .*retired the NFS client' /tmp/watch.log)
+[ "$STUCK" = 0 ] || lab_log "MIGRATION: $STUCK remount(s) timed out on a stuck client, $RETIRED client(s) retired; kernel: $(dmesg | grep -c 'kthread_run: -') state manager(s) not started"
+FAILURES=$((RFAILED - STUCK + NOTBACK))
 # Remounts per second: from Ganesha answering to the last remount.
 LASTR=$(awk '/msg=remounted /{ t = $1 } END { sub(/^time=/, "", t); print t }' /tmp/watch.log)
 FIRSTR=$(awk '/msg=remounted /{ t = $1; sub(/^time=/, "", t); print t; exit }' /tmp/watch.log)
@@ -138,7 +145,7 @@ lab_log "MIGRATION: watch events: $(sed -n 's/.* msg=\([a-z-]*\) .*/\1/p' /tmp/w
 lab_log "MIGRATION: watch's metrics during the switch (s after it began; scrape time; unresponsive gauge summed; c0's GETATTRs completed and failed, on its superblock of the time; watch's remounted and dead events):"
 awk -v t0=$T0 '{ if ($3 == 0) printf "  %5.1f s  scrape failed after %s s\n", $1 - t0, $2; else printf "  %5.1f s  scrape %4.2f s  unresponsive %3d  GETATTR %6d  errors %4d  remounted %3d  dead %3d\n", $1 - t0, $2, $4, $5, $6, $7, $8 }' /tmp/switch-metrics.txt | awk 'NR % 2 == 1 || /failed/' | head -n 50
 grep -E 'msg=(remount-failed|error) ' /tmp/watch.log | head -n 10
-lab_check "no remount failed" test "$RFAILED" = 0
+lab_check "no remount failed (but on a stuck client, then retired)" test "$((RFAILED - STUCK))" = 0 -a \( "$STUCK" = 0 -o "$RETIRED" -ge 1 \)
 lab_check "all $N remounted" test "$REMOUNTS" -ge "$N"
 lab_check "no mount stale or broken afterwards" sh -c "! nsmount status 2>&1 | grep -Eq ' (stale|broken|hung)\$'"
 lab_check_output "old data on the server" c$((N - 1)) cat /srv/mig/before-c$((N - 1))
