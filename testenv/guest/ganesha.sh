@@ -58,16 +58,31 @@ LOG {
 	$logconf
 }
 EOF
-log "starting ganesha.nfsd"
-ganesha.nfsd -F -L STDERR -f /run/ganesha/ganesha.conf -p /run/ganesha/ganesha.pid </dev/null &
-pid=$!
+start() {
+	log "starting ganesha.nfsd"
+	ganesha.nfsd -F -L STDERR -f /run/ganesha/ganesha.conf -p /run/ganesha/ganesha.pid </dev/null &
+	pid=$!
+}
+start
+restarts=0
 i=0
 # Ready: NFS v4 and v3 answer a NULL call over TCP (rpcinfo -t: port 2049
 # as rpcbind says) and MOUNT lists the export (showmount -e).
 until rpcinfo -t 127.0.0.1 nfs 4 >/dev/null 2>&1 && rpcinfo -t 127.0.0.1 nfs 3 >/dev/null 2>&1 &&
 	showmount -e 127.0.0.1 2>/dev/null | grep -q '^/export '; do
 	if ! kill -0 $pid 2>/dev/null; then
-		echo "ganesha.nfsd exited" >&2
+		status=0
+		wait $pid || status=$?
+		# Debian 12's Ganesha (4.3) has crashed with SIGSEGV while starting
+		# as 50 clients reconnected at once (the migration scenario):
+		# restarted, as systemd's Restart=on-failure would, at most twice.
+		if [ $status -gt 128 ] && [ $restarts -lt 2 ]; then
+			restarts=$((restarts + 1))
+			echo "RESTARTED: ganesha.nfsd was killed by signal $((status - 128)) while starting: restarting ($restarts)" >&2
+			start
+			continue
+		fi
+		echo "ganesha.nfsd exited (status $status)" >&2
 		exit 1
 	fi
 	i=$((i + 1))

@@ -189,6 +189,9 @@ lab_ganesha() {
 		lab_die lab_ganesha "starting ganesha $_name in $_ns failed (log $_log)"
 		return
 	fi
+	if grep -q '^RESTARTED: ' "$_log"; then
+		grep '^RESTARTED: ' "$_log" | sed 's/^/lab: lab_ganesha: /' >&2
+	fi
 	echo "lab: ganesha $_name in netns $_ns exports /export (/srv/$_name, Export_Id=$_fsid)"
 }
 
