@@ -66,6 +66,26 @@ func newDogFixture(t *testing.T) *dogFixture {
 	return fx
 }
 
+// kernelEvents takes the "kernel" and "unresponsive" events sent so far,
+// each as a line ("kernel ATTRIBUTION xCOUNT [MOUNTS]", "unresponsive
+// CONTAINER DEV").
+func (fx *dogFixture) kernelEvents() []string {
+	var got []string
+	for {
+		select {
+		case ev := <-fx.events:
+			switch ev.Kind {
+			case "kernel":
+				got = append(got, "kernel "+ev.Kernel.Attribution+" x"+strconv.Itoa(ev.Kernel.Count)+" ["+mounts(ev.Kernel)+"]")
+			case "unresponsive":
+				got = append(got, "unresponsive "+ev.Container+" "+ev.Dev)
+			}
+		default:
+			return got
+		}
+	}
+}
+
 // statsReader is the watchdog's nfsstat reader, through m's procfs.
 func statsReader(t *testing.T, m *Manager) *nfsstat.Reader {
 	t.Helper()
@@ -195,21 +215,8 @@ func TestWatchdogHandleBurst(t *testing.T) {
 	line := kmsg.Message{Kind: kmsg.StateManagerFailed, Server: "198.51.100.10", Section: "check lease", Errno: 22, Text: "NFS: state manager: check lease failed on NFSv4 server 198.51.100.10 with error 22"}
 	var wg sync.WaitGroup
 	fx.d.handle(context.Background(), &wg, []kmsg.Message{line, line, line})
-	var got []string
-	for done := false; !done; {
-		select {
-		case ev := <-fx.events:
-			switch ev.Kind {
-			case "kernel":
-				got = append(got, "kernel "+ev.Kernel.Attribution+" x"+strconv.Itoa(ev.Kernel.Count))
-			case "unresponsive":
-				got = append(got, "unresponsive "+ev.Container+" "+ev.Dev)
-			}
-		default:
-			done = true
-		}
-	}
-	if strings.Join(got, "|") != "kernel attributed x3|unresponsive c1 0:40" {
+	got := fx.kernelEvents()
+	if strings.Join(got, "|") != "kernel attributed x3 [c1 0:40, 0:42]|unresponsive c1 0:40" {
 		t.Errorf("events %v", got)
 	}
 	if !fx.d.w.unresp["c1"] || fx.d.w.unresp["c2"] {
@@ -303,21 +310,8 @@ func TestWatchdogStateManagerNotStarted(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	fx.d.handle(context.Background(), &wg, []kmsg.Message{line})
-	var got []string
-	for done := false; !done; {
-		select {
-		case ev := <-fx.events:
-			switch ev.Kind {
-			case "kernel":
-				got = append(got, ev.Kernel.Attribution+" ["+mounts(ev.Kernel)+"]")
-			case "unresponsive":
-				got = append(got, "unresponsive "+ev.Container)
-			}
-		default:
-			done = true
-		}
-	}
-	if want := Ambiguous + " [c1 0:40,c3 0:60]"; strings.Join(got, "|") != want {
+	got := fx.kernelEvents()
+	if want := "kernel " + Ambiguous + " x1 [c1 0:40,c3 0:60]"; strings.Join(got, "|") != want {
 		t.Errorf("events %q, want %q", got, want)
 	}
 	if !fx.d.w.urgent["c1"] || fx.d.w.urgent["c2"] || !fx.d.w.urgent["c3"] {

@@ -287,18 +287,25 @@ lab_dns() {
 	_log=$LAB_STATE/log/dns-$_ns-$_addr.log
 	lab_in_netns "$_ns" nsmount-lab dns --listen "$_listen" "$@" >"$_log" 2>&1 &
 	_pid=$!
+	lab_wait_ready lab_dns "$_pid" "$_log" 'dns: ready' "dns server on $_listen in $_ns" || return
+	echo "lab: dns $_listen in netns $_ns pid $_pid: $*"
+}
+
+# lab_wait_ready FUNC PID LOG PREFIX WHAT: wait (at most 10 s) until a line
+# of LOG starts with PREFIX, failing (as FUNC, about WHAT, the log shown)
+# if process PID exits first.
+lab_wait_ready() {
 	_i=0
-	until grep -q '^dns: ready' "$_log" 2>/dev/null; do
-		if ! kill -0 "$_pid" 2>/dev/null; then
-			cat "$_log" >&2
-			lab_die lab_dns "dns server on $_listen in $_ns exited (log $_log)"
+	until grep -q "^$4" "$3" 2>/dev/null; do
+		if ! kill -0 "$2" 2>/dev/null; then
+			cat "$3" >&2
+			lab_die "$1" "$5 exited (log $3)"
 			return
 		fi
 		_i=$((_i + 1))
-		[ $_i -lt 1000 ] || lab_die lab_dns "dns server on $_listen in $_ns not ready after 10s" || return
+		[ $_i -lt 1000 ] || lab_die "$1" "$5 not ready after 10s" || return
 		sleep 0.01
 	done
-	echo "lab: dns $_listen in netns $_ns pid $_pid: $*"
 }
 
 # lab_proxy NS LISTEN TO: start a TCP proxy (nsmount-lab proxy) in netns NS
@@ -315,17 +322,7 @@ lab_proxy() {
 	# $(lab_proxy ...) would then wait for the proxy to exit.
 	nsenter --net="/run/netns/$1" -- nsmount-lab proxy --listen "$2" --to "$3" >"$_log" 2>&1 </dev/null &
 	_pid=$!
-	_i=0
-	until grep -q '^proxy: ready' "$_log" 2>/dev/null; do
-		if ! kill -0 "$_pid" 2>/dev/null; then
-			cat "$_log" >&2
-			lab_die lab_proxy "proxy on $2 in $1 exited (log $_log)"
-			return
-		fi
-		_i=$((_i + 1))
-		[ $_i -lt 1000 ] || lab_die lab_proxy "proxy on $2 in $1 not ready after 10s" || return
-		sleep 0.01
-	done
+	lab_wait_ready lab_proxy "$_pid" "$_log" 'proxy: ready' "proxy on $2 in $1" || return
 	echo "$_pid"
 }
 
