@@ -38,7 +38,9 @@ type RemountOptions struct {
 	// client so when its NFSv4 state manager thread cannot be started,
 	// "nfs4_schedule_state_manager: kthread_run: -4" in the kernel log).
 	// Every file open on those superblocks fails with EIO from then on.
-	// A Manager that keeps connections never retires a client.
+	// A client that also holds a superblock nsmount did not mount is not
+	// retired (kernel.ErrForeignSuperblock, nothing changed). A Manager
+	// that keeps connections never retires a client.
 	RetireClient bool
 }
 
@@ -111,8 +113,14 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o R
 		if e.NFSv4() {
 			version = "v4"
 		}
-		retired, err = kernel.RetireClient(ctx, t, netip.AddrPortFrom(plan.Address, port), version)
+		mine, err := m.superblocksOf(t.NetNS())
+		if err != nil {
+			return nil, err
+		}
+		retired, err = kernel.RetireClient(ctx, t, netip.AddrPortFrom(plan.Address, port), version, mine)
 		switch {
+		case errors.Is(err, kernel.ErrForeignSuperblock):
+			return nil, nsmount.WithClass(nsmount.ErrStaleState, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err))
 		case errors.Is(err, kernel.ErrNoShutdown):
 			m.notice("remount %s at %s: the NFS client for %s in %s not retired (no shutdown knob: Linux 6.6+); the new mount shares it", e.Source, e.Mountpoint, plan.Address, t)
 		case err != nil:
@@ -218,6 +226,21 @@ func requestOf(e registry.Entry) (nsmount.Request, error) {
 		Source: source, FSType: fstype, Options: opts, Target: e.Mountpoint,
 		ResolveFrom: e.Request.ResolveFrom,
 	}, nil
+}
+
+// superblocksOf returns the superblocks of nsmount's mounts in netns.
+func (m *Manager) superblocksOf(netns nsmount.NSID) (map[string]bool, error) {
+	s, err := m.netnsState(netns)
+	if err != nil {
+		return nil, err
+	}
+	mine := map[string]bool{}
+	for _, e := range s.Entries {
+		if e.Target.NetNS == netns {
+			mine[e.Dev] = true
+		}
+	}
+	return mine, nil
 }
 
 // errClientHung marks a remount whose mount timed out although its server

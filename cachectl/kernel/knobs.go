@@ -95,13 +95,16 @@ func Shutdown(ctx context.Context, t *nsmount.Target, dev string) error {
 // superblock already shut down is left as it is. It returns the devices it
 // shut down, in the order of nfsfs/volumes.
 //
+// Only superblocks in mine may be shut down: when the client holds another
+// one, nothing is shut down and the error wraps ErrForeignSuperblock.
+//
 // The superblocks are told apart by what /proc/net/nfsfs/volumes shows
 // (version, address, port); two clients that differ only in NFSv4 minor
-// version or transport are retired together.
+// version or transport are taken for one.
 //
 // Without the knob (Linux before 6.6) nothing is changed and the error
 // wraps ErrNoShutdown.
-func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort, version string) ([]string, error) {
+func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort, version string, mine map[string]bool) ([]string, error) {
 	var done []string
 	err := t.Do(nsmount.NetNS, func() error {
 		vols, err := volumesHere()
@@ -113,6 +116,7 @@ func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort,
 			return err
 		}
 		defer fs.Close()
+		var todo []string
 		for _, v := range vols {
 			if v.Version != version || v.Server != server.Addr().Unmap() || v.Port != server.Port() {
 				continue
@@ -122,11 +126,16 @@ func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort,
 				return err
 			case down:
 				continue
+			case !mine[v.Dev]:
+				return fmt.Errorf("superblock %s: %w", v.Dev, ErrForeignSuperblock)
 			}
-			if err := fs.SetShutdown(v.Dev); err != nil {
+			todo = append(todo, v.Dev)
+		}
+		for _, dev := range todo {
+			if err := fs.SetShutdown(dev); err != nil {
 				return err
 			}
-			done = append(done, v.Dev)
+			done = append(done, dev)
 		}
 		return nil
 	})
@@ -135,3 +144,7 @@ func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort,
 	}
 	return done, nil
 }
+
+// ErrForeignSuperblock reports a superblock that RetireClient was not
+// allowed to shut down (one nsmount did not mount).
+var ErrForeignSuperblock = errors.New("the client also holds this superblock, which nsmount did not mount: not retired")

@@ -107,11 +107,17 @@ PROXY=$(lab_proxy srvA $P:2050 $X:2049) || exit 1
 lab_check mount-p nsmount mount --pid $C1 -o vers=4.2,port=2050,timeo=6000 $P:/export /data
 lab_check_output reads-p srvA cat /proc/$C1/root/data/whoami
 DEVP=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
+# A superblock of the same client that nsmount did not mount (nosharecache):
+# a retire must not shut it down behind its owner's back.
+lab_check foreign-mount nsenter -t $C1 -n -m /bin/busybox mount -t nfs4 -o vers=4.2,port=2050,nosharecache,addr=$P,clientaddr=203.0.113.2 $P:/export /mnt
 kill -USR1 $PROXY
 sleep 0.2
 lab_check_fails frozen-client-hangs timeout 3 touch /proc/$C1/root/data/frozen
 check_exit remount-times-out 9 nsmount remount --pid $C1 --timeout 4s /data
 check_says remount-names-the-client "remount --retire-client" nsmount remount --pid $C1 --timeout 4s /data
+check_exit retire-refuses-foreign 12 nsmount remount --pid $C1 --retire-client /data
+check_says retire-names-foreign "which nsmount did not mount: not retired" nsmount remount --pid $C1 --retire-client /data
+lab_check foreign-umount nsenter -t $C1 -m umount -l /mnt
 check_says remount-retires "after retiring the NFS client for $P (shut down $DEVP" nsmount remount --pid $C1 --retire-client /data
 lab_check_output reads-p-again srvA cat /proc/$C1/root/data/whoami
 DEVQ=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
