@@ -116,20 +116,16 @@ func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort,
 			return err
 		}
 		defer fs.Close()
-		var todo []string
-		for _, v := range vols {
-			if v.Version != version || v.Server != server.Addr().Unmap() || v.Port != server.Port() {
-				continue
-			}
-			switch down, err := fs.Shutdown(v.Dev); {
-			case err != nil:
+		client := clientVolumes(vols, server, version)
+		down := map[string]bool{}
+		for _, v := range client {
+			if down[v.Dev], err = fs.Shutdown(v.Dev); err != nil {
 				return err
-			case down:
-				continue
-			case !mine[v.Dev]:
-				return fmt.Errorf("superblock %s: %w", v.Dev, ErrForeignSuperblock)
 			}
-			todo = append(todo, v.Dev)
+		}
+		todo, err := retirePlan(client, down, mine)
+		if err != nil {
+			return err
 		}
 		for _, dev := range todo {
 			if err := fs.SetShutdown(dev); err != nil {
@@ -143,6 +139,34 @@ func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort,
 		return done, fmt.Errorf("retire the NFS client for %s in %s: %w", server, t, err)
 	}
 	return done, nil
+}
+
+// clientVolumes returns the superblocks of vols that the client for server
+// and version holds.
+func clientVolumes(vols []Volume, server netip.AddrPort, version string) []Volume {
+	var out []Volume
+	for _, v := range vols {
+		if v.Version == version && v.Server == server.Addr().Unmap() && v.Port == server.Port() {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// retirePlan decides which of a client's superblocks to shut down: those
+// not down already, all of them in mine, else none (ErrForeignSuperblock).
+func retirePlan(vols []Volume, down, mine map[string]bool) ([]string, error) {
+	var todo []string
+	for _, v := range vols {
+		switch {
+		case down[v.Dev]:
+		case !mine[v.Dev]:
+			return nil, fmt.Errorf("superblock %s: %w", v.Dev, ErrForeignSuperblock)
+		default:
+			todo = append(todo, v.Dev)
+		}
+	}
+	return todo, nil
 }
 
 // ErrForeignSuperblock reports a superblock that RetireClient was not
