@@ -100,7 +100,9 @@ type WatchEvent struct {
 	// Kind is what happened: drift (the route changed), stale (the
 	// server no longer knows the mount's file handles: ESTALE or
 	// EBADHANDLE), broken (the mount fails while its server answers),
-	// dead (no answer), remounted, remount-failed, denied (the new address
+	// dead (no answer), remounted, remount-failed, retired (before a
+	// remounted: the netns's NFS client for the server was retired first,
+	// see RemountOptions.RetireClient), denied (the new address
 	// is outside the mount's admission: left alone), recovered, forgotten
 	// (the mount is gone), netlink, error, registry; probe (every health
 	// probe: Detail is its outcome, Elapsed how long it took); kernel (a
@@ -948,6 +950,7 @@ func (w *watcher) remounted(ctx context.Context, r watchResult, now time.Time) {
 	detail := fmt.Sprintf("%s; now %s via %s src %s, dev %s", r.why, n.Address, n.Route.Iface, n.Route.Source, n.Dev)
 	if d := r.remounted.Retired; len(d) > 0 {
 		detail += fmt.Sprintf("; the last remount timed out: retired the NFS client for %s first (shut down %s)", n.Address, strings.Join(d, " "))
+		w.event(ctx, eventOf(e, "retired", fmt.Sprintf("the netns's NFS client for %s made no progress (a remount timed out while the server accepted connections): shut down %s, files open on them fail with EIO", n.Address, strings.Join(d, " "))))
 	}
 	done := eventOf(e, "remounted", detail)
 	done.Elapsed = r.took

@@ -14,13 +14,13 @@ import (
 )
 
 // Level is how loud an event is: probe DEBUG; dead, stale, broken,
-// denied, unresponsive and an attributed or ambiguous kernel line WARN; error and
-// remount-failed ERROR; anything else INFO.
+// denied, unresponsive, retired and an attributed or ambiguous kernel line
+// WARN; error and remount-failed ERROR; anything else INFO.
 func Level(e cachectl.WatchEvent) slog.Level {
 	switch e.Kind {
 	case "probe":
 		return slog.LevelDebug
-	case "dead", "stale", "broken", "denied", "unresponsive":
+	case "dead", "stale", "broken", "denied", "unresponsive", "retired":
 		return slog.LevelWarn
 	case "error", "remount-failed":
 		return slog.LevelError

@@ -136,10 +136,11 @@ lab_check watch-retires-and-remounts wait_for 120 retired
 T1=$(now)
 lab_log "frozen client -> watch remounted through a client of its own after $(awk -v a=$T0 -v b=$T1 'BEGIN{printf "%.1f", b - a}') s"
 lab_check watch-said-stuck grep -q 'msg=remount-failed.*may be stuck' /tmp/watch-retire.log
+lab_check watch-said-retired grep -q 'level=WARN msg=retired .*made no progress' /tmp/watch-retire.log
 lab_check_output reads-p-watch srvA cat /proc/$C1/root/data/whoami
 kill $WATCH
 wait $WATCH 2>/dev/null
-grep -E 'msg=(dead|remount-failed|remounted)' /tmp/watch-retire.log | cut -c1-400
+grep -E 'msg=(dead|remount-failed|retired|remounted)' /tmp/watch-retire.log | cut -c1-400
 lab_check umount-p nsmount umount --pid $C1 /data
 lab_check no-leaks-p wait_for 10 no_leaks $C1
 kill $PROXY
