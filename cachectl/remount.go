@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/nsmount/nsmount/cachectl/kernel"
@@ -127,6 +128,15 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o R
 			return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
 		}
 	}
+	// fail reports a failure from here on, and the client retired before
+	// it, which cannot be undone.
+	fail := func(err error) error {
+		err = fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
+		if len(retired) > 0 {
+			err = fmt.Errorf("%w (the NFS client for %s was retired first: shut down %s)", err, plan.Address, strings.Join(retired, " "))
+		}
+		return err
+	}
 	reset := 0
 	if !m.keepConns && plan.Address == addrOf(e.Address) && plan.Route != nil && len(drift(e.Route, *plan.Route)) > 0 {
 		// The same address, another route: the netns's NFS client for
@@ -137,7 +147,7 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o R
 		// over the route the netns has now.
 		n, err := kernel.ResetConnections(ctx, t, netip.AddrPortFrom(plan.Address, port))
 		if err != nil {
-			return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
+			return nil, fail(err)
 		}
 		reset = n
 	}
@@ -146,7 +156,7 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o R
 		return nil, fmt.Errorf("remount %s at %s: %w; %w", e.Source, e.Mountpoint, err, clientHungError(plan.Address))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)
+		return nil, fail(err)
 	}
 	owner := e.Owner
 	if owner == "rebuilt" {
