@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // Proxy is a fault injector for lab scenarios: a TCP proxy in front of a
@@ -25,6 +26,9 @@ type Proxy struct {
 	done   chan struct{} // closed when the proxy shuts
 	wg     sync.WaitGroup
 }
+
+// dialTimeout bounds the proxy's connection to the server it stands for.
+const dialTimeout = 5 * time.Second
 
 // proxied is one connection pair.
 type proxied struct {
@@ -60,7 +64,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("proxy: %w", err)
 		}
-		var d net.Dialer
+		d := net.Dialer{Timeout: dialTimeout}
 		s, err := d.DialContext(ctx, "tcp", p.to)
 		if err != nil {
 			c.Close()
