@@ -77,7 +77,7 @@ func TestLabHostTimeoutAndCancel(t *testing.T) {
 	t.Parallel()
 	lab := labtest.Shared(t)
 	t.Run("timeout", func(t *testing.T) {
-		short, assertGone := trackQemu(t, lab, 2*time.Second) // before the guest boots
+		short, assertGone := trackQemu(t, lab, 2*time.Second, nil) // before the guest boots
 		start := time.Now()
 		_, err := short.Run(t.Context(), "sleep 600", nil)
 		if !errors.Is(err, testenv.ErrTimeout) {
@@ -88,26 +88,32 @@ func TestLabHostTimeoutAndCancel(t *testing.T) {
 		assertGone()
 	})
 	t.Run("cancel", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		// The context is cancelled 2 s after qemu started, not 2 s after
+		// the call: waiting for a VM slot held by other tests does not count.
+		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		tracked, assertGone := trackQemu(t, lab, time.Minute)
+		tracked, assertGone := trackQemu(t, lab, time.Minute, func() { time.AfterFunc(2*time.Second, cancel) })
 		_, err := tracked.Run(ctx, "sleep 600", nil)
-		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, testenv.ErrTimeout) {
-			t.Fatalf("error %v, want context.DeadlineExceeded", err)
+		if !errors.Is(err, context.Canceled) || errors.Is(err, testenv.ErrTimeout) {
+			t.Fatalf("error %v, want context.Canceled", err)
 		}
 		assertGone()
 	})
 }
 
-// trackQemu returns a copy of lab that records its qemu PIDs, and a
-// function that fails t if one of them still exists.
-func trackQemu(t *testing.T, lab *testenv.Lab, timeout time.Duration) (*testenv.Lab, func()) {
+// trackQemu returns a copy of lab that records its qemu PIDs and calls
+// started (if not nil) once each qemu runs, and a function that fails t if
+// no qemu started or one of them still exists.
+func trackQemu(t *testing.T, lab *testenv.Lab, timeout time.Duration, started func()) (*testenv.Lab, func()) {
 	var mu sync.Mutex
 	var pids []int
 	c := testenv.LabWith(lab, timeout, func(pid int) {
 		mu.Lock()
 		pids = append(pids, pid)
 		mu.Unlock()
+		if started != nil {
+			started()
+		}
 	})
 	return c, func() {
 		t.Helper()
