@@ -51,6 +51,25 @@
 // slower. 1 s was no clearer (0.95-1.16 in three rounds) and would make a
 // deadline a second late.
 //
+// sysmon is still most of what 16 mounts at once cost beyond one after
+// another (ftrace in one VM, 16 at once, two runs each): its sleeps were
+// 213 and 271, and switches into another process's address space 926 and
+// 1004, against 568 for the bare kernel mount; without sysmon's two
+// switches per wakeup nsmount would need fewer than the kernel mount.
+// Tried and not taken:
+//
+//   - SCHED_IDLE for sysmon: 145 and 159 sleeps, 780 and 802 switches,
+//     16 at once against one after another 0.978 on average over six
+//     rounds against 0.998. But a thread inherits its creator's policy,
+//     and SCHED_RESET_ON_FORK does not reset SCHED_IDLE: a thread that
+//     sysmon creates (to take over a CPU slot from a blocked syscall)
+//     would run the command's goroutines at idle priority, which on a
+//     busy node means hardly at all. Nice 19 has the same flaw.
+//   - the main goroutine keeping the main thread (so that Target.Do's
+//     goroutines start on their caller's thread): one more thread, no
+//     fewer switches (888 and 839 against 912 and 933).
+//   - GOMAXPROCS=2 on one CPU: 33 more threads among 16 mounts, no faster.
+//
 // Long-lived commands (the daemons, top) keep the kernel's defaults, and
 // so does a process started under another name (a mount helper, a test).
 package batchwork
