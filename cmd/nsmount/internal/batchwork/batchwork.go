@@ -54,7 +54,7 @@
 // sysmon is still most of what 16 mounts at once cost beyond one after
 // another (ftrace in one VM, 16 at once, two runs each): its sleeps were
 // 213 and 271, and switches into another process's address space 926 and
-// 1004, against 568 for the bare kernel mount; without sysmon's two
+// 1004 (568 for the bare kernel mount in another run); without sysmon's two
 // switches per wakeup nsmount would need fewer than the kernel mount.
 // Tried and not taken:
 //
@@ -67,7 +67,7 @@
 //     busy node means hardly at all. Nice 19 has the same flaw.
 //   - the main goroutine keeping the main thread (so that Target.Do's
 //     goroutines start on their caller's thread): one more thread, no
-//     fewer switches (888 and 839 against 912 and 933).
+//     fewer switches (912 and 933 against 888 and 839 without).
 //   - GOMAXPROCS=2 on one CPU: 33 more threads among 16 mounts, no faster.
 //
 // Long-lived commands (the daemons, top) keep the kernel's defaults, and
