@@ -43,6 +43,12 @@ type RemountOptions struct {
 	// retired (kernel.ErrForeignSuperblock, nothing changed). A Manager
 	// that keeps connections never retires a client.
 	RetireClient bool
+	// MountTimeout bounds the new mount (the superblock's creation, as
+	// nsmount.Request's); zero: nsmount.DefaultMountTimeout. A client
+	// that makes no progress shows as a remount that times out, so a
+	// shorter bound finds one sooner; a server slower than that to answer
+	// a mount is reported as stuck too.
+	MountTimeout time.Duration
 }
 
 // FindEntry returns the entry of the nsmount mount at mountpoint in the
@@ -90,6 +96,7 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o R
 	if err != nil {
 		return nil, err
 	}
+	req.MountTimeout = o.MountTimeout
 	plan, err := nsmount.Explain(ctx, t, req)
 	if err != nil {
 		return nil, fmt.Errorf("remount %s at %s: %w", e.Source, e.Mountpoint, err)

@@ -53,6 +53,11 @@ type WatchOptions struct {
 	// server is dead have places of their own, as many: they never hold
 	// back the remounts of mounts whose server answers.
 	RemountParallel int
+	// RemountTimeout bounds the new mount of each remount (0:
+	// nsmount.DefaultMountTimeout). The first remount through an NFS
+	// client that makes no progress times out after it; the next one
+	// retires the client (RemountOptions.RetireClient).
+	RemountTimeout time.Duration
 	// Kernel, if set, brings the kernel log's messages (package kmsg,
 	// read by the caller) to Watch's watchdog: each server or hung-task
 	// message is attributed to the mounts it is about, or reported as
@@ -895,7 +900,7 @@ func (w *watcher) remount(ctx context.Context, mt *watched, why, how string, now
 		return
 	}
 	mt.remounting = true
-	e, ro := mt.e, RemountOptions{RetireClient: mt.hung}
+	e, ro := mt.e, RemountOptions{RetireClient: mt.hung, MountTimeout: w.o.RemountTimeout}
 	slots := w.remountSlots
 	if how == DiagDead {
 		slots = w.deadSlots

@@ -76,6 +76,9 @@ exits 0. The next agent finds the mounts in the registry (--state-dir).`,
 			if err := api.CheckPluginIndex(c.NRI.Idx); err != nil || c.NRI.Name == "" {
 				return usageError{fmt.Errorf("--nri-plugin-idx %q --nri-plugin-name %q: want two digits and a name", c.NRI.Idx, c.NRI.Name)}
 			}
+			if c.Watch.RemountTimeout <= 0 {
+				return usageError{fmt.Errorf("--remount-timeout %v: must be positive", c.Watch.RemountTimeout)}
+			}
 			switch {
 			case csiEndpoint != "" && sc.NodeID == "":
 				return usageError{fmt.Errorf("--csi-endpoint needs --node-id")}
@@ -120,6 +123,7 @@ exits 0. The next agent finds the mounts in the registry (--state-dir).`,
 	f.IntVar(&c.Watch.ProbeParallel, "probe-parallel", 8, "watch: probes at once")
 	f.Float64Var(&c.Watch.ProbeRate, "probe-rate", 20, "watch: probes started per second in their turn, at most")
 	f.IntVar(&c.Watch.RemountParallel, "remount-parallel", cachectl.DefaultRemountParallel, "watch: remounts at once")
+	f.DurationVar(&c.Watch.RemountTimeout, "remount-timeout", nsmount.DefaultMountTimeout, "watch: bound for the new mount of a remount (one that times out on a stuck NFS client has the next remount retire it)")
 	f.BoolVar(&c.NoKernelLog, "no-kernel-log", false, "do not read the kernel log (no watchdog)")
 	f.BoolVar(&c.KeepConnections, "keep-connections", false, "watch: leave the NFS client of a mount's server alone (no connection reset after a route change, no retiring a client a remount timed out on)")
 	f.StringVar(&c.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics and health at /healthz (e.g. :9477)")

@@ -37,6 +37,8 @@ func TestRemountUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"remount", "--pid", "1", "--keep-connections", "--retire-client", "/data"},
 		{"remount", "--retire-client"},
+		{"watch", "--remount-timeout", "0s", "--no-kernel-log"},
+		{"agent", "--remount-timeout", "-1s"},
 	} {
 		_, stderr, code := runCLI(t, append(args, "--state-dir", dir)...)
 		if code != exitUsage || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {

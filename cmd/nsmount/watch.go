@@ -21,6 +21,7 @@ import (
 func newWatchCommand(l packed.Launcher) *cobra.Command {
 	var (
 		interval, probeInterval, timeout, duration time.Duration
+		remountTimeout                             time.Duration
 		asJSON, keepConns, allOps, noKernelLog     bool
 		metricsAddr                                string
 		probeParallel, remountParallel             int
@@ -85,10 +86,10 @@ message is the event's kind).`,
 					return err
 				}
 			}
-			if probeParallel < 1 || remountParallel < 1 || probeRate <= 0 {
-				return usageError{fmt.Errorf("--probe-parallel, --remount-parallel and --probe-rate must be positive")}
+			if probeParallel < 1 || remountParallel < 1 || probeRate <= 0 || remountTimeout <= 0 {
+				return usageError{fmt.Errorf("--probe-parallel, --remount-parallel, --probe-rate and --remount-timeout must be positive")}
 			}
-			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, ProbeParallel: probeParallel, ProbeRate: probeRate, RemountParallel: remountParallel}
+			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, ProbeParallel: probeParallel, ProbeRate: probeRate, RemountParallel: remountParallel, RemountTimeout: remountTimeout}
 			if !noKernelLog {
 				stats, err := nfsstat.NewReader(nfsstat.Options{Timeout: timeout})
 				if err != nil {
@@ -121,6 +122,7 @@ message is the event's kind).`,
 	cmd.Flags().IntVar(&probeParallel, "probe-parallel", 8, "probes at once (a probe waiting on its server for over a second gives its place up)")
 	cmd.Flags().Float64Var(&probeRate, "probe-rate", 20, "probes started per second in their turn, at most (more mounts than --probe-interval allows at that rate are probed less often; probes that evidence asks for do not wait)")
 	cmd.Flags().IntVar(&remountParallel, "remount-parallel", cachectl.DefaultRemountParallel, "remounts at once (measured: see README, \"Storage migration\")")
+	cmd.Flags().DurationVar(&remountTimeout, "remount-timeout", nsmount.DefaultMountTimeout, "bound for the new mount of a remount; one that times out although the server accepted a connection is reported as a stuck NFS client, which the next remount retires")
 	cmd.Flags().DurationVar(&duration, "for", 0, "stop after this long (default: until interrupted)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event (the same as --log-format json)")
 	cmd.Flags().BoolVar(&keepConns, "keep-connections", false, "leave the NFS client of a mount's server alone: after a route change to the same address, do not reset its connection before remounting, and after a remount timed out on it, do not retire it")

