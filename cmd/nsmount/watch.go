@@ -58,6 +58,9 @@ One log line per event on stdout (log/slog: --log-format text or json; the
 message is the event's kind).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if probeParallel < 1 || remountParallel < 1 || probeRate <= 0 || remountTimeout <= 0 {
+				return usageError{fmt.Errorf("--probe-parallel, --remount-parallel, --probe-rate and --remount-timeout must be positive")}
+			}
 			if asJSON {
 				lf.format = "json"
 			}
@@ -85,9 +88,6 @@ message is the event's kind).`,
 				if err := serveMetrics(ctx, metricsAddr, m, log); err != nil {
 					return err
 				}
-			}
-			if probeParallel < 1 || remountParallel < 1 || probeRate <= 0 || remountTimeout <= 0 {
-				return usageError{fmt.Errorf("--probe-parallel, --remount-parallel, --probe-rate and --remount-timeout must be positive")}
 			}
 			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, ProbeParallel: probeParallel, ProbeRate: probeRate, RemountParallel: remountParallel, RemountTimeout: remountTimeout}
 			if !noKernelLog {
