@@ -39,6 +39,8 @@ func TestRemountUsageErrors(t *testing.T) {
 		{"remount", "--retire-client"},
 		{"watch", "--remount-timeout", "0s", "--no-kernel-log"},
 		{"agent", "--remount-timeout", "-1s"},
+		{"agent", "--remount-parallel", "0"},
+		{"agent", "--probe-rate", "0"},
 	} {
 		_, stderr, code := runCLI(t, append(args, "--state-dir", dir)...)
 		if code != exitUsage || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
