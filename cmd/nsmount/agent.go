@@ -76,8 +76,8 @@ exits 0. The next agent finds the mounts in the registry (--state-dir).`,
 			if err := api.CheckPluginIndex(c.NRI.Idx); err != nil || c.NRI.Name == "" {
 				return usageError{fmt.Errorf("--nri-plugin-idx %q --nri-plugin-name %q: want two digits and a name", c.NRI.Idx, c.NRI.Name)}
 			}
-			if c.Watch.ProbeParallel < 1 || c.Watch.RemountParallel < 1 || c.Watch.ProbeRate <= 0 || c.Watch.RemountTimeout <= 0 {
-				return usageError{fmt.Errorf("--probe-parallel, --remount-parallel, --probe-rate and --remount-timeout must be positive")}
+			if err := checkWatchFlags(c.Watch); err != nil {
+				return err
 			}
 			switch {
 			case csiEndpoint != "" && sc.NodeID == "":

@@ -58,8 +58,9 @@ One log line per event on stdout (log/slog: --log-format text or json; the
 message is the event's kind).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if probeParallel < 1 || remountParallel < 1 || probeRate <= 0 || remountTimeout <= 0 {
-				return usageError{fmt.Errorf("--probe-parallel, --remount-parallel, --probe-rate and --remount-timeout must be positive")}
+			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, ProbeParallel: probeParallel, ProbeRate: probeRate, RemountParallel: remountParallel, RemountTimeout: remountTimeout}
+			if err := checkWatchFlags(o); err != nil {
+				return err
 			}
 			if asJSON {
 				lf.format = "json"
@@ -89,7 +90,6 @@ message is the event's kind).`,
 					return err
 				}
 			}
-			o := cachectl.WatchOptions{Interval: interval, ProbeInterval: probeInterval, Timeout: timeout, ProbeParallel: probeParallel, ProbeRate: probeRate, RemountParallel: remountParallel, RemountTimeout: remountTimeout}
 			if !noKernelLog {
 				stats, err := nfsstat.NewReader(nfsstat.Options{Timeout: timeout})
 				if err != nil {
@@ -131,4 +131,13 @@ message is the event's kind).`,
 	cmd.Flags().BoolVar(&noKernelLog, "no-kernel-log", false, "do not read the kernel log (no watchdog)")
 	lf.register(cmd)
 	return cmd
+}
+
+// checkWatchFlags refuses the watch flags that watch and agent share and
+// that cachectl would otherwise replace by their defaults without a word.
+func checkWatchFlags(o cachectl.WatchOptions) error {
+	if o.ProbeParallel < 1 || o.RemountParallel < 1 || o.ProbeRate <= 0 || o.RemountTimeout <= 0 {
+		return usageError{fmt.Errorf("--probe-parallel, --remount-parallel, --probe-rate and --remount-timeout must be positive")}
+	}
+	return nil
 }
