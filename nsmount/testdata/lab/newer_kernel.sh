@@ -132,7 +132,7 @@ nsmount watch --interval 5s --probe-interval 1s --timeout 2s --remount-timeout 8
 WATCH=$!
 T0=$(now)
 # The proxy passes new connections, so the frozen client could also get
-# going again by reconnecting (seen once in ten runs: no retire within
+# going again by reconnecting (seen once in twelve runs: no retire within
 # 120 s, and the mount read srvA at the end); watch then reports the
 # server recovered, and there is nothing to retire.
 retired() { grep -q 'msg=remounted.*retired the NFS client for' /tmp/watch-retire.log; }
