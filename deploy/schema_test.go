@@ -79,6 +79,19 @@ policy:
 		{"nodeSelector value a number", "nodeSelector: {zone: 1}", nil, "/nodeSelector/zone"},
 		{"namespace.create a string", "", []string{"string:namespace.create=yes"}, "/namespace/create"},
 		{"fullnameOverride with dots", "", []string{"set:fullnameOverride=nsmount.agent"}, "/fullnameOverride"},
+		{"watch duration without a unit", "", []string{"set:watch.remountTimeout=30"}, "/watch/remountTimeout"},
+		{"watch duration zero", "", []string{"set:watch.remountTimeout=0s"}, "/watch/remountTimeout"},
+		{"watch duration negative", "", []string{"set:watch.probeTimeout=-1s"}, "/watch/probeTimeout"},
+		{"watch duration a number", "watch: {interval: 30}", nil, "/watch/interval"},
+		{"watch probeParallel zero", "", []string{"set:watch.probeParallel=0"}, "/watch/probeParallel"},
+		{"watch probeParallel a fraction", "watch: {probeParallel: 1.5}", nil, "/watch/probeParallel"},
+		{"watch remountParallel a string", "", []string{"string:watch.remountParallel=4"}, "/watch/remountParallel"},
+		{"watch probeRate zero", "", []string{"set:watch.probeRate=0"}, "/watch/probeRate"},
+		{"watch keepConnections a string", "", []string{"string:watch.keepConnections=true"}, "/watch/keepConnections"},
+		{"watch typo", "", []string{"set:watch.remountTimout=8s"}, "/watch"},
+		{"extraArgs a string", "", []string{"set:extraArgs=--all-ops"}, "/extraArgs"},
+		{"extraArgs value as its own item", `extraArgs: ["--csi-wait", "3s"]`, nil, "/extraArgs/1"},
+		{"extraArgs single dash", `extraArgs: ["-v"]`, nil, "/extraArgs/0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := render(values(t, tc.file, tc.sets...), defaultRelease)
