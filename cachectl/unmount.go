@@ -3,6 +3,9 @@ package cachectl
 import (
 	"context"
 	"fmt"
+	"path"
+	"slices"
+	"time"
 
 	"github.com/nsmount/nsmount/cachectl/registry"
 	"github.com/nsmount/nsmount/nsmount"
@@ -20,13 +23,33 @@ type Unmounted struct {
 // Unmount unmounts target in t and forgets its registry entry.
 // While it unmounts it holds the mount's lock (mountLockName), and so
 // waits for a probe in flight (nsmount watch's, status's), each bounded by
-// its timeout.
+// its timeout. The lock is named by the entry's mount point: when target
+// is another path to the mount (a symlink to it, say), Unmount first asks
+// t which mount is there, and then unmounts that mount by its ID, so that
+// the mount it locked is the one it takes away, and a watch reconciling
+// meanwhile does not report it lost. o.Timeout bounds the whole.
 func (m *Manager) Unmount(ctx context.Context, t *nsmount.Target, target string, o nsmount.UnmountOptions) (*Unmounted, error) {
-	l, err := m.reg.Lock(ctx, mountLockName(t.NetNS(), t.MountNS(), target))
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = nsmount.DefaultMountTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	s, err := m.netnsState(t.NetNS())
+	if err != nil {
+		return nil, fmt.Errorf("unmount %s: %w", target, err)
+	}
+	mountpoint, byID := m.unmountLockPoint(ctx, s, t, target, timeout)
+	l, err := m.reg.Lock(ctx, mountLockName(t.NetNS(), t.MountNS(), mountpoint))
 	if err != nil {
 		return nil, nsmount.WithClass(nsmount.ErrTimeout, fmt.Errorf("unmount %s: %w", target, err))
 	}
-	id, err := nsmount.Unmount(ctx, t, target, o)
+	id := byID
+	if byID != 0 {
+		err = nsmount.UnmountID(ctx, t, byID, o)
+	} else {
+		id, err = nsmount.Unmount(ctx, t, target, o)
+	}
 	if err != nil {
 		l.Unlock()
 		return nil, err
@@ -36,8 +59,7 @@ func (m *Manager) Unmount(ctx context.Context, t *nsmount.Target, target string,
 	}
 	res := &Unmounted{MountID: id}
 	entryID := fmt.Sprintf("%d:%d", t.MountNSInode(), id)
-	s, err := m.netnsState(t.NetNS())
-	if err == nil {
+	if s, err = m.netnsState(t.NetNS()); err == nil {
 		if e := s.Find(entryID); e != nil {
 			res.Entry = e
 		}
@@ -47,4 +69,28 @@ func (m *Manager) Unmount(ctx context.Context, t *nsmount.Target, target string,
 		return res, fmt.Errorf("unmounted %s, but forgetting its entry failed: %w", target, err)
 	}
 	return res, nil
+}
+
+// unmountLockPoint returns the mount point whose lock an unmount of target
+// takes: target itself when an entry of t's mount namespace (in s) has it
+// as its mount point, or when none has entries there (nothing to
+// exclude); otherwise, when the mount at target is an entry's, that
+// entry's mount point and the mount's ID, by which it is then unmounted.
+// An error finding the mount leaves target to the unmount, which reports
+// it as it would have.
+func (m *Manager) unmountLockPoint(ctx context.Context, s *registry.State, t *nsmount.Target, target string, timeout time.Duration) (string, uint64) {
+	clean := path.Clean(target)
+	entries := s.InMountNS(t.MountNS())
+	if len(entries) == 0 || slices.ContainsFunc(entries, func(e registry.Entry) bool { return path.Clean(e.Mountpoint) == clean }) {
+		return target, 0
+	}
+	id, err := nsmount.MountIDAt(ctx, t, target, timeout)
+	if err != nil {
+		return target, 0
+	}
+	e := s.Find(fmt.Sprintf("%d:%d", t.MountNSInode(), id))
+	if e == nil || e.Target.NetNS != t.NetNS() {
+		return target, 0
+	}
+	return e.Mountpoint, id
 }

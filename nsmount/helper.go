@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -145,6 +146,8 @@ func (t *Target) inside(req *helperRequest, resp *helperResponse, gate *commitGa
 			return umountInside(req, root, proc, resp)
 		case "umount-id":
 			return umountIDInside(req, root, proc)
+		case "mount-id":
+			return mountIDInside(req, root, proc, resp)
 		case "replace":
 			return replaceInside(req, root, proc, resp, gate)
 		case "probe":
@@ -330,37 +333,59 @@ func sourceOf(params Options) string {
 // then shows (canonical, relative to that root) is unmounted without
 // following symlinks: whatever happens meanwhile, it is inside the container.
 func umountInside(req *helperRequest, root, proc *os.File, resp *helperResponse) error {
-	f, err := openInRoot(root, req.Target, false)
+	m, err := nfsMountAtPath(req.Target, root, proc)
 	if err != nil {
 		return err
+	}
+	if err := unix.Unmount(m.Mountpoint, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
+		return withClass(ErrMountFailed, fmt.Errorf("umount %s (%s): %w", req.Target, m.Source, err))
+	}
+	resp.MountID = uint64(m.ID)
+	return nil
+}
+
+// mountIDInside runs in the helper: the ID of the NFS mount at req.Target,
+// found as umountInside finds it, which it leaves in place.
+func mountIDInside(req *helperRequest, root, proc *os.File, resp *helperResponse) error {
+	m, err := nfsMountAtPath(req.Target, root, proc)
+	if err != nil {
+		return err
+	}
+	resp.MountID = uint64(m.ID)
+	return nil
+}
+
+// nfsMountAtPath resolves target inside root (symlinks stay inside it) and
+// returns the NFS mount whose root it is. It chroots the calling thread to
+// root, so that the mount's Mountpoint is a path there.
+func nfsMountAtPath(target string, root, proc *os.File) (*mountinfo.Info, error) {
+	f, err := openInRoot(root, target, false)
+	if err != nil {
+		return nil, err
 	}
 	var stx unix.Statx_t
 	err = unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &stx)
 	f.Close()
 	if err != nil {
-		return fmt.Errorf("statx %s: %w", req.Target, err)
+		return nil, fmt.Errorf("statx %s: %w", target, err)
 	}
 	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
-		return withClass(ErrNotMounted, fmt.Errorf("%s is not a mount point", req.Target))
+		return nil, withClass(ErrNotMounted, fmt.Errorf("%s is not a mount point", target))
 	}
 	if err := unix.Fchdir(int(root.Fd())); err != nil {
-		return fmt.Errorf("chdir to container root: %w", err)
+		return nil, fmt.Errorf("chdir to container root: %w", err)
 	}
 	if err := unix.Chroot("."); err != nil {
-		return fmt.Errorf("chroot to container root: %w", err)
+		return nil, fmt.Errorf("chroot to container root: %w", err)
 	}
 	m, err := nfsMountAt(proc, stx.Mnt_id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if m == nil {
-		return withClass(ErrNotMounted, fmt.Errorf("no NFS mount at %s", req.Target))
+		return nil, withClass(ErrNotMounted, fmt.Errorf("no NFS mount at %s", target))
 	}
-	if err := unix.Unmount(m.Mountpoint, req.Umount|unix.UMOUNT_NOFOLLOW); err != nil {
-		return withClass(ErrMountFailed, fmt.Errorf("umount %s (%s): %w", req.Target, m.Source, err))
-	}
-	resp.MountID = stx.Mnt_id
-	return nil
+	return m, nil
 }
 
 // callHelper runs req inside t's namespaces, where t's Isolation says (a

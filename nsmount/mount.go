@@ -172,6 +172,21 @@ func Unmount(ctx context.Context, t *Target, target string, o UnmountOptions) (u
 	return resp.MountID, nil
 }
 
+// MountIDAt returns the ID of the NFS mount at target (a path inside the
+// container's root, resolved there as Unmount resolves it, symlinks
+// included) and leaves the mount in place. It returns ErrNotMounted when
+// there is no NFS mount there. timeout bounds it (zero means
+// DefaultMountTimeout): resolving a path can wait on an NFS server.
+func MountIDAt(ctx context.Context, t *Target, target string, timeout time.Duration) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, orDefault(timeout, DefaultMountTimeout))
+	defer cancel()
+	resp, err := callHelper(ctx, t, helperRequest{Op: "mount-id", Target: target})
+	if err != nil {
+		return 0, err
+	}
+	return resp.MountID, nil
+}
+
 // MountEntry is one NFS mount in a target's mount table.
 type MountEntry struct {
 	// Target is the mount point as the target sees it.

@@ -143,7 +143,7 @@ type hostTool struct {
 var hostTools = []hostTool{
 	{name: "dash", links: []string{"sh"}},
 	{name: "ip"},
-	{name: "mount"}, {name: "umount"}, {name: "nsenter"}, {name: "unshare"}, {name: "pivot_root"},
+	{name: "mount"}, {name: "umount"}, {name: "nsenter"}, {name: "unshare"}, {name: "pivot_root"}, {name: "flock"},
 	{name: "rpc.nfsd"}, {name: "rpc.mountd"}, {name: "exportfs"}, {name: "nfsdcld"},
 	{name: "rpcbind"}, {name: "rpcinfo"}, {name: "rpc.statd"}, {name: "sm-notify"}, {name: "showmount"},
 	{name: "mount.nfs", links: []string{"mount.nfs4", "umount.nfs", "umount.nfs4"}},

@@ -41,6 +41,32 @@ lab_check_output paths-target-created srv1 lab_exec c1 cat /mnt/by/paths/whoami
 lab_check_fails mkdir-not-on-vm test -e /mnt/by/paths
 lab_check_output list-by-paths /mnt/by/paths nsmount list --netns /run/netns/c1 --mntns /proc/$PID/ns/mnt
 lab_check umount-by-paths nsmount umount --netns /run/netns/c1 --mntns /proc/$PID/ns/mnt /mnt/by/paths
+
+# An unmount through a symlink to the mount point waits for a probe in
+# flight, as one through the mount point does: it takes the mount's lock,
+# named by the mount point nsmount recorded, not by the path given. A
+# process holds that lock shared, as watch's and status's probes do, and
+# keeps the mount busy for 2 s (its working directory, as a probe's open
+# file); the unmount through /held-link must wait and then succeed. It
+# failed at once with EBUSY (exit 7) when it locked the symlink's path.
+# 7afcf9f92875bcdd is FNV-1a (64 bits) of "/held", the lock name's end.
+lab_check mount-held nsmount mount --pid $PID --mkdir $S:/export /held
+ln -s /held /proc/$PID/root/held-link
+nsmount status --pid $PID >/dev/null
+HELD_LOCK=$(ls /run/nsmount/locks/netns-*-mount-*-7afcf9f92875bcdd)
+cat >/tmp/held.sh <<EOS
+flock -s $HELD_LOCK sh -c 'cd /proc/$PID/root/held && sleep 2' &
+sleep 0.3
+T0=\$(awk '{print \$1}' /proc/uptime)
+nsmount umount --pid $PID /held-link >/tmp/held.out 2>&1
+echo "rc=\$? after \$(awk -v a=\$T0 '{printf "%.2f", \$1 - a}' /proc/uptime) s" >>/tmp/held.out
+wait
+EOS
+sh /tmp/held.sh
+lab_log "umount through a symlink while a probe holds the mount: $(tr '\n' ' ' </tmp/held.out)"
+lab_check_output umount-via-symlink-waits-for-probe "unmounted /held-link" cat /tmp/held.out
+lab_check_output umount-via-symlink-exit-0 "rc=0 " cat /tmp/held.out
+lab_check_fails umount-via-symlink-gone-and-forgotten sh -c "{ nsmount list --pid $PID; nsmount status --no-probe; } | grep -q /held"
 lab_check no-leak-at-end no_leaks $PID
 nsmount list --pid $PID
 
