@@ -117,9 +117,11 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o R
 	}
 	var retired []string
 	if o.RetireClient && !m.keepConns {
-		version := "v3"
-		if e.NFSv4() {
-			version = "v4"
+		version := e.Version
+		if e.NFSv4() && !strings.HasPrefix(version, "4") {
+			version = "4" // an entry rebuilt from mountinfo: the minor version is not known
+		} else if !e.NFSv4() {
+			version = "3"
 		}
 		mine, err := m.superblocksOf(t.NetNS())
 		if err != nil {
@@ -245,16 +247,17 @@ func requestOf(e registry.Entry) (nsmount.Request, error) {
 	}, nil
 }
 
-// superblocksOf returns the superblocks of nsmount's mounts in netns.
-func (m *Manager) superblocksOf(netns nsmount.NSID) (map[string]bool, error) {
+// superblocksOf returns the superblocks of nsmount's mounts in netns, each
+// with the NFS version it was mounted with.
+func (m *Manager) superblocksOf(netns nsmount.NSID) (map[string]string, error) {
 	s, err := m.netnsState(netns)
 	if err != nil {
 		return nil, err
 	}
-	mine := map[string]bool{}
+	mine := map[string]string{}
 	for _, e := range s.Entries {
 		if e.Target.NetNS == netns {
-			mine[e.Dev] = true
+			mine[e.Dev] = e.Version
 		}
 	}
 	return mine, nil

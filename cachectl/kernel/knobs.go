@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/nsmount/nsmount/nsmount"
 	"github.com/nsmount/nsmount/nsmount/netsysfs"
@@ -88,23 +89,30 @@ func Shutdown(ctx context.Context, t *nsmount.Target, dev string) error {
 }
 
 // RetireClient shuts down (as Shutdown) every superblock of t's network
-// namespace that the NFS client for server and version ("v3", "v4") holds:
-// the kernel marks a client unusable once all its superblocks are shut
-// down, and the next mount of that server in the netns gets a client,
-// connection and state of its own instead of waiting on the old one. A
-// superblock already shut down is left as it is. It returns the devices it
-// shut down, in the order of nfsfs/volumes.
+// namespace that the NFS client for server and version holds: the kernel
+// marks a client unusable once all its superblocks are shut down, and the
+// next mount of that server in the netns gets a client, connection and
+// state of its own instead of waiting on the old one. A superblock already
+// shut down is left as it is. It returns the devices it shut down, in the
+// order of nfsfs/volumes.
 //
-// Only superblocks in mine may be shut down: when the client holds another
-// one, nothing is shut down and the error wraps ErrForeignSuperblock.
+// version is the NFS version as nsmount mounted it ("3", "4.0", "4.1",
+// "4.2"; "4" when the minor version is not known: vers=4 lets the kernel
+// choose it), and mine maps nsmount's superblocks in the netns to
+// theirs. Only superblocks in mine may be shut down: when the client holds
+// another one, nothing is shut down and the error wraps
+// ErrForeignSuperblock.
 //
-// The superblocks are told apart by what /proc/net/nfsfs/volumes shows
-// (version, address, port); two clients that differ only in NFSv4 minor
-// version or transport are taken for one.
+// /proc/net/nfsfs/volumes shows a superblock's version (v3, v4), address
+// and port, not its NFSv4 minor version, and the kernel keeps one client
+// per minor version: a superblock of nsmount's recorded with another minor
+// version belongs to another client and is left alone. A foreign one of
+// the same server counts as the client's (its minor version is not
+// known), and so do two clients that differ only in transport.
 //
 // Without the knob (Linux before 6.6) nothing is changed and the error
 // wraps ErrNoShutdown.
-func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort, version string, mine map[string]bool) ([]string, error) {
+func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort, version string, mine map[string]string) ([]string, error) {
 	var done []string
 	err := t.Do(nsmount.NetNS, func() error {
 		vols, err := volumesHere()
@@ -116,7 +124,7 @@ func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort,
 			return err
 		}
 		defer fs.Close()
-		client := clientVolumes(vols, server, version)
+		client := clientVolumes(vols, server, version, mine)
 		down := map[string]bool{}
 		for _, v := range client {
 			if down[v.Dev], err = fs.Shutdown(v.Dev); err != nil {
@@ -142,25 +150,47 @@ func RetireClient(ctx context.Context, t *nsmount.Target, server netip.AddrPort,
 }
 
 // clientVolumes returns the superblocks of vols that the client for server
-// and version holds.
-func clientVolumes(vols []Volume, server netip.AddrPort, version string) []Volume {
+// and version (as RetireClient takes it) holds, as far as vols and mine
+// tell: same version family, address and port, and, for nsmount's own,
+// the same minor version when both are known.
+func clientVolumes(vols []Volume, server netip.AddrPort, version string, mine map[string]string) []Volume {
+	family, minor := "v3", ""
+	if strings.HasPrefix(version, "4") {
+		family, minor = "v4", minorVersion(version)
+	}
 	var out []Volume
 	for _, v := range vols {
-		if v.Version == version && v.Server == server.Addr().Unmap() && v.Port == server.Port() {
-			out = append(out, v)
+		if v.Version != family || v.Server != server.Addr().Unmap() || v.Port != server.Port() {
+			continue
 		}
+		if theirs, ok := mine[v.Dev]; ok && family == "v4" && minor != "" {
+			if m := minorVersion(theirs); m != "" && m != minor {
+				continue
+			}
+		}
+		out = append(out, v)
 	}
 	return out
 }
 
+// minorVersion returns the NFSv4 minor version of a recorded version
+// ("4.1": "1"), or "" when it does not say ("4": the kernel chose it).
+func minorVersion(version string) string {
+	if m, ok := strings.CutPrefix(version, "4."); ok {
+		return m
+	}
+	return ""
+}
+
 // retirePlan decides which of a client's superblocks to shut down: those
 // not down already, all of them in mine, else none (ErrForeignSuperblock).
-func retirePlan(vols []Volume, down, mine map[string]bool) ([]string, error) {
+func retirePlan(vols []Volume, down map[string]bool, mine map[string]string) ([]string, error) {
 	var todo []string
 	for _, v := range vols {
+		_, ours := mine[v.Dev]
 		switch {
 		case down[v.Dev]:
-		case !mine[v.Dev]:
+		case !ours:
 			return nil, fmt.Errorf("superblock %s: %w", v.Dev, ErrForeignSuperblock)
 		default:
 			todo = append(todo, v.Dev)

@@ -118,10 +118,18 @@ check_says remount-names-the-client "remount --retire-client" nsmount remount --
 check_exit retire-refuses-foreign 12 nsmount remount --pid $C1 --retire-client /data
 check_says retire-names-foreign "which nsmount did not mount: not retired" nsmount remount --pid $C1 --retire-client /data
 lab_check foreign-umount nsenter -t $C1 -m umount -l /mnt
-check_says remount-retires "after retiring the NFS client for $P (shut down $DEVP" nsmount remount --pid $C1 --retire-client /data
+# A mount of the same server with another NFSv4 minor version has a client
+# of its own (the kernel keeps one per minor version; nfsfs/volumes does not
+# show which): retiring the 4.2 client must leave it alone. It is mounted
+# after the freeze, through a new connection, so its client is healthy.
+lab_check mount-other-minor-version nsmount mount --pid $C1 --mkdir -o vers=4.1,port=2050 $P:/export /m41
+lab_log "clients in c1 with the 4.1 mount: $(tail -n +2 /proc/$C1/net/nfsfs/servers | tr '\n' ';')"
+check_says remount-retires "after retiring the NFS client for $P (shut down $DEVP)" nsmount remount --pid $C1 --retire-client /data
 lab_check_output reads-p-again srvA cat /proc/$C1/root/data/whoami
 DEVQ=$(awk '$5 == "/data" {print $3}' /proc/$C1/mountinfo)
 lab_check new-superblock test "$DEVQ" != "$DEVP"
+lab_check other-minor-version-not-retired timeout 10 touch /proc/$C1/root/m41/after-retire
+lab_check umount-other-minor-version nsmount umount --pid $C1 /m41
 # Shut down, the old superblock fails at once and goes; its client with it.
 lab_check old-client-goes wait_for 10 sh -c "test \"\$(tail -n +2 /proc/$C1/net/nfsfs/servers | grep -c .)\" = 1"
 
