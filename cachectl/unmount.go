@@ -35,11 +35,14 @@ func (m *Manager) Unmount(ctx context.Context, t *nsmount.Target, target string,
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	mountpoint, byID := target, uint64(0)
+	// A registry that cannot be read does not keep the mount in place: the
+	// unmount goes on under the lock of the path given, and reports the
+	// registry's error when it forgets the entry.
 	s, err := m.netnsState(t.NetNS())
-	if err != nil {
-		return nil, fmt.Errorf("unmount %s: %w", target, err)
+	if err == nil {
+		mountpoint, byID = m.unmountLockPoint(ctx, s, t, target, timeout)
 	}
-	mountpoint, byID := m.unmountLockPoint(ctx, s, t, target, timeout)
 	l, err := m.reg.Lock(ctx, mountLockName(t.NetNS(), t.MountNS(), mountpoint))
 	if err != nil {
 		return nil, nsmount.WithClass(nsmount.ErrTimeout, fmt.Errorf("unmount %s: %w", target, err))
