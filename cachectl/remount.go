@@ -117,11 +117,12 @@ func (m *Manager) Remount(ctx context.Context, e registry.Entry, why string, o R
 	}
 	var retired []string
 	if o.RetireClient && !m.keepConns {
-		version := e.Version
-		if e.NFSv4() && !strings.HasPrefix(version, "4") {
-			version = "4" // an entry rebuilt from mountinfo: the minor version is not known
-		} else if !e.NFSv4() {
-			version = "3"
+		version := "3"
+		if e.NFSv4() {
+			version = e.Version
+			if !strings.HasPrefix(version, "4") {
+				version = "4" // an entry rebuilt from mountinfo: the minor version is not known
+			}
 		}
 		mine, err := m.superblocksOf(t.NetNS())
 		if err != nil {
